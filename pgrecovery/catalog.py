@@ -1,0 +1,191 @@
+"""The catalog of backups in a repository: ids, listing, resolving ``latest``, deleting, cleaning leftovers.
+
+Layout (documented in docs/repository.md)::
+
+    backups/<id>/started.json     claimed first (no clobber): who is writing this backup
+    backups/<id>/data/...         the backup's files
+    backups/<id>/manifest.json    written last: its presence means "complete"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import attrs
+
+from .errors import AlreadyExists, BackupNotFound, ManifestError, StorageError
+from .manifest import BackupManifest
+from .storage import Repository
+
+log = logging.getLogger(__name__)
+
+BACKUPS: Final = "backups"
+MANIFEST: Final = "manifest.json"
+STARTED: Final = "started.json"
+STALE_AFTER: Final = timedelta(hours=24)
+
+
+def manifest_key(backup_id: str) -> str:
+    return f"{BACKUPS}/{backup_id}/{MANIFEST}"
+
+
+def data_key(backup_id: str, name: str) -> str:
+    return f"{BACKUPS}/{backup_id}/data/{name}"
+
+
+def claim_backup_id(repo: Repository, kind: str, now: datetime | None = None) -> str:
+    """A new id that sorts by time (``20261124T101500Z-logical``), claimed by a no-clobber marker."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    base = f"{now:%Y%m%dT%H%M%SZ}-{kind}"
+    marker = json.dumps(
+        {"kind": kind, "host": socket.gethostname(), "pid": os.getpid(), "started_at": now.isoformat()}
+    ).encode()
+    for n in range(1000):
+        backup_id = base if n == 0 else f"{base}-{n}"
+        try:
+            repo.put_bytes(f"{BACKUPS}/{backup_id}/{STARTED}", marker)
+        except AlreadyExists:
+            continue
+        return backup_id
+    raise StorageError(f"cannot find a free backup id for {base} in {repo.display_url}")
+
+
+def finish_backup(repo: Repository, manifest: BackupManifest) -> None:
+    """Write the manifest, which makes the backup complete. The started marker stays: it holds the id's claim."""
+    repo.put_bytes(manifest_key(manifest.id), manifest.to_json().encode())
+
+
+def abandon_backup(repo: Repository, backup_id: str) -> None:
+    """Best-effort removal of an unfinished backup's files (never raises: the caller is already failing)."""
+    try:
+        if not repo.exists(manifest_key(backup_id)):
+            repo.delete_prefix(f"{BACKUPS}/{backup_id}")
+    except Exception:  # noqa: BLE001 - leftovers are unlisted and `clean` removes them later
+        log.warning("could not remove unfinished backup %s; `pgrecovery clean` will", backup_id)
+
+
+def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
+    try:
+        text = repo.read_bytes(manifest_key(backup_id))
+    except StorageError:
+        raise BackupNotFound(
+            f"no complete backup {backup_id!r} in {repo.display_url}: run `pgrecovery list` to see the ids"
+        ) from None
+    try:
+        return BackupManifest.from_json(text)
+    except ManifestError as e:
+        raise ManifestError(f"backup {backup_id}: {e}") from None
+
+
+def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManifest]:
+    """Complete backups, oldest first. A manifest that cannot be read is skipped with a warning."""
+    out = []
+    for backup_id in repo.children(BACKUPS):
+        if not repo.exists(manifest_key(backup_id)):
+            continue
+        try:
+            m = read_manifest(repo, backup_id)
+        except ManifestError as e:
+            log.warning("skipping backup %s: %s", backup_id, e)
+            continue
+        if kind is None or m.kind == kind:
+            out.append(m)
+    return sorted(out, key=lambda m: (m.started_at, m.id))
+
+
+def resolve(repo: Repository, backup_id: str, kind: str | None = None) -> BackupManifest:
+    """The manifest for an id, or for ``latest`` (the newest complete backup, of ``kind`` when given)."""
+    if backup_id == "latest":
+        found = list_backups(repo, kind)
+        if not found:
+            what = f"{kind} backup" if kind else "backup"
+            raise BackupNotFound(f"no complete {what} in {repo.display_url} yet: take one first")
+        return found[-1]
+    if "/" in backup_id or backup_id in ("", ".", ".."):
+        raise BackupNotFound(f"{backup_id!r} is not a backup id: run `pgrecovery list` to see the ids")
+    m = read_manifest(repo, backup_id)
+    if kind is not None and m.kind != kind:
+        raise BackupNotFound(f"backup {backup_id} is a {m.kind} backup, not a {kind} backup")
+    return m
+
+
+def delete_backup(repo: Repository, backup_id: str) -> BackupManifest:
+    m = resolve(repo, backup_id)
+    repo.delete(manifest_key(m.id))
+    repo.delete_prefix(f"{BACKUPS}/{m.id}")
+    return m
+
+
+@attrs.frozen(kw_only=True)
+class Leftover:
+    """A backup directory without a manifest: a backup in progress, or one that was interrupted."""
+
+    id: str
+    host: str | None
+    pid: int | None
+    started_at: datetime | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "reason": self.reason,
+        }
+
+
+def leftovers(repo: Repository) -> list[Leftover]:
+    """Backup directories that have no manifest, with what is known about who wrote them."""
+    out = []
+    for backup_id in repo.children(BACKUPS):
+        if repo.exists(manifest_key(backup_id)):
+            continue
+        host = pid = started = None
+        try:
+            info = json.loads(repo.read_bytes(f"{BACKUPS}/{backup_id}/{STARTED}"))
+            host, pid = info.get("host"), info.get("pid")
+            started = datetime.fromisoformat(info["started_at"])
+        except (StorageError, ValueError, KeyError, TypeError):
+            pass
+        out.append(
+            Leftover(id=backup_id, host=host, pid=pid, started_at=started, reason=_why(host, pid, started))
+        )
+    return out
+
+
+def _why(host: str | None, pid: int | None, started: datetime | None) -> str:
+    if host is None or pid is None or started is None:
+        return "interrupted (no start marker)"
+    if host == socket.gethostname() and not _alive(pid):
+        return "interrupted (its process is gone)"
+    if datetime.now(UTC) - started > STALE_AFTER:
+        return "stale (started over 24 hours ago)"
+    return "in progress"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(repo: Repository, *, include_in_progress: bool = False) -> list[Leftover]:
+    """Delete interrupted backups' files; those that look in progress are kept unless asked."""
+    removed = []
+    for item in leftovers(repo):
+        if item.reason == "in progress" and not include_in_progress:
+            continue
+        repo.delete_prefix(f"{BACKUPS}/{item.id}")
+        removed.append(item)
+    return removed

@@ -1,0 +1,304 @@
+"""`LocalCluster`: a PostgreSQL server on this host under our control (initdb, settings, start/stop, connect).
+
+Recovery runs, restore drills, the demo and test suites use it. PostgreSQL refuses to run as root, so when we are
+root the server programs run as an unprivileged OS user (``postgres`` by default) who owns the directories we make.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import pgtools
+from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+def default_run_as() -> str | None:
+    """``postgres`` when we are root (PostgreSQL will not run as root), otherwise ourselves."""
+    return os.environ.get("PGRECOVERY_RUN_AS", "postgres") if os.getuid() == 0 else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _owner_ids(user: str | None) -> tuple[int, int] | None:
+    if user is None:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"OS user {user!r} does not exist: create it or pass run_as=") from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _quote_setting(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+@attrs.define(eq=False)
+class LocalCluster:
+    """A local PostgreSQL data directory and the server running on it.
+
+    >>> with LocalCluster.temporary() as pg:                                    # doctest: +SKIP
+    ...     pg.execute("create table t (i int)")
+    ...     print(pg.conninfo())
+    """
+
+    data_dir: Path = attrs.field(converter=lambda p: Path(p).absolute())
+    port: int = attrs.field(factory=free_port)
+    host: str = "127.0.0.1"
+    superuser: str = "postgres"
+    run_as: str | None = attrs.field(factory=default_run_as)
+    major: int | None = None
+    log_file: Path | None = None
+    owns_parent: bool = False  # remove the data directory's parent too on destroy() (temporary clusters)
+
+    # -- creation --------------------------------------------------------------------------------------------
+    @classmethod
+    def temporary(
+        cls,
+        *,
+        settings: Mapping[str, object] | None = None,
+        checksums: bool = True,
+        run_as: str | None = None,
+        major: int | None = None,
+        parent: str | os.PathLike[str] | None = None,
+    ) -> LocalCluster:
+        """initdb a fresh cluster in a new temporary directory (not started; use it as a context manager)."""
+        who = run_as if run_as is not None else default_run_as()
+        base = Path(tempfile.mkdtemp(prefix="pgrecovery-", dir=parent))
+        ids = _owner_ids(who)
+        if ids:
+            os.chown(base, *ids)
+        base.chmod(0o700)
+        cluster = cls(data_dir=base / "data", run_as=who, major=major, log_file=base / "server.log", owns_parent=True)
+        try:
+            cluster.init(checksums=checksums, settings=settings)
+        except BaseException:
+            shutil.rmtree(base, ignore_errors=True)
+            raise
+        return cluster
+
+    def _tool(self, name: str) -> pgtools.PgTool:
+        return pgtools.find_tool(name, major=self.major)
+
+    def _run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
+        try:
+            res = pgtools.run(cmd, run_as=self.run_as, cwd="/", env=env, timeout=timeout)
+        except ToolFailed as e:
+            raise ClusterError(f"{e}{self._log_tail()}") from None
+        return res.stdout.decode(errors="replace")
+
+    def init(self, *, checksums: bool = True, settings: Mapping[str, object] | None = None) -> LocalCluster:
+        """Run initdb (data checksums on by default), then apply ``settings``."""
+        if self.data_dir.exists() and any(self.data_dir.iterdir()):
+            raise ClusterError(f"cannot initdb into {self.data_dir}: the directory is not empty")
+        self._prepare_dir(self.data_dir)
+        initdb = self._tool("initdb")
+        if self.major is None:
+            self.major = initdb.major
+        self._run(pgtools.initdb_command(initdb, str(self.data_dir), superuser=self.superuser, checksums=checksums))
+        if settings:
+            self.configure(**settings)
+        return self
+
+    def _prepare_dir(self, path: Path) -> None:
+        ids = _owner_ids(self.run_as)
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+        if ids:
+            os.chown(path, *ids)
+
+    # -- settings --------------------------------------------------------------------------------------------
+    @property
+    def auto_conf(self) -> Path:
+        return self.data_dir / "postgresql.auto.conf"
+
+    def configure(self, **settings: object) -> None:
+        """Write settings into postgresql.auto.conf (replacing earlier values); a reload or restart applies them.
+
+        ``None`` as a value removes the setting.
+        """
+        lines = self.auto_conf.read_text().splitlines() if self.auto_conf.exists() else []
+        keep = [ln for ln in lines if ln.split("=", 1)[0].strip().lower() not in {k.lower() for k in settings}]
+        keep += [f"{k} = {_quote_setting(v)}" for k, v in settings.items() if v is not None]
+        self._write_owned(self.auto_conf, "\n".join(keep) + "\n")
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        ids = _owner_ids(self.run_as)
+        if ids:
+            os.chown(tmp, *ids)
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def _log_tail(self) -> str:
+        if self.log_file and self.log_file.exists():
+            lines = self.log_file.read_text(errors="replace").strip().splitlines()[-10:]
+            if lines:
+                return "\nserver log:\n" + "\n".join(lines)
+        return ""
+
+    def _ensure_log(self) -> str:
+        if self.log_file is None:
+            self.log_file = self.data_dir.with_name(self.data_dir.name + ".log")
+        if not self.log_file.exists():
+            self.log_file.touch(mode=0o600)
+            ids = _owner_ids(self.run_as)
+            if ids:
+                os.chown(self.log_file, *ids)
+        return str(self.log_file)
+
+    def start(self, *, env: Mapping[str, str] | None = None, timeout: int = 120) -> LocalCluster:
+        """Start the server (on ``port``, 127.0.0.1 only) and wait until it accepts connections.
+
+        ``env`` is added to the server's environment, which archive_command and restore_command inherit.
+        """
+        if not (self.data_dir / "PG_VERSION").exists():
+            raise ClusterError(f"{self.data_dir} is not a PostgreSQL data directory (no PG_VERSION): initdb it first")
+        if self.major is None:
+            self.major = int((self.data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+        for attempt in range(3):
+            self.configure(port=self.port, listen_addresses=self.host, unix_socket_directories="")
+            log = self._ensure_log()
+            cmd = pgtools.pg_ctl_command(self._tool("pg_ctl"), "start", str(self.data_dir), log_file=log, timeout=timeout)
+            try:
+                self._run(cmd, env=env, timeout=timeout + 30)
+                break
+            except ClusterError as e:
+                if attempt < 2 and "Address already in use" in str(e):
+                    self.port = free_port()
+                    continue
+                raise
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def stop(self, mode: str = "fast", timeout: int = 120) -> None:
+        """Stop the server (``fast``: roll back sessions; ``smart``; ``immediate``: crash-like)."""
+        if not self.is_running():
+            return
+        self._run(pgtools.pg_ctl_command(self._tool("pg_ctl"), "stop", str(self.data_dir), mode=mode, timeout=timeout))
+
+    def restart(self, *, env: Mapping[str, str] | None = None) -> LocalCluster:
+        self.stop()
+        return self.start(env=env)
+
+    def reload(self) -> None:
+        self._run(pgtools.pg_ctl_command(self._tool("pg_ctl"), "reload", str(self.data_dir)))
+
+    def promote(self, *, wait: bool = True, timeout: int = 120) -> None:
+        """End recovery and make the server a primary (a new timeline)."""
+        self._run(pgtools.pg_ctl_command(self._tool("pg_ctl"), "promote", str(self.data_dir), wait=wait, timeout=timeout))
+
+    def is_running(self) -> bool:
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (ValueError, IndexError, ProcessLookupError, OSError):
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Wait until a connection succeeds (a server in recovery counts once it accepts read-only sessions)."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.conninfo(), connect_timeout=5):
+                    return
+            except psycopg.OperationalError as e:
+                if time.monotonic() > deadline or not self.is_running():
+                    raise ClusterError(f"server on port {self.port} is not accepting connections: {e}{self._log_tail()}") from None
+                time.sleep(0.1)
+
+    def destroy(self) -> None:
+        """Stop the server (immediately) and remove its directory."""
+        with contextlib.suppress(ClusterError):
+            if self.is_running():
+                self.stop(mode="immediate")
+        target = self.data_dir.parent if self.owns_parent else self.data_dir
+        shutil.rmtree(target, ignore_errors=True)
+        if not self.owns_parent and self.log_file:
+            with contextlib.suppress(OSError):
+                self.log_file.unlink()
+
+    def __enter__(self) -> LocalCluster:
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owns_parent:
+            self.destroy()
+        else:
+            self.stop()
+
+    # -- SQL ------------------------------------------------------------------------------------------------
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return pgtools.make_conninfo(
+            {"host": self.host, "port": str(self.port), "user": self.superuser, "dbname": dbname}
+        )
+
+    def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            return psycopg.connect(self.conninfo(dbname), autocommit=autocommit)
+        except psycopg.OperationalError as e:
+            raise DatabaseError(f"cannot connect to database {dbname!r} on port {self.port}: {e}") from None
+
+    def execute(self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres") -> None:
+        """Run one or more SQL statements (autocommit)."""
+        with self.connect(dbname) as conn:
+            conn.execute(sql.encode() if params is None else sql, params)  # type: ignore[call-overload]
+
+    def query(self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Rows of one query."""
+        with self.connect(dbname) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE ``name``; returns its conninfo."""
+        from psycopg import sql
+
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.conninfo(name)
+
+
+@contextlib.contextmanager
+def temporary_cluster(**kwargs: Any) -> Iterator[LocalCluster]:
+    """A started temporary cluster, destroyed on exit whatever happens."""
+    cluster = LocalCluster.temporary(**kwargs)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

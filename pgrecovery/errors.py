@@ -1,0 +1,86 @@
+"""One exception hierarchy: catch `PgRecoveryError` for everything, or a child for one kind of failure.
+
+Every message says what went wrong *and* what to do about it. The library raises; only `cli.py` turns
+exceptions into exit codes and one-line messages.
+"""
+
+from __future__ import annotations
+
+
+class PgRecoveryError(Exception):
+    """Base of every error pgrecovery raises on purpose."""
+
+
+class ConfigurationError(PgRecoveryError):
+    """Bad input from the caller: an option, a URL, a name. Fix the call and retry."""
+
+
+class MissingDependency(ConfigurationError):
+    """An optional Python package is needed for this storage or feature."""
+
+
+class BackupNotFound(ConfigurationError):
+    """No complete backup has the id (or alias) that was asked for."""
+
+
+class StorageError(PgRecoveryError):
+    """The repository's storage failed to read, write, list or delete an object."""
+
+
+class AlreadyExists(StorageError):
+    """An object is already stored under that name; pgrecovery never overwrites silently."""
+
+
+class ChecksumMismatch(StorageError):
+    """Stored bytes differ from what the manifest recorded (size or sha256)."""
+
+
+class ManifestError(StorageError):
+    """A manifest cannot be parsed or was written by a newer, incompatible pgrecovery."""
+
+
+class ToolNotFound(PgRecoveryError):
+    """A PostgreSQL program (pg_dump, initdb, ...) cannot be found or is too old."""
+
+
+class ToolFailed(PgRecoveryError):
+    """A PostgreSQL program exited with an error; the message carries its stderr."""
+
+
+class DatabaseError(PgRecoveryError):
+    """A database could not be reached or a query on it failed."""
+
+
+class ClusterError(PgRecoveryError):
+    """A LocalCluster could not be created, started, stopped or configured."""
+
+
+class BackupError(PgRecoveryError):
+    """Taking a backup failed; nothing was listed as complete."""
+
+
+class RestoreError(PgRecoveryError):
+    """Restoring a backup failed."""
+
+
+class VerificationFailed(PgRecoveryError):
+    """A verification check failed; the report says which one."""
+
+
+__all__ = [
+    "AlreadyExists",
+    "BackupError",
+    "BackupNotFound",
+    "ChecksumMismatch",
+    "ClusterError",
+    "ConfigurationError",
+    "DatabaseError",
+    "ManifestError",
+    "MissingDependency",
+    "PgRecoveryError",
+    "RestoreError",
+    "StorageError",
+    "ToolFailed",
+    "ToolNotFound",
+    "VerificationFailed",
+]

@@ -1,0 +1,142 @@
+"""The backup manifest: attrs value objects and their versioned JSON form.
+
+A manifest is written last, with no-clobber semantics: its presence is what makes a backup complete. The JSON is
+the documented, stable shape that ``pgrecovery show --json`` prints (see docs/json.md); a field is only ever added,
+and ``schema_version`` goes up when a reader of the old version could not understand the new one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import attrs
+
+from .codec import CODECS, Codec
+from .errors import ManifestError
+
+SCHEMA_VERSION: Final = 1
+
+
+def _utc(value: datetime | str) -> datetime:
+    dt = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no time zone")
+    return dt.astimezone(UTC)
+
+
+def _codec(value: str) -> Codec:
+    if value not in CODECS:
+        raise ValueError(f"unknown codec {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@attrs.frozen(kw_only=True)
+class FileEntry:
+    """One stored object of a backup, relative to the backup's directory."""
+
+    path: str
+    size: int
+    sha256: str
+    codec: Codec = attrs.field(converter=_codec)
+    raw_size: int | None = None
+    role: str = "data"
+
+
+@attrs.frozen(kw_only=True)
+class ContentSummary:
+    """Counts taken from the archive's table of contents."""
+
+    schemas: int
+    tables: int
+    objects: int
+    by_type: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class BackupManifest:
+    """Everything known about one complete backup. Never holds a password or storage key."""
+
+    id: str
+    kind: str
+    started_at: datetime = attrs.field(converter=_utc)
+    finished_at: datetime = attrs.field(converter=_utc)
+    format: str
+    compression: str
+    compression_level: int | None = None
+    files: tuple[FileEntry, ...] = attrs.field(converter=tuple)
+    database: str | None = None
+    databases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    source: dict[str, str] = attrs.field(factory=dict)
+    server_version: str = ""
+    tool_version: str = ""
+    options: dict[str, Any] = attrs.field(factory=dict)
+    summary: ContentSummary | None = None
+    pgrecovery_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to finish."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def size(self) -> int:
+        """Bytes stored in the repository for this backup (after compression)."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def raw_size(self) -> int | None:
+        """Bytes before compression, when known for every file."""
+        sizes = [f.raw_size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+
+    def file(self, role: str) -> FileEntry:
+        for f in self.files:
+            if f.role == role:
+                return f
+        raise ManifestError(f"backup {self.id} has no file with role {role!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        def ser(_inst: object, _field: object, value: Any) -> Any:
+            return value.isoformat() if isinstance(value, datetime) else value
+
+        data = attrs.asdict(self, value_serializer=ser)
+        data["duration"] = round(self.duration, 3)
+        data["size"] = self.size
+        data["raw_size"] = self.raw_size
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackupManifest:
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise ManifestError("manifest has no schema_version: it was not written by pgrecovery")
+        if version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest schema version {version} is newer than this pgrecovery understands "
+                f"({SCHEMA_VERSION}): upgrade pgrecovery"
+            )
+        names = {a.name for a in attrs.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        try:
+            kwargs["files"] = [FileEntry(**f) for f in kwargs.get("files", [])]
+            if kwargs.get("summary") is not None:
+                kwargs["summary"] = ContentSummary(**kwargs["summary"])
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"manifest is malformed: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BackupManifest:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ManifestError(f"manifest is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ManifestError("manifest is not a JSON object")
+        return cls.from_dict(data)
