@@ -1,0 +1,380 @@
+"""The ``pgrecovery`` command: parse, call the public API, print, exit. Nothing else lives here.
+
+Exit codes (the only place they are decided): 0 success; 1 the operation or a verification failed;
+2 usage error (bad option, unknown backup id, bad repository URL, missing extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from . import __version__
+from .errors import ConfigurationError, PgRecoveryError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_EXIT_FOR: list[tuple[type[BaseException], int]] = [(ConfigurationError, EXIT_USAGE), (PgRecoveryError, EXIT_FAILED)]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"pgrecovery: error: {message}\n")
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--repo", default=argparse.SUPPRESS, help="repository URL (default: $PGRECOVERY_REPO)")
+    p.add_argument(
+        "--storage-option", action="append", type=_storage_option, default=argparse.SUPPRESS, metavar="KEY=VALUE",
+        help="fsspec storage option (repeatable); fsspec's FSSPEC_<PROTOCOL>_<OPTION> variables work too",
+    )
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (see docs/json.md)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
+    return p
+
+
+def _dbname(p: argparse.ArgumentParser, help_text: str = "libpq connection string or URI") -> None:
+    p.add_argument("-d", "--dbname", default="", help=f"{help_text} (default: PGHOST, PGPORT, PGUSER, PGDATABASE)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(prog="pgrecovery", description="PostgreSQL backup and recovery.", parents=[common])
+    parser.add_argument("--version", action="version", version=f"pgrecovery {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    verbs.required = True
+
+    backup = verbs.add_parser("backup", help="take a backup", parents=[common])
+    kinds = backup.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
+    kinds.required = True
+    lg = kinds.add_parser("logical", help="pg_dump of one database", parents=[common])
+    _dbname(lg)
+    lg.add_argument("-F", "--format", choices=["custom", "directory", "plain", "tar"], default="custom")
+    lg.add_argument("--compression", choices=["zstd", "gzip", "lz4", "none", "pg_dump"], default="zstd")
+    lg.add_argument("--level", type=int, help="compression level")
+    lg.add_argument("--threads", type=int, default=0, help="zstd threads (default: one per core)")
+    lg.add_argument("-j", "--jobs", type=int, default=1, help="parallel pg_dump jobs (directory format)")
+    lg.add_argument("-n", "--schema", action="append", default=[], dest="schemas")
+    lg.add_argument("-N", "--exclude-schema", action="append", default=[], dest="exclude_schemas")
+    lg.add_argument("-t", "--table", action="append", default=[], dest="tables")
+    lg.add_argument("-T", "--exclude-table", action="append", default=[], dest="exclude_tables")
+    for flag in ("data-only", "schema-only", "no-owner", "no-privileges", "no-comments", "clean", "if-exists", "create"):
+        lg.add_argument(f"--{flag}", action="store_true")
+    gl = kinds.add_parser("globals", help="roles and tablespaces (pg_dumpall --globals-only)", parents=[common])
+    _dbname(gl)
+    gl.add_argument("--roles-only", action="store_true")
+    gl.add_argument("--no-role-passwords", action="store_true")
+    cl = kinds.add_parser("cluster", help="globals plus every database", parents=[common])
+    _dbname(cl)
+    cl.add_argument("--exclude-database", action="append", default=[], dest="exclude_databases")
+
+    restore = verbs.add_parser("restore", help="restore a backup", parents=[common])
+    rkinds = restore.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
+    rkinds.required = True
+    rl = rkinds.add_parser("logical", help="restore a logical, globals or cluster backup", parents=[common])
+    rl.add_argument("id", help="backup id or 'latest'")
+    _dbname(rl, "target database (or server, for globals and cluster backups)")
+    rl.add_argument("--create", action="store_true", help="create the target database first")
+    rl.add_argument("-n", "--schema", action="append", default=[], dest="schemas")
+    rl.add_argument("-t", "--table", action="append", default=[], dest="tables")
+    rl.add_argument("-L", "--use-list", metavar="FILE", help="restore only the entries in FILE (edited `contents`)")
+    rl.add_argument("-j", "--jobs", type=int, default=1)
+    for flag in ("clean", "if-exists", "no-owner", "no-privileges", "data-only", "schema-only", "single-transaction"):
+        rl.add_argument(f"--{flag}", action="store_true")
+    rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
+    rt.add_argument("id", help="backup id or 'latest'")
+    rt.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
+    _dbname(rt, "target database")
+    rt.add_argument("--new-name", help="load under this name instead (the existing table is left alone)")
+    rt.add_argument("--sql", metavar="FILE", help="write the table's SQL to FILE ('-' for stdout) instead of restoring")
+    rt.add_argument("--no-data", action="store_true", help="definition only")
+    rt.add_argument("--no-definition", action="store_true", help="data only (into an existing table)")
+
+    ls = verbs.add_parser("list", help="list complete backups", parents=[common])
+    ls.add_argument("--kind", choices=["logical", "globals", "cluster"])
+    ls.add_argument("--incomplete", action="store_true", help="also list unfinished / interrupted backups")
+    show = verbs.add_parser("show", help="show a backup's manifest", parents=[common])
+    show.add_argument("id")
+    contents = verbs.add_parser("contents", help="list a logical backup's table of contents", parents=[common])
+    contents.add_argument("id")
+    contents.add_argument("--table", help="only the entries that recreate this table")
+    verify = verbs.add_parser("verify", help="verify a backup", parents=[common])
+    verify.add_argument("id", nargs="?", default="latest")
+    verify.add_argument("--drill", action="store_true", help="restore it into a sandbox and count rows")
+    verify.add_argument("--drill-dbname", help="run the drill on this server instead of a sandbox cluster")
+    verify.add_argument("--source-dbname", help="compare row counts with this database (default: the recorded source)")
+    verify.add_argument("-j", "--jobs", type=int, default=1)
+    delete = verbs.add_parser("delete", help="delete a backup", parents=[common])
+    delete.add_argument("id")
+    clean = verbs.add_parser("clean", help="remove interrupted backups' leftovers", parents=[common])
+    clean.add_argument("--include-in-progress", action="store_true", help="also remove ones that look in progress")
+    demo = verbs.add_parser("demo", help="run the demonstration in a sandbox", parents=[common])
+    demo.add_argument("--workdir", help="directory for the sandbox (default: a new temporary one)")
+    return parser
+
+
+# -- output -----------------------------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str], out: TextIO = sys.stdout) -> None:
+    if getattr(args, "json", False):
+        out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    else:
+        out.write((text() if callable(text) else text).rstrip("\n") + "\n")
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    if getattr(args, "json", False) or not sys.stderr.isatty():
+        return None
+    from .progress import Progress, human_bytes
+
+    def show(p: Progress) -> None:
+        total = f" of {human_bytes(p.total)}" if p.total else ""
+        end = "\n" if p.finished else ""
+        sys.stderr.write(f"\r{p.operation}: {human_bytes(p.done)}{total} at {human_bytes(p.rate)}/s   {end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def _repo(args: argparse.Namespace) -> Any:
+    from .storage import Repository
+
+    url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
+    if not url:
+        raise ConfigurationError("no repository: pass --repo URL or set PGRECOVERY_REPO")
+    return Repository(url, **dict(getattr(args, "storage_option", []) or []))
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _manifest_text(m: Any) -> str:
+    from .progress import human_bytes
+
+    lines = [
+        f"id:           {m.id}",
+        f"kind:         {m.kind}",
+        f"database:     {m.database or ', '.join(m.databases) or '-'}",
+        f"format:       {m.format}, compression {m.compression}"
+        + (f" level {m.compression_level}" if m.compression_level is not None else ""),
+        f"started:      {m.started_at.isoformat()}",
+        f"duration:     {m.duration:.2f} s",
+        f"size:         {human_bytes(m.size)}" + (f" (raw {human_bytes(m.raw_size)})" if m.raw_size else ""),
+        f"server:       {m.server_version}",
+        f"tool:         {m.tool_version}",
+        f"source:       {' '.join(f'{k}={v}' for k, v in m.source.items()) or '-'}",
+    ]
+    if m.summary is not None:
+        lines.append(f"contents:     {m.summary.schemas} schema(s), {m.summary.tables} table(s), {m.summary.objects} object(s)")
+    if m.options:
+        lines.append(f"options:      {json.dumps(m.options, sort_keys=True)}")
+    lines.append(f"files:        {len(m.files)}")
+    return "\n".join(lines)
+
+
+# -- verbs ------------------------------------------------------------------------------------------------------
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+
+    repo = _repo(args)
+    job: LogicalBackup | GlobalsBackup | ClusterBackup
+    if args.kind == "logical":
+        opts = {k: getattr(args, k) for k in (
+            "dbname", "format", "compression", "level", "threads", "jobs", "schemas", "exclude_schemas", "tables",
+            "exclude_tables", "data_only", "schema_only", "no_owner", "no_privileges", "no_comments", "clean",
+            "if_exists", "create")}
+        job = LogicalBackup(**opts)
+    elif args.kind == "globals":
+        job = GlobalsBackup(dbname=args.dbname, roles_only=args.roles_only, no_role_passwords=args.no_role_passwords)
+    else:
+        job = ClusterBackup(dbname=args.dbname, exclude_databases=args.exclude_databases)
+    m = job.run(repo, progress=_progress(args))
+    _emit(args, m.to_dict(), lambda: _manifest_text(m))
+    return EXIT_OK
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from ._toc import parse_toc
+    from .logical import LogicalRestore
+
+    repo = _repo(args)
+    restore = LogicalRestore(repo, args.id)
+    if args.kind == "table":
+        if args.sql is not None:
+            text = restore.extract_table(args.table, data=not args.no_data, definition=not args.no_definition)
+            if args.sql == "-":
+                sys.stdout.write(text)
+            else:
+                with open(args.sql, "x") as f:  # never overwrite a file silently
+                    f.write(text)
+            return EXIT_OK
+        res = restore.restore_table(
+            args.table, args.dbname, new_name=args.new_name, data=not args.no_data, definition=not args.no_definition
+        )
+        _emit(args, res.to_dict(), f"restored {args.table} from {res.backup_id}"
+              + (f" as {args.new_name}" if args.new_name else "") + f": {res.rows} row(s) in {res.seconds:.2f} s")
+        return EXIT_OK
+    entries = None
+    if args.use_list:
+        try:
+            with open(args.use_list) as f:
+                wanted = {e.dump_id for e in parse_toc(f.read())}
+        except OSError as e:
+            raise ConfigurationError(f"cannot read --use-list file: {e}") from None
+        entries = [e for e in restore.contents() if e.dump_id in wanted]
+    res = restore.run(
+        args.dbname, create=args.create, schemas=args.schemas, tables=args.tables, entries=entries, jobs=args.jobs,
+        clean=args.clean, if_exists=args.if_exists, no_owner=args.no_owner, no_privileges=args.no_privileges,
+        data_only=args.data_only, schema_only=args.schema_only, single_transaction=args.single_transaction,
+        progress=_progress(args),
+    )
+    _emit(args, res.to_dict(), f"restored {res.backup_id} into {res.database or 'the server'} in {res.seconds:.2f} s")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import leftovers
+    from .progress import human_bytes
+
+    repo = _repo(args)
+    backups = repo.backups(args.kind)
+    extra = leftovers(repo) if args.incomplete else []
+    data: dict[str, Any] = {"repository": repo.display_url, "backups": [m.to_dict() for m in backups]}
+    if args.incomplete:
+        data["incomplete"] = [x.to_dict() for x in extra]
+
+    def text() -> str:
+        if not backups and not extra:
+            return f"no backups in {repo.display_url}"
+        rows = [["ID", "KIND", "DATABASE", "FORMAT", "SIZE", "DURATION", "FINISHED"]]
+        for m in backups:
+            rows.append([m.id, m.kind, m.database or ",".join(m.databases) or "-", m.format, human_bytes(m.size),
+                         f"{m.duration:.1f}s", m.finished_at.strftime("%Y-%m-%d %H:%M:%S")])
+        out = _table(rows) if backups else ""
+        if extra:
+            out += "\n\nincomplete:\n" + "\n".join(f"{x.id}  {x.reason}" for x in extra)
+        return out
+
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    m = _repo(args).get(args.id)
+    _emit(args, m.to_dict(), lambda: _manifest_text(m))
+    return EXIT_OK
+
+
+def _cmd_contents(args: argparse.Namespace) -> int:
+    from .logical import LogicalRestore
+
+    restore = LogicalRestore(_repo(args), args.id)
+    entries = restore.table_entries(args.table) if args.table else restore.contents()
+    _emit(
+        args,
+        {"backup_id": restore.manifest.id, "entries": [e.to_dict() for e in entries]},
+        lambda: f";\n; pgrecovery contents of {restore.manifest.id} (edit and pass to restore --use-list)\n;\n"
+        + "\n".join(e.line for e in entries),
+    )
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import Verifier
+
+    report = Verifier(_repo(args)).verify(
+        args.id, drill=args.drill, drill_server=args.drill_dbname, source=args.source_dbname, jobs=args.jobs
+    )
+
+    def text() -> str:
+        lines = [f"backup {report.backup_id}: {'OK' if report.ok else 'FAILED'}"]
+        lines += [f"  {c.status.upper():4}  {c.name}: {c.detail} ({c.seconds:.2f} s)" for c in report.checks]
+        return "\n".join(lines)
+
+    _emit(args, report.to_dict(), text)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    m = _repo(args).delete_backup(args.id)
+    _emit(args, {"deleted": m.id}, f"deleted {m.id}")
+    return EXIT_OK
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from .catalog import clean_leftovers
+
+    removed = clean_leftovers(_repo(args), include_in_progress=args.include_in_progress)
+    _emit(args, {"removed": [x.to_dict() for x in removed]},
+          "\n".join(f"removed {x.id} ({x.reason})" for x in removed) or "nothing to clean")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    quiet = getattr(args, "json", False)
+    report = run_demo(workdir=args.workdir, out=None if quiet else (lambda s: print(s, flush=True)))
+    if quiet:
+        _emit(args, report.to_dict(), "")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+_VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "backup": _cmd_backup,
+    "restore": _cmd_restore,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "contents": _cmd_contents,
+    "verify": _cmd_verify,
+    "delete": _cmd_delete,
+    "clean": _cmd_clean,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _VERBS[args.verb](args)
+    except PgRecoveryError as e:
+        code = next(c for t, c in _EXIT_FOR if isinstance(e, t))
+        sys.stderr.write(f"pgrecovery: {e}\n")
+        return code
+    except KeyboardInterrupt:
+        sys.stderr.write("pgrecovery: interrupted\n")
+        return 130
+
+
+def run() -> NoReturn:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
