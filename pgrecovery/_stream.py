@@ -9,7 +9,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Protocol
 
 from .codec import Codec, compressor, open_decompressed
 from .errors import ChecksumMismatch
@@ -18,6 +18,14 @@ from .progress import Meter
 from .storage import CHUNK, ObjectWriter, Repository, StoredObject
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class Readable(Protocol):
+    """What the copy helpers need from a source: ``read`` and ``close``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def widen_pipe(fd: int) -> None:
@@ -124,7 +132,7 @@ def open_entry(repo: Repository, key: str, entry: FileEntry, *, verify: bool = T
     return open_decompressed(src, entry.codec)
 
 
-def copy_out(src: BinaryIO, dst: IO[bytes], meter: Meter | None = None) -> None:
+def copy_out(src: Readable, dst: IO[bytes], meter: Meter | None = None) -> None:
     while chunk := src.read(CHUNK):
         dst.write(chunk)
         if meter is not None:
@@ -145,7 +153,7 @@ def materialise(repo: Repository, key: str, entry: FileEntry, dest: Path, meter:
 class Feeder(threading.Thread):
     """Copies a stream into a process's stdin in the background; keeps the first error for the caller."""
 
-    def __init__(self, src: BinaryIO, dst: IO[bytes], meter: Meter | None = None) -> None:
+    def __init__(self, src: Readable, dst: IO[bytes], meter: Meter | None = None) -> None:
         super().__init__(daemon=True)
         self.src, self.dst, self.meter = src, dst, meter
         self.error: BaseException | None = None

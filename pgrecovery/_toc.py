@@ -61,7 +61,13 @@ class TocEntry:
     line: str = attrs.field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dump_id": self.dump_id, "type": self.type, "schema": self.schema, "name": self.name, "owner": self.owner}
+        return {
+            "dump_id": self.dump_id,
+            "type": self.type,
+            "schema": self.schema,
+            "name": self.name,
+            "owner": self.owner,
+        }
 
 
 def parse_toc(text: str) -> list[TocEntry]:
@@ -93,7 +99,10 @@ def summarize(entries: Sequence[TocEntry]) -> ContentSummary:
     by_type = Counter(e.type for e in entries)
     schemas = {e.schema for e in entries if e.schema} | {e.name for e in entries if e.type == "SCHEMA"}
     return ContentSummary(
-        schemas=len(schemas), tables=by_type.get("TABLE", 0), objects=len(entries), by_type=dict(sorted(by_type.items()))
+        schemas=len(schemas),
+        tables=by_type.get("TABLE", 0),
+        objects=len(entries),
+        by_type=dict(sorted(by_type.items())),
     )
 
 

@@ -154,9 +154,7 @@ def leftovers(repo: Repository) -> list[Leftover]:
             started = datetime.fromisoformat(info["started_at"])
         except (StorageError, ValueError, KeyError, TypeError):
             pass
-        out.append(
-            Leftover(id=backup_id, host=host, pid=pid, started_at=started, reason=_why(host, pid, started))
-        )
+        out.append(Leftover(id=backup_id, host=host, pid=pid, started_at=started, reason=_why(host, pid, started)))
     return out
 
 

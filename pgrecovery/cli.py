@@ -18,7 +18,10 @@ from . import __version__
 from .errors import ConfigurationError, PgRecoveryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_EXIT_FOR: list[tuple[type[BaseException], int]] = [(ConfigurationError, EXIT_USAGE), (PgRecoveryError, EXIT_FAILED)]
+_EXIT_FOR: list[tuple[type[BaseException], int]] = [
+    (ConfigurationError, EXIT_USAGE),
+    (PgRecoveryError, EXIT_FAILED),
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,11 +40,15 @@ def _storage_option(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _common() -> _Parser:
+    p = _Parser(add_help=False)
     p.add_argument("--repo", default=argparse.SUPPRESS, help="repository URL (default: $PGRECOVERY_REPO)")
     p.add_argument(
-        "--storage-option", action="append", type=_storage_option, default=argparse.SUPPRESS, metavar="KEY=VALUE",
+        "--storage-option",
+        action="append",
+        type=_storage_option,
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
         help="fsspec storage option (repeatable); fsspec's FSSPEC_<PROTOCOL>_<OPTION> variables work too",
     )
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (see docs/json.md)")
@@ -74,7 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-N", "--exclude-schema", action="append", default=[], dest="exclude_schemas")
     lg.add_argument("-t", "--table", action="append", default=[], dest="tables")
     lg.add_argument("-T", "--exclude-table", action="append", default=[], dest="exclude_tables")
-    for flag in ("data-only", "schema-only", "no-owner", "no-privileges", "no-comments", "clean", "if-exists", "create"):
+    for flag in (
+        "data-only",
+        "schema-only",
+        "no-owner",
+        "no-privileges",
+        "no-comments",
+        "clean",
+        "if-exists",
+        "create",
+    ):
         lg.add_argument(f"--{flag}", action="store_true")
     gl = kinds.add_parser("globals", help="roles and tablespaces (pg_dumpall --globals-only)", parents=[common])
     _dbname(gl)
@@ -95,7 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("-t", "--table", action="append", default=[], dest="tables")
     rl.add_argument("-L", "--use-list", metavar="FILE", help="restore only the entries in FILE (edited `contents`)")
     rl.add_argument("-j", "--jobs", type=int, default=1)
-    for flag in ("clean", "if-exists", "no-owner", "no-privileges", "data-only", "schema-only", "single-transaction"):
+    for flag in (
+        "clean",
+        "if-exists",
+        "no-owner",
+        "no-privileges",
+        "data-only",
+        "schema-only",
+        "single-transaction",
+    ):
         rl.add_argument(f"--{flag}", action="store_true")
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
     rt.add_argument("id", help="backup id or 'latest'")
@@ -184,7 +208,9 @@ def _manifest_text(m: Any) -> str:
         f"source:       {' '.join(f'{k}={v}' for k, v in m.source.items()) or '-'}",
     ]
     if m.summary is not None:
-        lines.append(f"contents:     {m.summary.schemas} schema(s), {m.summary.tables} table(s), {m.summary.objects} object(s)")
+        lines.append(
+            f"contents:     {m.summary.schemas} schema(s), {m.summary.tables} table(s), {m.summary.objects} object(s)"
+        )
     if m.options:
         lines.append(f"options:      {json.dumps(m.options, sort_keys=True)}")
     lines.append(f"files:        {len(m.files)}")
@@ -200,10 +226,29 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     repo = _repo(args)
     job: LogicalBackup | GlobalsBackup | ClusterBackup
     if args.kind == "logical":
-        opts = {k: getattr(args, k) for k in (
-            "dbname", "format", "compression", "level", "threads", "jobs", "schemas", "exclude_schemas", "tables",
-            "exclude_tables", "data_only", "schema_only", "no_owner", "no_privileges", "no_comments", "clean",
-            "if_exists", "create")}
+        opts = {
+            k: getattr(args, k)
+            for k in (
+                "dbname",
+                "format",
+                "compression",
+                "level",
+                "threads",
+                "jobs",
+                "schemas",
+                "exclude_schemas",
+                "tables",
+                "exclude_tables",
+                "data_only",
+                "schema_only",
+                "no_owner",
+                "no_privileges",
+                "no_comments",
+                "clean",
+                "if_exists",
+                "create",
+            )
+        }
         job = LogicalBackup(**opts)
     elif args.kind == "globals":
         job = GlobalsBackup(dbname=args.dbname, roles_only=args.roles_only, no_role_passwords=args.no_role_passwords)
@@ -230,10 +275,19 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                     f.write(text)
             return EXIT_OK
         res = restore.restore_table(
-            args.table, args.dbname, new_name=args.new_name, data=not args.no_data, definition=not args.no_definition
+            args.table,
+            args.dbname,
+            new_name=args.new_name,
+            data=not args.no_data,
+            definition=not args.no_definition,
         )
-        _emit(args, res.to_dict(), f"restored {args.table} from {res.backup_id}"
-              + (f" as {args.new_name}" if args.new_name else "") + f": {res.rows} row(s) in {res.seconds:.2f} s")
+        _emit(
+            args,
+            res.to_dict(),
+            f"restored {args.table} from {res.backup_id}"
+            + (f" as {args.new_name}" if args.new_name else "")
+            + f": {res.rows} row(s) in {res.seconds:.2f} s",
+        )
         return EXIT_OK
     entries = None
     if args.use_list:
@@ -244,12 +298,26 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"cannot read --use-list file: {e}") from None
         entries = [e for e in restore.contents() if e.dump_id in wanted]
     res = restore.run(
-        args.dbname, create=args.create, schemas=args.schemas, tables=args.tables, entries=entries, jobs=args.jobs,
-        clean=args.clean, if_exists=args.if_exists, no_owner=args.no_owner, no_privileges=args.no_privileges,
-        data_only=args.data_only, schema_only=args.schema_only, single_transaction=args.single_transaction,
+        args.dbname,
+        create=args.create,
+        schemas=args.schemas,
+        tables=args.tables,
+        entries=entries,
+        jobs=args.jobs,
+        clean=args.clean,
+        if_exists=args.if_exists,
+        no_owner=args.no_owner,
+        no_privileges=args.no_privileges,
+        data_only=args.data_only,
+        schema_only=args.schema_only,
+        single_transaction=args.single_transaction,
         progress=_progress(args),
     )
-    _emit(args, res.to_dict(), f"restored {res.backup_id} into {res.database or 'the server'} in {res.seconds:.2f} s")
+    _emit(
+        args,
+        res.to_dict(),
+        f"restored {res.backup_id} into {res.database or 'the server'} in {res.seconds:.2f} s",
+    )
     return EXIT_OK
 
 
@@ -269,8 +337,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
             return f"no backups in {repo.display_url}"
         rows = [["ID", "KIND", "DATABASE", "FORMAT", "SIZE", "DURATION", "FINISHED"]]
         for m in backups:
-            rows.append([m.id, m.kind, m.database or ",".join(m.databases) or "-", m.format, human_bytes(m.size),
-                         f"{m.duration:.1f}s", m.finished_at.strftime("%Y-%m-%d %H:%M:%S")])
+            rows.append(
+                [
+                    m.id,
+                    m.kind,
+                    m.database or ",".join(m.databases) or "-",
+                    m.format,
+                    human_bytes(m.size),
+                    f"{m.duration:.1f}s",
+                    m.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+                ]
+            )
         out = _table(rows) if backups else ""
         if extra:
             out += "\n\nincomplete:\n" + "\n".join(f"{x.id}  {x.reason}" for x in extra)
@@ -294,8 +371,10 @@ def _cmd_contents(args: argparse.Namespace) -> int:
     _emit(
         args,
         {"backup_id": restore.manifest.id, "entries": [e.to_dict() for e in entries]},
-        lambda: f";\n; pgrecovery contents of {restore.manifest.id} (edit and pass to restore --use-list)\n;\n"
-        + "\n".join(e.line for e in entries),
+        lambda: (
+            f";\n; pgrecovery contents of {restore.manifest.id} (edit and pass to restore --use-list)\n;\n"
+            + "\n".join(e.line for e in entries)
+        ),
     )
     return EXIT_OK
 
@@ -326,8 +405,11 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     from .catalog import clean_leftovers
 
     removed = clean_leftovers(_repo(args), include_in_progress=args.include_in_progress)
-    _emit(args, {"removed": [x.to_dict() for x in removed]},
-          "\n".join(f"removed {x.id} ({x.reason})" for x in removed) or "nothing to clean")
+    _emit(
+        args,
+        {"removed": [x.to_dict() for x in removed]},
+        "\n".join(f"removed {x.id} ({x.reason})" for x in removed) or "nothing to clean",
+    )
     return EXIT_OK
 
 

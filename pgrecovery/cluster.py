@@ -56,6 +56,10 @@ def _quote_setting(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).absolute()
+
+
 @attrs.define(eq=False)
 class LocalCluster:
     """A local PostgreSQL data directory and the server running on it.
@@ -65,7 +69,7 @@ class LocalCluster:
     ...     print(pg.conninfo())
     """
 
-    data_dir: Path = attrs.field(converter=lambda p: Path(p).absolute())
+    data_dir: Path = attrs.field(converter=_absolute)
     port: int = attrs.field(factory=free_port)
     host: str = "127.0.0.1"
     superuser: str = "postgres"
@@ -184,7 +188,9 @@ class LocalCluster:
         for attempt in range(3):
             self.configure(port=self.port, listen_addresses=self.host, unix_socket_directories="")
             log = self._ensure_log()
-            cmd = pgtools.pg_ctl_command(self._tool("pg_ctl"), "start", str(self.data_dir), log_file=log, timeout=timeout)
+            cmd = pgtools.pg_ctl_command(
+                self._tool("pg_ctl"), "start", str(self.data_dir), log_file=log, timeout=timeout
+            )
             try:
                 self._run(cmd, env=env, timeout=timeout + 30)
                 break
@@ -211,7 +217,9 @@ class LocalCluster:
 
     def promote(self, *, wait: bool = True, timeout: int = 120) -> None:
         """End recovery and make the server a primary (a new timeline)."""
-        self._run(pgtools.pg_ctl_command(self._tool("pg_ctl"), "promote", str(self.data_dir), wait=wait, timeout=timeout))
+        self._run(
+            pgtools.pg_ctl_command(self._tool("pg_ctl"), "promote", str(self.data_dir), wait=wait, timeout=timeout)
+        )
 
     def is_running(self) -> bool:
         pid_file = self.data_dir / "postmaster.pid"
@@ -235,7 +243,9 @@ class LocalCluster:
                     return
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline or not self.is_running():
-                    raise ClusterError(f"server on port {self.port} is not accepting connections: {e}{self._log_tail()}") from None
+                    raise ClusterError(
+                        f"server on port {self.port} is not accepting connections: {e}{self._log_tail()}"
+                    ) from None
                 time.sleep(0.1)
 
     def destroy(self) -> None:
@@ -277,12 +287,14 @@ class LocalCluster:
     def execute(self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres") -> None:
         """Run one or more SQL statements (autocommit)."""
         with self.connect(dbname) as conn:
-            conn.execute(sql.encode() if params is None else sql, params)  # type: ignore[call-overload]
+            conn.execute(sql, params)
 
-    def query(self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres"
+    ) -> list[tuple[Any, ...]]:
         """Rows of one query."""
         with self.connect(dbname) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql, params).fetchall()
 
     def create_database(self, name: str) -> str:
         """CREATE DATABASE ``name``; returns its conninfo."""

@@ -37,7 +37,7 @@ def check_codec(codec: str) -> Codec:
     """Return ``codec`` as a `Codec`, or raise naming the accepted values."""
     if codec not in CODECS:
         raise ConfigurationError(f"unknown compression {codec!r}: use one of {', '.join(CODECS)}")
-    return cast(Codec, codec)
+    return codec
 
 
 def check_level(codec: Codec, level: int | None) -> int:

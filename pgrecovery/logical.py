@@ -16,7 +16,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +25,11 @@ from typing import Any, BinaryIO, Final, Literal
 import attrs
 
 from . import __version__, pgtools
-from ._stream import Feeder, fd_reader, materialise, open_entry, pump, upload_file, widen_pipe
+from ._stream import Feeder, Readable, fd_reader, materialise, open_entry, pump, upload_file, widen_pipe
 from ._toc import TocEntry, list_file_text, parse_toc, split_sql_blocks, summarize, table_entries
 from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup
 from .codec import SUFFIX, Codec, check_codec, check_level
 from .errors import (
-    BackupError,
     ChecksumMismatch,
     ConfigurationError,
     DatabaseError,
@@ -127,6 +126,11 @@ def drop_database(conninfo: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of names; a single string is one name (not its characters)."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 # -- backups ------------------------------------------------------------------------------------------------------
 
 
@@ -139,7 +143,11 @@ def _resolve_compression(compression: str, level: int | None) -> tuple[Codec, in
     return codec, None
 
 
-_PLAIN_MARKERS: Final = {b"; Type: TABLE; Schema: ": "TABLE", b"; Type: SCHEMA; Schema: ": "SCHEMA", b"\n-- Name: ": "*"}
+_PLAIN_MARKERS: Final = {
+    b"; Type: TABLE; Schema: ": "TABLE",
+    b"; Type: SCHEMA; Schema: ": "SCHEMA",
+    b"\n-- Name: ": "*",
+}
 
 
 class _PlainCounter:
@@ -180,10 +188,10 @@ class LogicalBackup:
     level: int | None = None
     threads: int = 0
     jobs: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    schemas: Sequence[str] = attrs.field(default=(), converter=tuple)
-    exclude_schemas: Sequence[str] = attrs.field(default=(), converter=tuple)
-    tables: Sequence[str] = attrs.field(default=(), converter=tuple)
-    exclude_tables: Sequence[str] = attrs.field(default=(), converter=tuple)
+    schemas: Sequence[str] = attrs.field(default=(), converter=_names)
+    exclude_schemas: Sequence[str] = attrs.field(default=(), converter=_names)
+    tables: Sequence[str] = attrs.field(default=(), converter=_names)
+    exclude_tables: Sequence[str] = attrs.field(default=(), converter=_names)
     data_only: bool = False
     schema_only: bool = False
     no_owner: bool = False
@@ -256,7 +264,7 @@ class LogicalBackup:
         return manifest
 
     def _command(self, pg_dump: pgtools.PgTool, conninfo: str, fmt: str, output: str | None) -> list[str]:
-        codec, pg_level = _resolve_compression(self.compression, self.level)
+        _, pg_level = _resolve_compression(self.compression, self.level)
         return pgtools.pg_dump_command(
             pg_dump,
             conninfo,
@@ -330,7 +338,11 @@ class LogicalBackup:
                     repo, out / name, data_key(backup_id, stored_name), codec, level=self.level, meter=meter
                 )
                 return FileEntry(
-                    path=f"data/{stored_name}", size=obj.size, sha256=obj.sha256, codec=codec, raw_size=raw,
+                    path=f"data/{stored_name}",
+                    size=obj.size,
+                    sha256=obj.sha256,
+                    codec=codec,
+                    raw_size=raw,
                     role=f"dump/{name}",
                 )
 
@@ -390,8 +402,15 @@ class GlobalsBackup:
         backup_id = claim_backup_id(repo, "globals", started)
         try:
             entry, tool = _dump_globals(
-                repo, backup_id, self.dbname, info, self.roles_only, self.no_role_passwords,
-                check_codec(self.compression), self.level, Meter("backup", progress),
+                repo,
+                backup_id,
+                self.dbname,
+                info,
+                self.roles_only,
+                self.no_role_passwords,
+                check_codec(self.compression),
+                self.level,
+                Meter("backup", progress),
             )
             manifest = BackupManifest(
                 id=backup_id,
@@ -433,8 +452,18 @@ def _dump_globals(
         cmd.append("--no-role-passwords")
     name = f"globals.sql{SUFFIX[codec]}"
     entry = _stream_program(
-        repo, data_key(backup_id, name), cmd, env=env, codec=codec, stored_codec=codec, level=level, threads=1,
-        meter=meter, role="globals", path=f"data/{name}", what="pg_dumpall",
+        repo,
+        data_key(backup_id, name),
+        cmd,
+        env=env,
+        codec=codec,
+        stored_codec=codec,
+        level=level,
+        threads=1,
+        meter=meter,
+        role="globals",
+        path=f"data/{name}",
+        what="pg_dumpall",
     )
     return entry, tool
 
@@ -447,7 +476,7 @@ class ClusterBackup:
     compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
     level: int | None = None
     threads: int = 0
-    exclude_databases: Sequence[str] = attrs.field(default=(), converter=tuple)
+    exclude_databases: Sequence[str] = attrs.field(default=(), converter=_names)
 
     def run(self, repo: Repository, *, progress: ProgressCallback | None = None) -> BackupManifest:
         import psycopg
@@ -474,9 +503,18 @@ class ClusterBackup:
                 stored = f"db-{i:04d}.pgdump{SUFFIX[codec]}"
                 files.append(
                     _stream_program(
-                        repo, data_key(backup_id, stored), cmd, env=env, codec=codec, stored_codec=codec,
-                        level=self.level, threads=self.threads, meter=meter, role=f"database:{name}",
-                        path=f"data/{stored}", what=f"pg_dump of {name}",
+                        repo,
+                        data_key(backup_id, stored),
+                        cmd,
+                        env=env,
+                        codec=codec,
+                        stored_codec=codec,
+                        level=self.level,
+                        threads=self.threads,
+                        meter=meter,
+                        role=f"database:{name}",
+                        path=f"data/{stored}",
+                        what=f"pg_dump of {name}",
                     )
                 )
             meter.finish()
@@ -533,9 +571,9 @@ def _directory_archive(
         yield root
 
 
-def _run_fed(cmd: list[str], src: BinaryIO, *, env: dict[str, str] | None, what: str, capture: bool) -> bytes:
+def _run_fed(cmd: list[str], src: Readable, *, env: dict[str, str] | None, what: str, capture: bool) -> bytes:
     """Run ``cmd`` with ``src`` on its stdin; return its stdout when ``capture``."""
-    out_file = tempfile.TemporaryFile() if capture else None
+    out_file = tempfile.TemporaryFile() if capture else None  # noqa: SIM115 - closed in finally
     try:
         with pgtools.Spawned(
             cmd, env=env, stdin=subprocess.PIPE, stdout=out_file or subprocess.DEVNULL, what=what
@@ -572,7 +610,11 @@ def _read_toc(repo: Repository, backup_id: str, files: Sequence[FileEntry], fmt:
     entry = next(f for f in files if f.role == "dump")
     with open_entry(repo, _entry_key(backup_id, entry), entry, verify=False) as src:
         out_bytes = _run_fed(
-            pgtools.pg_restore_command(tool, list_only=True), src, env=None, what="pg_restore -l", capture=True
+            pgtools.pg_restore_command(tool, list_only=True),
+            src,
+            env=None,
+            what="pg_restore -l",
+            capture=True,
         )
     return parse_toc(out_bytes.decode(errors="replace"))
 
@@ -655,12 +697,11 @@ class LogicalRestore:
         if m.kind == "cluster":
             return self._restore_cluster(dbname, jobs=jobs, progress=progress, t0=t0)
         selective = bool(schemas or tables or entries is not None)
-        if m.format == "plain":
-            if selective or jobs > 1 or data_only or schema_only:
-                raise ConfigurationError(
-                    f"backup {m.id} is plain SQL: it can only be restored whole and serially "
-                    "(take a custom-format backup for selective or parallel restores)"
-                )
+        if m.format == "plain" and (selective or jobs > 1 or data_only or schema_only):
+            raise ConfigurationError(
+                f"backup {m.id} is plain SQL: it can only be restored whole and serially "
+                "(take a custom-format backup for selective or parallel restores)"
+            )
         if single_transaction and jobs > 1:
             raise ConfigurationError("single_transaction cannot be combined with parallel jobs")
         if m.format == "tar" and jobs > 1:
@@ -741,7 +782,13 @@ class LogicalRestore:
             if m.format == "directory":
                 d = stack.enter_context(_directory_archive(self.repo, m.id, m.files, self.workdir))
                 cmd = pgtools.pg_restore_command(
-                    tool, conninfo=conninfo, fmt="directory", archive=str(d), use_list=list_path, jobs=jobs, **opts
+                    tool,
+                    conninfo=conninfo,
+                    fmt="directory",
+                    archive=str(d),
+                    use_list=list_path,
+                    jobs=jobs,
+                    **opts,
                 )
                 pgtools.run(cmd, env=env, what="pg_restore")
                 return
@@ -836,8 +883,14 @@ class LogicalRestore:
         candidates = [e for e in toc if e.schema == schema and e.type in ("INDEX", "SEQUENCE", "SEQUENCE OWNED BY")]
         sql = self._entries_sql(candidates, schema_only=True) if candidates and extras else ""
         return table_entries(
-            toc, schema, name, definition_sql=split_sql_blocks(sql), data=data, definition=definition,
-            extras=extras, foreign_keys=foreign_keys,
+            toc,
+            schema,
+            name,
+            definition_sql=split_sql_blocks(sql),
+            data=data,
+            definition=definition,
+            extras=extras,
+            foreign_keys=foreign_keys,
         )
 
     def _entries_sql(self, entries: Sequence[TocEntry], *, schema_only: bool = False) -> str:
@@ -851,7 +904,12 @@ class LogicalRestore:
             if m.format == "directory":
                 with _directory_archive(self.repo, m.id, m.files, self.workdir) as d:
                     cmd = pgtools.pg_restore_command(
-                        tool, output="-", fmt="directory", archive=str(d), use_list=list_path, schema_only=schema_only
+                        tool,
+                        output="-",
+                        fmt="directory",
+                        archive=str(d),
+                        use_list=list_path,
+                        schema_only=schema_only,
                     )
                     return pgtools.run(cmd, what="pg_restore").stdout.decode()
             entry = m.file("dump")
@@ -906,8 +964,9 @@ class LogicalRestore:
         else:
             self._restore_renamed(dbname, schema, name, new_name, toc, data=data)
         with psycopg.connect(dbname, autocommit=True) as conn:
-            count = conn.execute(sql.SQL("select count(*) from {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(final))).fetchone()
+            count = conn.execute(
+                sql.SQL("select count(*) from {}.{}").format(sql.Identifier(schema), sql.Identifier(final))
+            ).fetchone()
         return RestoreResult(
             backup_id=self.manifest.id,
             database=pgtools.conninfo_dict(dbname).get("dbname"),
@@ -941,24 +1000,32 @@ class LogicalRestore:
                     "where x.indrelid = to_regclass(%s)",
                     (f'"{schema}"."{name}"',),
                 ).fetchall()
-                conn.execute(sql.SQL("ALTER TABLE {}.{} RENAME TO {}").format(
-                    sql.Identifier(schema), sql.Identifier(name), sql.Identifier(new_name)))
+                conn.execute(
+                    sql.SQL("ALTER TABLE {}.{} RENAME TO {}").format(
+                        sql.Identifier(schema), sql.Identifier(name), sql.Identifier(new_name)
+                    )
+                )
                 for (idx,) in indexes:
-                    renamed = (new_name + idx[len(name):]) if idx.startswith(name) else f"{new_name}_{idx}"
-                    conn.execute(sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
-                        sql.Identifier(schema), sql.Identifier(idx), sql.Identifier(renamed[:63])))
+                    renamed = (new_name + idx[len(name) :]) if idx.startswith(name) else f"{new_name}_{idx}"
+                    conn.execute(
+                        sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
+                            sql.Identifier(schema), sql.Identifier(idx), sql.Identifier(renamed[:63])
+                        )
+                    )
             info = server_info(scratch_ci)
             pg_dump = pgtools.find_tool("pg_dump", min_major=info.major)
             pg_restore = _pg_restore(info.major)
             src_ci, env = pgtools.split_secret(scratch_ci)
             dst_ci, dst_env = pgtools.split_secret(dbname)
-            dump = pgtools.pg_dump_command(pg_dump, src_ci, fmt="custom", compress=0, tables=[f'"{schema}"."{new_name}"'])
+            dump = pgtools.pg_dump_command(
+                pg_dump, src_ci, fmt="custom", compress=0, tables=[f'"{schema}"."{new_name}"']
+            )
             with pgtools.Spawned(dump, env=env, stdout=subprocess.PIPE, what="pg_dump (scratch)") as producer:
                 assert producer.proc.stdout is not None
                 try:
                     _run_fed(
                         pgtools.pg_restore_command(pg_restore, conninfo=dst_ci, no_owner=True),
-                        producer.proc.stdout,  # type: ignore[arg-type]
+                        producer.proc.stdout,
                         env=dst_env,
                         what="pg_restore",
                         capture=False,

@@ -8,6 +8,7 @@ and ``schema_version`` goes up when a reader of the old version could not unders
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -29,7 +30,15 @@ def _utc(value: datetime | str) -> datetime:
 def _codec(value: str) -> Codec:
     if value not in CODECS:
         raise ValueError(f"unknown codec {value!r}")
-    return value  # type: ignore[return-value]
+    return value
+
+
+def _files(value: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
+    return tuple(value)
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -65,9 +74,9 @@ class BackupManifest:
     format: str
     compression: str
     compression_level: int | None = None
-    files: tuple[FileEntry, ...] = attrs.field(converter=tuple)
+    files: tuple[FileEntry, ...] = attrs.field(converter=_files)
     database: str | None = None
-    databases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    databases: tuple[str, ...] = attrs.field(default=(), converter=_names)
     source: dict[str, str] = attrs.field(factory=dict)
     server_version: str = ""
     tool_version: str = ""

@@ -8,6 +8,7 @@ turns a failure into `ToolFailed` carrying the program's stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
@@ -255,7 +256,7 @@ class Spawned:
         what: str | None = None,
     ) -> None:
         self.what = what or Path(cmd[0]).name
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             self.proc = subprocess.Popen(
                 list(cmd), env=child_env(env), stdin=stdin, stdout=stdout, stderr=self._stderr, cwd=cwd
@@ -286,10 +287,8 @@ class Spawned:
         self.kill()
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         self._stderr.close()
 
     def __enter__(self) -> Spawned:
@@ -353,7 +352,13 @@ def pg_dump_command(
 
 
 def pg_dumpall_command(tool: PgTool, conninfo: str, *, roles_only: bool = False) -> list[str]:
-    return [str(tool.path), "-d", conninfo, "--no-password", "--roles-only" if roles_only else "--globals-only"]
+    return [
+        str(tool.path),
+        "-d",
+        conninfo,
+        "--no-password",
+        "--roles-only" if roles_only else "--globals-only",
+    ]
 
 
 def pg_restore_command(
@@ -430,7 +435,7 @@ def initdb_command(
 ) -> list[str]:
     cmd = [str(tool.path), "-D", data_dir, "-U", superuser, "-A", auth, "-E", encoding, f"--locale={locale}"]
     cmd += ["--data-checksums"] if checksums else []
-    return cmd + ["--no-sync"] if os.environ.get("PGRECOVERY_INITDB_NOSYNC") else cmd
+    return [*cmd, "--no-sync"] if os.environ.get("PGRECOVERY_INITDB_NOSYNC") else cmd
 
 
 def pg_ctl_command(

@@ -31,7 +31,11 @@ class Meter:
     """Counts bytes and calls the callback at most every ``interval`` seconds, and once at the end."""
 
     def __init__(
-        self, operation: str, callback: ProgressCallback | None, total: int | None = None, interval: float = 0.5
+        self,
+        operation: str,
+        callback: ProgressCallback | None,
+        total: int | None = None,
+        interval: float = 0.5,
     ) -> None:
         self.operation, self.callback, self.total, self.interval = operation, callback, total, interval
         self.done = 0
@@ -51,7 +55,11 @@ class Meter:
 
     def _event(self, now: float, finished: bool) -> Progress:
         return Progress(
-            operation=self.operation, done=self.done, total=self.total, elapsed=now - self._start, finished=finished
+            operation=self.operation,
+            done=self.done,
+            total=self.total,
+            elapsed=now - self._start,
+            finished=finished,
         )
 
 

@@ -347,7 +347,7 @@ class Repository:
         path = self.path(key)
         try:
             if self.capabilities.local:
-                return open(path, "rb", buffering=CHUNK)  # noqa: SIM115 - the caller closes it
+                return open(path, "rb", buffering=CHUNK)
             return self.fs.open(path, "rb", block_size=8 * CHUNK, cache_type="readahead")  # type: ignore[no-any-return]
         except FileNotFoundError:
             raise StorageError(f"{key!r} is missing from {self.display_url}") from None
@@ -386,7 +386,7 @@ class Repository:
         except FileNotFoundError:
             raise StorageError(f"{key!r} is missing from {self.display_url}") from None
 
-    def list(self, prefix: str = "") -> list[str]:
+    def list_keys(self, prefix: str = "") -> list[str]:
         """Every key below ``prefix`` (recursively), sorted. Temporary files of unfinished writes are skipped."""
         base = self.path(prefix) if prefix else self.root
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,7 +35,16 @@ class Check:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 3)}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _checks(value: Iterable[Check]) -> tuple[Check, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -45,7 +54,7 @@ class VerificationReport:
     backup_id: str
     kind: str
     started_at: datetime
-    checks: tuple[Check, ...] = attrs.field(converter=tuple)
+    checks: tuple[Check, ...] = attrs.field(converter=_checks)
 
     @property
     def ok(self) -> bool:
@@ -152,8 +161,14 @@ class Verifier:
             intact = step("readable", lambda: self._readable(m)) and intact
         if drill:
             if not intact:
-                checks.append(Check(name="restore-drill", status="skip", detail="skipped: stored files are damaged",
-                                    seconds=0.0))
+                checks.append(
+                    Check(
+                        name="restore-drill",
+                        status="skip",
+                        detail="skipped: stored files are damaged",
+                        seconds=0.0,
+                    )
+                )
             else:
                 extra: list[Check] = []
                 with self._server(drill_server) as server:
@@ -182,7 +197,10 @@ class Verifier:
     def _readable(self, m: BackupManifest) -> tuple[Status, str]:
         entries = LogicalRestore(self.repo, m.id, workdir=self.workdir).contents()
         if m.summary is not None and len(entries) != m.summary.objects:
-            return "fail", f"table of contents lists {len(entries)} entries, the manifest recorded {m.summary.objects}"
+            return (
+                "fail",
+                f"table of contents lists {len(entries)} entries, the manifest recorded {m.summary.objects}",
+            )
         return "pass", f"table of contents lists {len(entries)} entries"
 
     @contextlib.contextmanager
@@ -270,13 +288,25 @@ class Verifier:
             live = table_counts(conninfo)
         except Exception as e:  # noqa: BLE001 - the source being unreachable is a skip, not a failure
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            return Check(name="row-counts", status="skip", seconds=time.monotonic() - t0,
-                         detail=f"source {pgtools.describe(conninfo)} not reachable: {first}")
+            return Check(
+                name="row-counts",
+                status="skip",
+                seconds=time.monotonic() - t0,
+                detail=f"source {pgtools.describe(conninfo)} not reachable: {first}",
+            )
         differ = [f"{t}: backup {n}, source {live[t]}" for t, n in counts.items() if t in live and live[t] != n]
         gone = [t for t in counts if t not in live]
         if differ or gone:
             detail = "; ".join(differ + [f"{t}: not in source" for t in gone])
-            return Check(name="row-counts", status="warn", seconds=time.monotonic() - t0,
-                         detail=f"differs from the live source (it may have changed since the backup): {detail}")
-        return Check(name="row-counts", status="pass", seconds=time.monotonic() - t0,
-                     detail=f"{len(counts)} table(s) have the same row counts as the source")
+            return Check(
+                name="row-counts",
+                status="warn",
+                seconds=time.monotonic() - t0,
+                detail=f"differs from the live source (it may have changed since the backup): {detail}",
+            )
+        return Check(
+            name="row-counts",
+            status="pass",
+            seconds=time.monotonic() - t0,
+            detail=f"{len(counts)} table(s) have the same row counts as the source",
+        )

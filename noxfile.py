@@ -1,0 +1,90 @@
+"""Sessions: tests, lint, typecheck, docs, demo, bench.
+
+Every session installs what it needs itself (PostgreSQL server packages through apt-get when they are missing),
+because CI runs in a fresh clone on a machine where nothing was installed by hand.
+
+The virtualenvs are built from Debian's /usr/bin/python3 when it exists: PostgreSQL runs archive_command and
+restore_command as its own OS user, who cannot execute an interpreter that lives in root's private home (where
+the default python3 of these machines lives).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
+PG_PACKAGES = ["postgresql", "postgresql-contrib"]
+
+
+def _have_postgres() -> bool:
+    explicit = os.environ.get("PGRECOVERY_PG_BINDIR")
+    if explicit:
+        return os.path.exists(os.path.join(explicit, "initdb"))
+    return bool(glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb"))
+
+
+def ensure_postgres(session: nox.Session) -> None:
+    """Install PostgreSQL's server programs when they are missing (apt-get, as root)."""
+    if _have_postgres():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *PG_PACKAGES, external=True, env=env)
+        return
+    session.error(
+        "PostgreSQL server programs (initdb, pg_ctl, pg_dump) are missing: install them "
+        "(Debian/Ubuntu: apt-get install postgresql) or set PGRECOVERY_PG_BINDIR to their directory"
+    )
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite against real PostgreSQL servers."""
+    ensure_postgres(session)
+    session.install("-e", ".[test]")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "pgrecovery", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "pgrecovery", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy", "pytest")
+    session.run("mypy", "--strict", "pgrecovery", "tests/typing")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """API reference (pdoc) into docs/_build, and the checks that every documented command exists."""
+    session.install("-e", ".[test]", "pdoc")
+    session.run("pdoc", "pgrecovery", "-o", "docs/_build")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/unit/test_docs.py")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: a sandbox cluster, real backups, a rescue, verification, a report."""
+    ensure_postgres(session)
+    session.install("-e", ".")
+    session.run("pgrecovery", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the native tools (ratios printed; never part of the test suite)."""
+    ensure_postgres(session)
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench_logical.py", *session.posargs)
