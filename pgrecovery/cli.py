@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import ConfigurationError, PgRecoveryError
@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 # -- output -----------------------------------------------------------------------------------------------------
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str], out: TextIO = sys.stdout) -> None:
+def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) -> None:
+    out = sys.stdout
     if getattr(args, "json", False):
         out.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     else:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pgrecovery.cli import main
+
+
+def test_no_repository_is_a_usage_error(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGRECOVERY_REPO", raising=False)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "pgrecovery: no repository: pass --repo URL or set PGRECOVERY_REPO"
+
+
+def test_unknown_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["lsit"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'lsit'" in capsys.readouterr().err
+
+
+def test_unknown_backup_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--repo", str(tmp_path), "show", "20990101T000000Z-logical"]) == 2
+    err = capsys.readouterr().err
+    assert "no complete backup '20990101T000000Z-logical'" in err
+    assert "Traceback" not in err
+
+
+def test_empty_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--repo", str(tmp_path), "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"repository": str(tmp_path), "backups": []}
+
+
+def test_bad_storage_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--storage-option", "novalue", "list"])
+    assert exc.value.code == 2
