@@ -50,7 +50,19 @@ def tests(session: nox.Session) -> None:
     """The whole test suite against real PostgreSQL servers."""
     ensure_postgres(session)
     session.install("-e", ".[test]")
+    _check_reachable_by_server(session)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+def _check_reachable_by_server(session: nox.Session) -> None:
+    """Warn early when PostgreSQL's OS user could not run this virtualenv (archive_command needs it)."""
+    code = "from pgrecovery.cluster import check_runnable_by as c; c()"
+    try:
+        session.run("python", "-c", code, silent=True)
+    except nox.command.CommandFailed:
+        session.warn(
+            "PostgreSQL's OS user cannot run this virtualenv's python: archive/restore_command tests will fail"
+        )
 
 
 @nox.session(python=PYTHON)

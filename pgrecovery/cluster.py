@@ -305,6 +305,29 @@ class LocalCluster:
         return self.conninfo(name)
 
 
+def check_runnable_by(user: str | None = None, python: str | None = None) -> None:
+    """Raise `ClusterError` unless PostgreSQL's OS user can run this interpreter and import pgrecovery.
+
+    archive_command and restore_command run as the server's user: the interpreter, the virtualenv and every
+    directory above them must be reachable by that user.
+    """
+    import sys
+
+    who = user if user is not None else default_run_as()
+    exe = python or sys.executable
+    if who is None:
+        return
+    try:
+        pgtools.run([exe, "-c", "import pgrecovery"], run_as=who, cwd="/", what=f"{exe} as {who}", timeout=60)
+    except (ToolFailed, ConfigurationError, OSError) as e:
+        raise ClusterError(
+            f"PostgreSQL's OS user {who!r} cannot run {exe} with pgrecovery ({str(e).splitlines()[-1]}): "
+            "archive_command and restore_command need an interpreter and a pgrecovery install that user can reach; "
+            "build the virtualenv from the system interpreter (/usr/bin/python3) in a directory whose every parent "
+            f"{who} can traverse"
+        ) from None
+
+
 @contextlib.contextmanager
 def temporary_cluster(**kwargs: Any) -> Iterator[LocalCluster]:
     """A started temporary cluster, destroyed on exit whatever happens."""

@@ -50,7 +50,9 @@ def test_unfinished_backup_is_not_listed_and_can_be_cleaned(repo: Repository) ->
     # a backup whose writer died: started marker from a process that no longer exists, data, no manifest
     repo.put_bytes(
         "backups/20261124T110000Z-logical/started.json",
-        json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 7, "started_at": T0.isoformat()}).encode(),
+        json.dumps(
+            {"host": __import__("socket").gethostname(), "pid": 2**22 + 7, "started_at": T0.isoformat()}
+        ).encode(),
     )
     repo.put_bytes("backups/20261124T110000Z-logical/data/dump", b"half")
     assert [m.id for m in repo.backups()] == [done.id]

@@ -18,7 +18,9 @@ def make() -> BackupManifest:
         format="custom",
         compression="zstd",
         compression_level=3,
-        files=[FileEntry(path="data/dump.pgdump.zst", size=10, sha256="ab" * 32, codec="zstd", raw_size=40, role="dump")],
+        files=[
+            FileEntry(path="data/dump.pgdump.zst", size=10, sha256="ab" * 32, codec="zstd", raw_size=40, role="dump")
+        ],
         database="shop",
         source={"host": "db1", "dbname": "shop"},
         summary=ContentSummary(schemas=1, tables=2, objects=9, by_type={"TABLE": 2}),

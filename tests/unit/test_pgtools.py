@@ -27,7 +27,7 @@ def test_uri_password_is_split_too() -> None:
 
 def test_describe_never_shows_secrets() -> None:
     assert "s3cret" not in describe("host=db1 password=s3cret")
-    assert describe("host=db1 dbname=x") .startswith("host=db1")
+    assert describe("host=db1 dbname=x").startswith("host=db1")
 
 
 def test_bad_conninfo() -> None:
