@@ -77,6 +77,10 @@ class ObjectWriter(Protocol):
 
     def abort(self) -> None: ...
 
+    def __enter__(self) -> ObjectWriter: ...
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
 
 class _HashingWriter:
     """Counts and hashes what is written, then hands bytes to `_write_raw`."""
@@ -98,6 +102,12 @@ class _HashingWriter:
     def _write_raw(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def commit(self) -> StoredObject:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
     def _result(self) -> StoredObject:
         self._done = True
         return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest())
@@ -109,9 +119,9 @@ class _HashingWriter:
         if self._done:
             return
         if exc_type is None:
-            self.commit()  # type: ignore[attr-defined]
+            self.commit()
         else:
-            self.abort()  # type: ignore[attr-defined]
+            self.abort()
 
 
 class _LocalWriter(_HashingWriter):

@@ -39,9 +39,13 @@ def test_never_overwrites_silently(any_repo: Repository) -> None:
 
 
 def test_aborted_write_leaves_nothing(any_repo: Repository) -> None:
-    with pytest.raises(RuntimeError), any_repo.writer("x/partial") as w:  # type: ignore[attr-defined]
-        w.write(b"half of it")
-        raise RuntimeError("producer died")
+    def produce() -> None:
+        with any_repo.writer("x/partial") as w:
+            w.write(b"half of it")
+            raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError):
+        produce()
     assert not any_repo.exists("x/partial")
     assert any_repo.list_keys() == []
 
