@@ -30,9 +30,10 @@ from .errors import (
     ToolNotFound,
     VerificationFailed,
 )
-from .logical import ClusterBackup, GlobalsBackup, LogicalBackup, LogicalRestore, RestoreResult
+from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
 from .manifest import BackupManifest, ContentSummary, FileEntry
 from .progress import Progress, ProgressCallback
+from .restore import LogicalRestore, RestoreResult
 from .storage import Repository, StoredObject
 from .verify import Check, VerificationReport, Verifier
 

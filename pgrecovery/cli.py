@@ -262,7 +262,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from ._toc import parse_toc
-    from .logical import LogicalRestore
+    from .restore import LogicalRestore
 
     repo = _repo(args)
     restore = LogicalRestore(repo, args.id)
@@ -365,7 +365,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_contents(args: argparse.Namespace) -> int:
-    from .logical import LogicalRestore
+    from .restore import LogicalRestore
 
     restore = LogicalRestore(_repo(args), args.id)
     entries = restore.table_entries(args.table) if args.table else restore.contents()

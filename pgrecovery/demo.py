@@ -16,8 +16,9 @@ from typing import Any
 import attrs
 
 from .cluster import LocalCluster
-from .logical import LogicalBackup, LogicalRestore
+from .logical import LogicalBackup
 from .progress import human_bytes
+from .restore import LogicalRestore
 from .storage import Repository
 from .verify import Verifier
 

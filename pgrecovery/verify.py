@@ -16,10 +16,11 @@ from typing import Any, Literal
 import attrs
 
 from . import pgtools
+from ._pgdb import drop_database
 from .errors import PgRecoveryError, VerificationFailed
-from .logical import LogicalRestore, drop_database
 from .manifest import BackupManifest
 from .progress import ProgressCallback
+from .restore import LogicalRestore
 from .storage import Repository
 
 Status = Literal["pass", "fail", "warn", "skip"]
