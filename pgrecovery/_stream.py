@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from .codec import Codec, compressor, open_decompressed
-from .errors import ChecksumMismatch
+from .errors import ChecksumMismatch, PgRecoveryError
 from .manifest import FileEntry
 from .progress import Meter
 from .storage import CHUNK, ObjectWriter, Repository, StoredObject
@@ -83,53 +84,84 @@ def upload_file(
         return writer.commit(), raw
 
 
-class _Verifying:
-    """A readable stream that checks size and sha256 of what it passed on once the end is reached."""
+class _Verifying(io.RawIOBase):
+    """Passes stored bytes through and checks their size and sha256 against the manifest at the end."""
 
     def __init__(self, raw: BinaryIO, entry: FileEntry, label: str) -> None:
-        import hashlib
-
+        super().__init__()
         self._raw, self._entry, self._label = raw, entry, label
-        self._hash, self._size = hashlib.sha256(), 0
+        self._hash, self._size, self._checked = hashlib.sha256(), 0, False
 
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
+    def readinto(self, b: Any) -> int:
+        data = self._raw.read(len(b))
         if data:
             self._hash.update(data)
             self._size += len(data)
-        elif n != 0:
-            self._check()
-        return data
+            b[: len(data)] = data
+        elif not self._checked:
+            self._checked = True
+            _check_digest(self._label, self._entry, self._size, self._hash.hexdigest())
+        return len(data)
 
-    def readinto(self, b: bytearray | memoryview) -> int:
-        data = self.read(len(b))
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _Guarded(io.RawIOBase):
+    """Turns a decompressor's own errors (bad frame, checksum) into `ChecksumMismatch` naming the object."""
+
+    def __init__(self, inner: BinaryIO, label: str) -> None:
+        super().__init__()
+        self._inner, self._label = inner, label
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            data = self._inner.read(len(b))
+        except PgRecoveryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - zstd, gzip and lz4 each have their own error types
+            raise ChecksumMismatch(
+                f"{self._label} cannot be decompressed ({type(e).__name__}: {e}): the stored object is damaged; "
+                "restore from another backup or repository copy"
+            ) from None
         b[: len(data)] = data
         return len(data)
 
-    def _check(self) -> None:
-        if self._size != self._entry.size or self._hash.hexdigest() != self._entry.sha256:
-            raise ChecksumMismatch(
-                f"{self._label} is corrupt: read {self._size} bytes with sha256 {self._hash.hexdigest()[:16]}..., "
-                f"the manifest says {self._entry.size} bytes, {self._entry.sha256[:16]}...; restore from another "
-                "backup or repository copy"
-            )
-
     def close(self) -> None:
-        self._raw.close()
+        if not self.closed:
+            self._inner.close()
+        super().close()
 
-    @property
-    def closed(self) -> bool:
-        return bool(self._raw.closed)
+
+def _check_digest(label: str, entry: FileEntry, size: int, digest: str) -> None:
+    if size != entry.size or digest != entry.sha256:
+        raise ChecksumMismatch(
+            f"{label} is corrupt: {size} bytes with sha256 {digest[:16]}..., the manifest says {entry.size} bytes, "
+            f"{entry.sha256[:16]}...; restore from another backup or repository copy"
+        )
+
+
+def check_stored(repo: Repository, key: str, entry: FileEntry) -> None:
+    """Re-read a stored file and raise `ChecksumMismatch` unless it matches the manifest."""
+    size, digest = repo.digest(key)
+    _check_digest(key, entry, size, digest)
 
 
 def open_entry(repo: Repository, key: str, entry: FileEntry, *, verify: bool = True) -> BinaryIO:
     """The decompressed content of a stored backup file; with ``verify`` the stored bytes are checked as read."""
     raw = repo.open(key)
-    src: BinaryIO = _Verifying(raw, entry, key) if verify else raw  # type: ignore[assignment]
-    return open_decompressed(src, entry.codec)
+    src = cast(BinaryIO, io.BufferedReader(_Verifying(raw, entry, key), CHUNK)) if verify else raw
+    if entry.codec == "none":
+        return src
+    return cast(BinaryIO, io.BufferedReader(_Guarded(open_decompressed(src, entry.codec), key), CHUNK))
 
 
 def copy_out(src: Readable, dst: IO[bytes], meter: Meter | None = None) -> None:
@@ -176,19 +208,3 @@ class Feeder(threading.Thread):
         self.join()
         if self.error is not None:
             raise self.error
-
-
-def copy_tree_decompressed(pairs: list[tuple[Callable[[], BinaryIO], Path]], workers: int) -> None:
-    """Decompress several stored files to local paths in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(item: tuple[Callable[[], BinaryIO], Path]) -> None:
-        opener, dest = item
-        with opener() as src, open(dest, "wb") as out:
-            shutil.copyfileobj(src, out, CHUNK)
-            while src.read(CHUNK):
-                pass
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for f in [pool.submit(one, p) for p in pairs]:
-            f.result()

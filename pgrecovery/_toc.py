@@ -42,6 +42,12 @@ _MULTIWORD = sorted(
         "SHELL TYPE",
         "PROCEDURAL LANGUAGE",
         "DATABASE PROPERTIES",
+        "TABLE ATTACH",
+        "SECURITY LABEL",
+        "BLOB METADATA",
+        "BLOB COMMENTS",
+        "LARGE OBJECTS",
+        "SUBSCRIPTION TABLE",
     ],
     key=len,
     reverse=True,
@@ -132,7 +138,13 @@ def split_sql_blocks(sql: str) -> dict[tuple[str, str, str], str]:
     return out
 
 
-_TABLE_SCOPED = ("CONSTRAINT", "FK CONSTRAINT", "DEFAULT", "TRIGGER", "POLICY", "ROW SECURITY")
+_TABLE_SCOPED = ("CONSTRAINT", "FK CONSTRAINT", "DEFAULT", "TRIGGER", "POLICY", "ROW SECURITY", "TABLE ATTACH")
+_DECORATIONS = ("COMMENT", "ACL", "SECURITY LABEL")
+
+
+def _forms(name: str) -> set[str]:
+    """A name as pg_dump may print it inside a tag: bare, or double-quoted."""
+    return {name, '"' + name.replace('"', '""') + '"'}
 
 
 def table_entries(
@@ -153,7 +165,6 @@ def table_entries(
     """
     qualified = re.compile(qualified_pattern(schema, table))
     on_table = re.compile(rf"\bON\s+(?:ONLY\s+)?{qualified.pattern}[\s(]")
-    picked: list[TocEntry] = []
     owned_seqs: set[str] = set()
     for (typ, sch, name), sql in definition_sql.items():
         if sch != schema:
@@ -162,29 +173,45 @@ def table_entries(
             owned_seqs.add(name)
         if typ == "SEQUENCE" and re.search(rf"ALTER TABLE (?:ONLY )?{qualified.pattern}\s", sql):
             owned_seqs.add(name)  # an identity column's sequence
-    for e in entries:
-        if e.schema != schema:
-            continue
+
+    def structural(e: TocEntry) -> bool:
         if e.type == "TABLE DATA":
-            keep = data and e.name == table
-        elif not definition:
-            keep = False
-        elif e.type == "TABLE":
-            keep = e.name == table
-        elif e.type == "INDEX":
-            keep = extras and bool(on_table.search(definition_sql.get(("INDEX", schema, e.name), "")))
-        elif e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
-            keep = extras and e.name in owned_seqs
-        elif e.type == "SEQUENCE SET":
-            keep = extras and data and e.name in owned_seqs
-        elif e.type == "FK CONSTRAINT":
-            keep = extras and foreign_keys and e.name.startswith(table + " ")
-        elif e.type in _TABLE_SCOPED:
-            keep = extras and (e.name == table or e.name.startswith(table + " "))
-        elif e.type in ("COMMENT", "ACL"):
-            keep = extras and (e.name == f"TABLE {table}" or e.name.startswith(f"COLUMN {table}."))
-        else:
-            keep = False
-        if keep:
-            picked.append(e)
-    return picked
+            return data and e.name == table
+        if not definition:
+            return False
+        if e.type == "TABLE":
+            return e.name == table
+        if not extras:
+            return False
+        if e.type == "INDEX":
+            return bool(on_table.search(definition_sql.get(("INDEX", schema, e.name), "")))
+        if e.type in ("SEQUENCE", "SEQUENCE OWNED BY"):
+            return e.name in owned_seqs
+        if e.type == "SEQUENCE SET":
+            return data and e.name in owned_seqs
+        if e.type == "FK CONSTRAINT":
+            return foreign_keys and e.name.startswith(table + " ")
+        if e.type in _TABLE_SCOPED:
+            return e.name == table or e.name.startswith(table + " ")
+        return False
+
+    picked = [e for e in entries if e.schema == schema and structural(e)]
+    if not (definition and extras):
+        return picked
+    table_forms = _forms(table)
+    object_forms = set().union(*(_forms(e.name) for e in picked if e.type in ("INDEX", "SEQUENCE")))
+
+    def decorates(tag: str) -> bool:
+        kind, _, rest = tag.partition(" ")
+        if kind in ("TABLE", "VIEW"):
+            return rest in table_forms
+        if kind == "COLUMN":
+            return any(rest.startswith(f + ".") for f in table_forms)
+        if kind in ("INDEX", "SEQUENCE"):
+            return rest in object_forms
+        return " ON " in rest and rest.rsplit(" ON ", 1)[1] in table_forms  # constraints, triggers, policies
+
+    wanted = {id(e) for e in picked} | {
+        id(e) for e in entries if e.schema == schema and e.type in _DECORATIONS and decorates(e.name)
+    }
+    return [e for e in entries if id(e) in wanted]

@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         "data-only",
         "schema-only",
         "single-transaction",
+        "disable-triggers",
     ):
         rl.add_argument(f"--{flag}", action="store_true")
+    rl.add_argument("--no-verify-first", action="store_true", help="skip re-reading the stored files before restoring")
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
     rt.add_argument("id", help="backup id or 'latest'")
     rt.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
@@ -272,8 +274,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             if args.sql == "-":
                 sys.stdout.write(text)
             else:
-                with open(args.sql, "x") as f:  # never overwrite a file silently
-                    f.write(text)
+                try:
+                    with open(args.sql, "x") as f:  # never overwrite a file silently
+                        f.write(text)
+                except FileExistsError:
+                    raise ConfigurationError(f"{args.sql} already exists: choose another file or remove it") from None
+                except OSError as e:
+                    raise ConfigurationError(f"cannot write {args.sql}: {e.strerror}") from None
             return EXIT_OK
         res = restore.restore_table(
             args.table,
@@ -312,6 +319,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         data_only=args.data_only,
         schema_only=args.schema_only,
         single_transaction=args.single_transaction,
+        disable_triggers=args.disable_triggers,
+        verify_first=not args.no_verify_first,
         progress=_progress(args),
     )
     _emit(
@@ -438,7 +447,11 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; returns the exit code (argparse's own --help and usage errors included)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,9 +10,10 @@ streams; ``compression="pg_dump"`` keeps pg_dump's own compression for a file th
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -26,9 +27,7 @@ from ._stream import fd_reader, pump, upload_file, widen_pipe
 from ._toc import summarize
 from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup
 from .codec import SUFFIX, Codec, check_codec, check_level
-from .errors import (
-    ConfigurationError,
-)
+from .errors import BackupError, ConfigurationError, ToolFailed
 from .manifest import BackupManifest, ContentSummary, FileEntry
 from .progress import Meter, ProgressCallback
 from .restore import LogicalRestore, RestoreResult
@@ -48,13 +47,26 @@ def _names(value: str | Iterable[str]) -> tuple[str, ...]:
 # -- backups ------------------------------------------------------------------------------------------------------
 
 
-def _resolve_compression(compression: str, level: int | None) -> tuple[Codec, int | None]:
-    """(codec pgrecovery applies, level pg_dump gets or None for -Z0)."""
+def _resolve_compression(compression: str, level: int | None) -> tuple[Codec, int | None, int]:
+    """(codec pgrecovery applies, its level, pg_dump's -Z level)."""
     if compression == "pg_dump":
-        return "none", level
+        if level is not None and not 0 <= level <= 9:
+            raise ConfigurationError(f"pg_dump compression level {level} is out of range: use 0..9")
+        return "none", None, 6 if level is None else level
     codec = check_codec(compression)
-    check_level(codec, level)
-    return codec, None
+    return codec, check_level(codec, level), 0
+
+
+@contextlib.contextmanager
+def _attempt(repo: Repository, backup_id: str, source: str) -> Iterator[None]:
+    """Remove an unfinished backup's files on any failure; a failing dump program becomes `BackupError`."""
+    try:
+        yield
+    except BaseException as e:
+        abandon_backup(repo, backup_id)
+        if isinstance(e, ToolFailed):
+            raise BackupError(f"backup {backup_id} of {pgtools.describe(source)} failed: {e}") from None
+        raise
 
 
 _PLAIN_MARKERS: Final = {
@@ -143,17 +155,19 @@ class LogicalBackup:
         conninfo, env = pgtools.split_secret(self.dbname)
         started = now_utc()
         backup_id = claim_backup_id(repo, "logical", started)
-        try:
+        with _attempt(repo, backup_id, self.dbname):
             meter = Meter("backup", progress)
+            summary: ContentSummary | None
             if self.format == "directory":
                 files = self._dump_directory(repo, backup_id, pg_dump, conninfo, env, meter)
                 summary = _summary_from_stream(repo, backup_id, files, "directory")
             else:
-                entry, plain_summary = self._dump_stream(repo, backup_id, pg_dump, conninfo, env, meter)
+                entry, summary = self._dump_stream(repo, backup_id, pg_dump, conninfo, env, meter)
                 files = [entry]
-                summary = plain_summary or _summary_from_stream(repo, backup_id, files, self.format)
+                if self.format != "plain":
+                    summary = _summary_from_stream(repo, backup_id, files, self.format)
             meter.finish()
-            codec, _ = _resolve_compression(self.compression, self.level)
+            _, own_level, pg_level = _resolve_compression(self.compression, self.level)
             manifest = BackupManifest(
                 id=backup_id,
                 kind="logical",
@@ -161,7 +175,7 @@ class LogicalBackup:
                 finished_at=now_utc(),
                 format=self.format,
                 compression=self.compression,
-                compression_level=check_level(codec, self.level) if codec != "none" else self.level,
+                compression_level=own_level if self.compression != "pg_dump" else pg_level,
                 files=files,
                 database=info.database,
                 source=pgtools.public_conninfo(self.dbname),
@@ -172,19 +186,16 @@ class LogicalBackup:
                 pgrecovery_version=__version__,
             )
             finish_backup(repo, manifest)
-        except BaseException:
-            abandon_backup(repo, backup_id)
-            raise
         return manifest
 
     def _command(self, pg_dump: pgtools.PgTool, conninfo: str, fmt: str, output: str | None) -> list[str]:
-        _, pg_level = _resolve_compression(self.compression, self.level)
+        _, _, pg_level = _resolve_compression(self.compression, self.level)
         return pgtools.pg_dump_command(
             pg_dump,
             conninfo,
             fmt=fmt,
             output=output,
-            compress=pg_level if self.compression == "pg_dump" else 0,
+            compress=pg_level,
             jobs=self.jobs,
             schemas=self.schemas,
             exclude_schemas=self.exclude_schemas,
@@ -209,7 +220,7 @@ class LogicalBackup:
         env: dict[str, str],
         meter: Meter,
     ) -> tuple[FileEntry, ContentSummary | None]:
-        codec, _ = _resolve_compression(self.compression, self.level)
+        codec, own_level, _ = _resolve_compression(self.compression, self.level)
         stored_codec: Codec = codec
         if self.compression == "pg_dump" and self.format == "plain":
             stored_codec = "gzip"  # pg_dump -Fp -Z writes a gzip stream
@@ -222,7 +233,7 @@ class LogicalBackup:
             env=env,
             codec=codec,
             stored_codec=stored_codec,
-            level=self.level,
+            level=own_level,
             threads=self.threads,
             meter=meter,
             role="dump",
@@ -240,7 +251,7 @@ class LogicalBackup:
         env: dict[str, str],
         meter: Meter,
     ) -> list[FileEntry]:
-        codec, _ = _resolve_compression(self.compression, self.level)
+        codec, own_level, _ = _resolve_compression(self.compression, self.level)
         with tempfile.TemporaryDirectory(prefix="pgrecovery-dump-", dir=self.workdir) as tmp:
             out = Path(tmp) / "dump"
             pgtools.run(self._command(pg_dump, conninfo, "directory", str(out)), env=env, what="pg_dump")
@@ -249,7 +260,7 @@ class LogicalBackup:
             def one(name: str) -> FileEntry:
                 stored_name = f"dump/{name}{SUFFIX[codec]}"
                 obj, raw = upload_file(
-                    repo, out / name, data_key(backup_id, stored_name), codec, level=self.level, meter=meter
+                    repo, out / name, data_key(backup_id, stored_name), codec, level=own_level, meter=meter
                 )
                 return FileEntry(
                     path=f"data/{stored_name}",
@@ -314,7 +325,7 @@ class GlobalsBackup:
         info = server_info(self.dbname)
         started = now_utc()
         backup_id = claim_backup_id(repo, "globals", started)
-        try:
+        with _attempt(repo, backup_id, self.dbname):
             entry, tool = _dump_globals(
                 repo,
                 backup_id,
@@ -342,9 +353,6 @@ class GlobalsBackup:
                 pgrecovery_version=__version__,
             )
             finish_backup(repo, manifest)
-        except BaseException:
-            abandon_backup(repo, backup_id)
-            raise
         return manifest
 
 
@@ -409,7 +417,7 @@ class ClusterBackup:
         started = now_utc()
         backup_id = claim_backup_id(repo, "cluster", started)
         meter = Meter("backup", progress)
-        try:
+        with _attempt(repo, backup_id, self.dbname):
             files = [_dump_globals(repo, backup_id, self.dbname, info, False, False, codec, self.level, meter)[0]]
             for i, name in enumerate(names):
                 conninfo, env = pgtools.split_secret(pgtools.with_dbname(self.dbname, name))
@@ -449,9 +457,6 @@ class ClusterBackup:
                 pgrecovery_version=__version__,
             )
             finish_backup(repo, manifest)
-        except BaseException:
-            abandon_backup(repo, backup_id)
-            raise
         return manifest
 
 

@@ -379,6 +379,7 @@ def pg_restore_command(
     no_owner: bool = False,
     no_privileges: bool = False,
     no_comments: bool = False,
+    disable_triggers: bool = False,
     exit_on_error: bool = True,
     single_transaction: bool = False,
     output: str | None = None,
@@ -407,6 +408,7 @@ def pg_restore_command(
         "--no-owner": no_owner,
         "--no-privileges": no_privileges,
         "--no-comments": no_comments,
+        "--disable-triggers": disable_triggers,
         "--exit-on-error": exit_on_error and not list_only,
         "--single-transaction": single_transaction,
     }

@@ -22,10 +22,9 @@ import attrs
 from . import pgtools
 from ._archive import Metered, directory_archive, entry_key, find_pg_restore, read_toc, run_fed
 from ._pgdb import create_database, database_exists, drop_database, maintenance, server_info, tool_major
-from ._stream import materialise, open_entry
+from ._stream import check_stored, materialise, open_entry
 from ._toc import TocEntry, list_file_text, split_sql_blocks, table_entries
 from .errors import (
-    ChecksumMismatch,
     ConfigurationError,
     DatabaseError,
     RestoreError,
@@ -91,27 +90,36 @@ class LogicalRestore:
         no_privileges: bool = False,
         data_only: bool = False,
         schema_only: bool = False,
+        disable_triggers: bool = False,
         exit_on_error: bool = True,
         single_transaction: bool = False,
+        verify_first: bool = True,
         progress: ProgressCallback | None = None,
     ) -> RestoreResult:
         """Restore into the database ``dbname`` names (created first with ``create=True``).
 
-        ``entries`` restores exactly those table-of-contents entries (filter `contents()`); ``schemas`` and
-        ``tables`` select like pg_restore's -n / -t. For a cluster backup ``dbname`` names the server and
-        every database is created there; for a globals backup the roles are created (existing ones kept).
+        ``entries`` restores exactly those table-of-contents entries (filter `contents()`); ``schemas`` restores
+        whole schemas (created when the target lacks them); ``tables`` selects like pg_restore's -t.
+        ``verify_first`` re-reads the stored files and checks them against the manifest before anything is
+        written to the database (one extra read; corruption is also caught while streaming, but by then part of
+        the dump may be applied). For a cluster backup ``dbname`` names the server and every database is created
+        there; for a globals backup the roles are created (existing ones kept). A database created here is
+        dropped again if the restore fails.
         """
         m = self.manifest
         t0 = time.monotonic()
         if jobs < 1:
             raise ConfigurationError("jobs must be at least 1")
+        if verify_first:
+            for f in m.files:
+                check_stored(self.repo, self._key(f), f)
         if m.kind == "globals":
             self._restore_globals(dbname, progress)
             return RestoreResult(backup_id=m.id, database=None, seconds=time.monotonic() - t0)
         if m.kind == "cluster":
             return self._restore_cluster(dbname, jobs=jobs, progress=progress, t0=t0)
         selective = bool(schemas or tables or entries is not None)
-        if m.format == "plain" and (selective or jobs > 1 or data_only or schema_only):
+        if m.format == "plain" and (selective or jobs > 1 or data_only or schema_only or disable_triggers):
             raise ConfigurationError(
                 f"backup {m.id} is plain SQL: it can only be restored whole and serially "
                 "(take a custom-format backup for selective or parallel restores)"
@@ -124,41 +132,68 @@ class LogicalRestore:
             create_database(dbname)
         else:
             server_info(dbname)  # a clear error now rather than pg_restore's later
-        conninfo, env = pgtools.split_secret(dbname)
-        meter = Meter("restore", progress, total=m.raw_size)
         try:
+            if schemas and entries is None:
+                entries = self._schema_entries(dbname, schemas, tables)
+                schemas, tables = (), ()
+            conninfo, env = pgtools.split_secret(dbname)
+            meter = Meter("restore", progress, total=m.raw_size)
             if m.format == "plain":
                 self._restore_plain(conninfo, env, meter, single_transaction)
             else:
-                self._restore_archive(
-                    conninfo,
-                    env,
-                    meter,
-                    entries=entries,
-                    jobs=jobs,
-                    opts={
-                        "schemas": schemas,
-                        "tables": tables,
-                        "clean": clean,
-                        "if_exists": if_exists,
-                        "no_owner": no_owner,
-                        "no_privileges": no_privileges,
-                        "data_only": data_only,
-                        "schema_only": schema_only,
-                        "exit_on_error": exit_on_error,
-                        "single_transaction": single_transaction,
-                    },
-                )
-        except ToolFailed as e:
-            raise RestoreError(f"restore of backup {m.id} into {pgtools.describe(dbname)} failed: {e}") from None
-        meter.finish()
-        name = pgtools.conninfo_dict(dbname).get("dbname") or os.environ.get("PGDATABASE")
+                opts = {
+                    "schemas": schemas,
+                    "tables": tables,
+                    "clean": clean,
+                    "if_exists": if_exists,
+                    "no_owner": no_owner,
+                    "no_privileges": no_privileges,
+                    "data_only": data_only,
+                    "schema_only": schema_only,
+                    "disable_triggers": disable_triggers,
+                    "exit_on_error": exit_on_error,
+                    "single_transaction": single_transaction,
+                }
+                self._restore_archive(conninfo, env, meter, entries=entries, jobs=jobs, opts=opts)
+            meter.finish()
+        except BaseException as e:
+            created = _dbname_of(dbname) if create else None
+            if created:
+                with contextlib.suppress(Exception):
+                    drop_database(dbname, created)
+            if isinstance(e, ToolFailed):
+                raise RestoreError(f"restore of backup {m.id} into {pgtools.describe(dbname)} failed: {e}") from None
+            raise
         return RestoreResult(
             backup_id=m.id,
-            database=name,
+            database=_dbname_of(dbname),
             seconds=time.monotonic() - t0,
             entries=len(entries) if entries is not None else None,
         )
+
+    def _schema_entries(self, dbname: str, schemas: Sequence[str], tables: Sequence[str]) -> list[TocEntry]:
+        """Every entry of ``schemas`` (restricted to ``tables`` when given), plus the schemas themselves when
+        the target does not have them yet (pg_restore -n alone would not create them)."""
+        import psycopg
+
+        with psycopg.connect(dbname, autocommit=True) as conn:
+            present = {
+                r[0] for r in conn.execute("select nspname from pg_namespace where nspname = any(%s)", (list(schemas),))
+            }
+        wanted = set(schemas)
+        toc = self.contents()
+        missing = wanted - {e.schema for e in toc if e.schema} - {e.name for e in toc if e.type == "SCHEMA"}
+        if missing:
+            raise ConfigurationError(f"backup {self.manifest.id} has no schema {', '.join(sorted(missing))}")
+        out = []
+        for e in toc:
+            if e.type == "SCHEMA" or (e.schema is None and e.name.startswith("SCHEMA ")):
+                name = e.name.removeprefix("SCHEMA ") if e.type != "SCHEMA" else e.name
+                if name in wanted and name not in present:
+                    out.append(e)
+            elif e.schema in wanted and (not tables or _belongs_to(e, tables)):
+                out.append(e)
+        return out
 
     def _restore_plain(self, conninfo: str, env: dict[str, str], meter: Meter, single: bool) -> None:
         psql = pgtools.find_tool("psql")
@@ -213,8 +248,6 @@ class LogicalRestore:
                     tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pgrecovery-", dir=self.workdir))
                     local = Path(tmpdir) / "dump.pgdump"
                     materialise(self.repo, self._key(entry), entry, local, meter)
-                else:
-                    self._check_stored(entry)
                 cmd = pgtools.pg_restore_command(
                     tool, conninfo=conninfo, archive=str(local), use_list=list_path, jobs=jobs, **opts
                 )
@@ -223,11 +256,6 @@ class LogicalRestore:
             cmd = pgtools.pg_restore_command(tool, conninfo=conninfo, use_list=list_path, **opts)
             with open_entry(self.repo, self._key(entry), entry) as src:
                 run_fed(cmd, Metered(src, meter), env=env, what="pg_restore", capture=False)
-
-    def _check_stored(self, entry: FileEntry) -> None:
-        size, digest = self.repo.digest(self._key(entry))
-        if size != entry.size or digest != entry.sha256:
-            raise ChecksumMismatch(f"{self._key(entry)} is corrupt (size or sha256 differs from the manifest)")
 
     def _restore_globals(self, dbname: str, progress: ProgressCallback | None, entry: FileEntry | None = None) -> None:
         """Run the globals SQL, skipping roles that already exist (a fresh cluster already has its superuser)."""
@@ -363,7 +391,8 @@ class LogicalRestore:
         final = new_name or name
         try:
             with psycopg.connect(dbname, autocommit=True) as conn:
-                row = conn.execute("select to_regclass(%s)", (f'"{schema}"."{final}"',)).fetchone()
+                qualified = sql.Identifier(schema, final).as_string(conn)
+                row = conn.execute("select to_regclass(%s)", (qualified,)).fetchone()
         except psycopg.Error as e:
             raise DatabaseError(f"cannot connect to {pgtools.describe(dbname)}: {e}") from None
         if row and row[0] is not None and definition:
@@ -412,7 +441,7 @@ class LogicalRestore:
                 indexes = conn.execute(
                     "select i.relname from pg_index x join pg_class i on i.oid = x.indexrelid "
                     "where x.indrelid = to_regclass(%s)",
-                    (f'"{schema}"."{name}"',),
+                    (sql.Identifier(schema, name).as_string(conn),),
                 ).fetchall()
                 conn.execute(
                     sql.SQL("ALTER TABLE {}.{} RENAME TO {}").format(
@@ -432,7 +461,7 @@ class LogicalRestore:
             src_ci, env = pgtools.split_secret(scratch_ci)
             dst_ci, dst_env = pgtools.split_secret(dbname)
             dump = pgtools.pg_dump_command(
-                pg_dump, src_ci, fmt="custom", compress=0, tables=[f'"{schema}"."{new_name}"']
+                pg_dump, src_ci, fmt="custom", compress=0, tables=[_quoted(schema) + "." + _quoted(new_name)]
             )
             with pgtools.Spawned(dump, env=env, stdout=subprocess.PIPE, what="pg_dump (scratch)") as producer:
                 assert producer.proc.stdout is not None
@@ -450,3 +479,16 @@ class LogicalRestore:
             raise RestoreError(f"restoring {schema}.{name} as {new_name} failed: {e}") from None
         finally:
             drop_database(dbname, scratch)
+
+
+def _dbname_of(conninfo: str) -> str | None:
+    return pgtools.conninfo_dict(conninfo).get("dbname") or os.environ.get("PGDATABASE")
+
+
+def _belongs_to(entry: TocEntry, tables: Sequence[str]) -> bool:
+    """Whether a table-level entry concerns one of ``tables`` (TABLE, TABLE DATA and entries named after it)."""
+    return any(entry.name == t or entry.name.startswith(t + " ") for t in tables)
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
