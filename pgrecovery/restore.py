@@ -400,10 +400,12 @@ class LogicalRestore:
                 f"table {schema}.{final} already exists in {pgtools.describe(dbname)}: drop or rename it, or "
                 "restore under another name (new_name=...)"
             )
+        for f in self.manifest.files:  # once, here, rather than in each restore below
+            check_stored(self.repo, self._key(f), f)
         toc = self.contents()
         if new_name is None or new_name == name:
             picked = self.table_entries(name, schema=schema, data=data, definition=definition, toc=toc)
-            self.run(dbname, entries=picked)
+            self.run(dbname, entries=picked, verify_first=False)
         else:
             self._restore_renamed(dbname, schema, name, new_name, toc, data=data)
         with psycopg.connect(dbname, autocommit=True) as conn:
@@ -436,7 +438,7 @@ class LogicalRestore:
         try:
             with psycopg.connect(scratch_ci, autocommit=True) as conn:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            self.run(scratch_ci, entries=picked, no_owner=True, no_privileges=True)
+            self.run(scratch_ci, entries=picked, no_owner=True, no_privileges=True, verify_first=False)
             with psycopg.connect(scratch_ci, autocommit=True) as conn:
                 indexes = conn.execute(
                     "select i.relname from pg_index x join pg_class i on i.oid = x.indexrelid "
