@@ -71,13 +71,20 @@ def fd_reader(fd: int, size: int = CHUNK) -> Callable[[], bytes]:
 
 
 def upload_file(
-    repo: Repository, src: Path, key: str, codec: Codec, *, level: int | None, meter: Meter | None
+    repo: Repository,
+    src: Path,
+    key: str,
+    codec: Codec,
+    *,
+    level: int | None,
+    meter: Meter | None,
+    threads: int = 1,
 ) -> tuple[StoredObject, int]:
     """Compress and store one local file; returns what was stored and its raw size."""
     with open(src, "rb", buffering=0) as f:
         writer = repo.writer(key)
         try:
-            raw, _ = pump(lambda: f.read(CHUNK), writer, codec, level=level, threads=1, meter=meter)
+            raw, _ = pump(lambda: f.read(CHUNK), writer, codec, level=level, threads=threads, meter=meter)
         except BaseException:
             writer.abort()
             raise

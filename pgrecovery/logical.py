@@ -36,6 +36,7 @@ from .storage import Repository
 Format = Literal["custom", "directory", "plain", "tar"]
 FORMATS: Final = ("custom", "directory", "plain", "tar")
 Compression = Literal["zstd", "gzip", "lz4", "none", "pg_dump"]
+_BIG_MEMBER: Final = 32 << 20  # directory-format members at least this big are compressed with all cores
 _EXT: Final = {"custom": ".pgdump", "plain": ".sql", "tar": ".tar"}
 
 
@@ -255,12 +256,18 @@ class LogicalBackup:
         with tempfile.TemporaryDirectory(prefix="pgrecovery-dump-", dir=self.workdir) as tmp:
             out = Path(tmp) / "dump"
             pgtools.run(self._command(pg_dump, conninfo, "directory", str(out)), env=env, what="pg_dump")
-            names = sorted(p.name for p in out.iterdir())
+            sizes = {p.name: p.stat().st_size for p in out.iterdir()}
 
-            def one(name: str) -> FileEntry:
+            def one(name: str, threads: int = 1) -> FileEntry:
                 stored_name = f"dump/{name}{SUFFIX[codec]}"
                 obj, raw = upload_file(
-                    repo, out / name, data_key(backup_id, stored_name), codec, level=own_level, meter=meter
+                    repo,
+                    out / name,
+                    data_key(backup_id, stored_name),
+                    codec,
+                    level=own_level,
+                    meter=meter,
+                    threads=threads,
                 )
                 return FileEntry(
                     path=f"data/{stored_name}",
@@ -271,8 +278,13 @@ class LogicalBackup:
                     role=f"dump/{name}",
                 )
 
+            # Big members (one per large table) go one at a time with every core compressing, so that one
+            # huge table does not leave the other workers idle; the many small ones go side by side.
+            big = sorted((n for n, size in sizes.items() if size >= _BIG_MEMBER), key=lambda n: -sizes[n])
+            entries = [one(n, threads=self.threads) for n in big]
             with ThreadPoolExecutor(max_workers=max(2, self.jobs)) as pool:
-                return list(pool.map(one, names))
+                entries += pool.map(one, sorted(n for n in sizes if n not in big))
+            return sorted(entries, key=lambda e: e.path)
 
 
 def _stream_program(
