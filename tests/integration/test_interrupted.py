@@ -25,8 +25,9 @@ def _wait_for(predicate: object, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-def _partial_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.tmp") if p.stat().st_size > 0]
+def _partial_dump(root: Path) -> list[Path]:
+    """Unfinished (temporary) dump files that already hold data."""
+    return [p for p in root.glob("backups/*/data/.*.tmp") if p.stat().st_size > 0]
 
 
 def test_killed_backup_is_not_listed_and_is_cleaned(
@@ -41,7 +42,7 @@ def test_killed_backup_is_not_listed_and_is_cleaned(
     cmd = [sys.executable, "-m", "pgrecovery", "--repo", str(root), "backup", "logical", "--dbname", fresh_db]
     proc = subprocess.Popen([*cmd, "--level", "19", "--threads", "1"], stdout=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: root.exists() and _partial_files(root))
+        _wait_for(lambda: root.exists() and _partial_dump(root))
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
