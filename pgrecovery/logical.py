@@ -229,7 +229,8 @@ class LogicalBackup:
         counter = _PlainCounter() if self.format == "plain" and stored_codec == codec else None
         return _stream_program(
             repo,
-            data_key(backup_id, name),
+            backup_id,
+            name,
             self._command(pg_dump, conninfo, self.format, None),
             env=env,
             codec=codec,
@@ -238,7 +239,6 @@ class LogicalBackup:
             threads=self.threads,
             meter=meter,
             role="dump",
-            path=f"data/{name}",
             inspect=counter,
             what="pg_dump",
         ), (counter.summary() if counter else None)
@@ -289,7 +289,8 @@ class LogicalBackup:
 
 def _stream_program(
     repo: Repository,
-    key: str,
+    backup_id: str,
+    name: str,
     cmd: list[str],
     *,
     env: dict[str, str],
@@ -299,12 +300,12 @@ def _stream_program(
     threads: int,
     meter: Meter | None,
     role: str,
-    path: str,
     inspect: Any = None,
     what: str,
 ) -> FileEntry:
-    """Run a program and stream its stdout, compressed, into ``key``; commit only if it exits 0."""
-    writer = repo.writer(key)
+    """Run a program and stream its stdout, compressed, into the backup's ``data/<name>``; commit only if it
+    exits 0."""
+    writer = repo.writer(data_key(backup_id, name))
     try:
         with pgtools.Spawned(cmd, env=env, stdout=subprocess.PIPE, what=what) as proc:
             assert proc.proc.stdout is not None
@@ -316,7 +317,7 @@ def _stream_program(
         writer.abort()
         raise
     obj = writer.commit()
-    return FileEntry(path=path, size=obj.size, sha256=obj.sha256, codec=stored_codec, raw_size=raw, role=role)
+    return FileEntry(path=f"data/{name}", size=obj.size, sha256=obj.sha256, codec=stored_codec, raw_size=raw, role=role)
 
 
 def _summary_from_stream(repo: Repository, backup_id: str, files: Sequence[FileEntry], fmt: str) -> ContentSummary:
@@ -387,7 +388,8 @@ def _dump_globals(
     name = f"globals.sql{SUFFIX[codec]}"
     entry = _stream_program(
         repo,
-        data_key(backup_id, name),
+        backup_id,
+        name,
         cmd,
         env=env,
         codec=codec,
@@ -396,7 +398,6 @@ def _dump_globals(
         threads=1,
         meter=meter,
         role="globals",
-        path=f"data/{name}",
         what="pg_dumpall",
     )
     return entry, tool
@@ -438,7 +439,8 @@ class ClusterBackup:
                 files.append(
                     _stream_program(
                         repo,
-                        data_key(backup_id, stored),
+                        backup_id,
+                        stored,
                         cmd,
                         env=env,
                         codec=codec,
@@ -447,7 +449,6 @@ class ClusterBackup:
                         threads=self.threads,
                         meter=meter,
                         role=f"database:{name}",
-                        path=f"data/{stored}",
                         what=f"pg_dump of {name}",
                     )
                 )
