@@ -304,7 +304,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 wanted = {e.dump_id for e in parse_toc(f.read())}
         except OSError as e:
             raise ConfigurationError(f"cannot read --use-list file: {e}") from None
-        entries = [e for e in restore.contents() if e.dump_id in wanted]
+        entries = [e for e in restore.list_contents() if e.dump_id in wanted]
     res = restore.run(
         args.dbname,
         create=args.create,
@@ -377,7 +377,7 @@ def _cmd_contents(args: argparse.Namespace) -> int:
     from .restore import LogicalRestore
 
     restore = LogicalRestore(_repo(args), args.id)
-    entries = restore.table_entries(args.table) if args.table else restore.contents()
+    entries = restore.table_entries(args.table) if args.table else restore.list_contents()
     _emit(
         args,
         {"backup_id": restore.manifest.id, "entries": [e.to_dict() for e in entries]},

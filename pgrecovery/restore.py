@@ -67,7 +67,7 @@ class LogicalRestore:
         return entry_key(self.manifest.id, entry)
 
     # -- table of contents --------------------------------------------------------------------------------------
-    def contents(self) -> list[TocEntry]:
+    def list_contents(self) -> list[TocEntry]:
         """The archive's table of contents as typed entries (``pg_restore -l``)."""
         m = self.manifest
         if m.kind != "logical":
@@ -98,7 +98,7 @@ class LogicalRestore:
     ) -> RestoreResult:
         """Restore into the database ``dbname`` names (created first with ``create=True``).
 
-        ``entries`` restores exactly those table-of-contents entries (filter `contents()`); ``schemas`` restores
+        ``entries`` restores exactly those table-of-contents entries (filter `list_contents()`); ``schemas`` restores
         whole schemas (created when the target lacks them); ``tables`` selects like pg_restore's -t.
         ``verify_first`` re-reads the stored files and checks them against the manifest before anything is
         written to the database (one extra read; corruption is also caught while streaming, but by then part of
@@ -181,7 +181,7 @@ class LogicalRestore:
                 r[0] for r in conn.execute("select nspname from pg_namespace where nspname = any(%s)", (list(schemas),))
             }
         wanted = set(schemas)
-        toc = self.contents()
+        toc = self.list_contents()
         missing = wanted - {e.schema for e in toc if e.schema} - {e.name for e in toc if e.type == "SCHEMA"}
         if missing:
             raise ConfigurationError(f"backup {self.manifest.id} has no schema {', '.join(sorted(missing))}")
@@ -319,7 +319,7 @@ class LogicalRestore:
         """The TOC entries that recreate one table: definition, data, indexes, constraints, defaults, owned
         sequences, triggers, comments and grants."""
         schema, name = self._split_table(table, schema)
-        toc = list(toc) if toc is not None else self.contents()
+        toc = list(toc) if toc is not None else self.list_contents()
         if not any(e.type == "TABLE" and e.schema == schema and e.name == name for e in toc):
             raise ConfigurationError(f"backup {self.manifest.id} has no table {schema}.{name}")
         candidates = [e for e in toc if e.schema == schema and e.type in ("INDEX", "SEQUENCE", "SEQUENCE OWNED BY")]
@@ -402,7 +402,7 @@ class LogicalRestore:
             )
         for f in self.manifest.files:  # once, here, rather than in each restore below
             check_stored(self.repo, self._key(f), f)
-        toc = self.contents()
+        toc = self.list_contents()
         if new_name is None or new_name == name:
             picked = self.table_entries(name, schema=schema, data=data, definition=definition, toc=toc)
             self.run(dbname, entries=picked, verify_first=False)

@@ -196,7 +196,7 @@ class Verifier:
         return "pass", f"{len(m.files)} file(s), {m.size} bytes match the manifest"
 
     def _readable(self, m: BackupManifest) -> tuple[Status, str]:
-        entries = LogicalRestore(self.repo, m.id, workdir=self.workdir).contents()
+        entries = LogicalRestore(self.repo, m.id, workdir=self.workdir).list_contents()
         if m.summary is not None and len(entries) != m.summary.objects:
             return (
                 "fail",

@@ -444,7 +444,7 @@ def test_invalid_option_combinations(repo: Repository, small_db: str, target: st
         LogicalRestore(repo, tar.id).run(target, jobs=0)
     g = GlobalsBackup(dbname=small_db).run(repo)
     with pytest.raises(ConfigurationError, match="globals"):
-        LogicalRestore(repo, g.id).contents()
+        LogicalRestore(repo, g.id).list_contents()
     # nothing was created by the refused restores
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(target).close()

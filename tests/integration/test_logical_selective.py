@@ -178,7 +178,7 @@ def test_toc_filtered_restore_leaves_one_table_empty(
 ) -> None:
     repo, m = backup
     restore = LogicalRestore(repo, m.id)
-    toc = restore.contents()
+    toc = restore.list_contents()
     picked = [e for e in toc if not (e.type == "TABLE DATA" and e.schema == "app" and e.name == "orders")]
     assert len(picked) == len(toc) - 1
     res = restore.run(target, create=True, entries=picked)
@@ -202,12 +202,12 @@ def test_plain_backup_cannot_be_restored_selectively(repo: Repository, source_db
     with pytest.raises(ConfigurationError, match="plain"):
         LogicalRestore(repo, m.id).run(fresh_db, schemas=["app"])
     with pytest.raises(ConfigurationError):
-        LogicalRestore(repo, m.id).contents()
+        LogicalRestore(repo, m.id).list_contents()
 
 
 def test_contents_parses_partition_attach_entries(backup: tuple[Repository, BackupManifest]) -> None:
     repo, m = backup
-    toc = LogicalRestore(repo, m.id).contents()
+    toc = LogicalRestore(repo, m.id).list_contents()
     attach = sorted((e.schema, e.name) for e in toc if e.type == "TABLE ATTACH")
     assert attach == [("public", "measurements_2023"), ("public", "measurements_2024")]
     assert not any(e.schema == "ATTACH" for e in toc)

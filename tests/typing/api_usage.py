@@ -34,7 +34,7 @@ def nightly(repo_url: str, conninfo: str) -> bool:
 
 def rescue(repo: Repository, cluster: LocalCluster) -> int | None:
     restore = LogicalRestore(repo, "latest")
-    entries: list[TocEntry] = [e for e in restore.contents() if e.schema == "public"]
+    entries: list[TocEntry] = [e for e in restore.list_contents() if e.schema == "public"]
     whole: RestoreResult = restore.run(cluster.conninfo("copy"), create=True, entries=entries)
     print(whole.seconds)
     one = restore.restore_table("orders", cluster.conninfo("shop"), new_name="orders_before")
