@@ -10,9 +10,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._toc import TocEntry
-from .catalog import Leftover
-from .cluster import LocalCluster, temporary_cluster
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AlreadyExists,
     BackupError,
@@ -30,12 +29,53 @@ from .errors import (
     ToolNotFound,
     VerificationFailed,
 )
-from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
-from .manifest import BackupManifest, ContentSummary, FileEntry
-from .progress import Progress, ProgressCallback
-from .restore import LogicalRestore, RestoreResult
-from .storage import Repository, StoredObject
-from .verify import Check, VerificationReport, Verifier
+
+# Imports are lazy (PEP 562): `python -m pgrecovery wal-push` must start fast, with the standard library only,
+# when it can answer from its spool. Type checkers see the real names.
+_LAZY = {
+    "TocEntry": "_toc",
+    "Leftover": "catalog",
+    "LocalCluster": "cluster",
+    "temporary_cluster": "cluster",
+    "ClusterBackup": "logical",
+    "GlobalsBackup": "logical",
+    "LogicalBackup": "logical",
+    "LogicalRestore": "restore",
+    "RestoreResult": "restore",
+    "BackupManifest": "manifest",
+    "ContentSummary": "manifest",
+    "FileEntry": "manifest",
+    "Progress": "progress",
+    "ProgressCallback": "progress",
+    "Repository": "storage",
+    "StoredObject": "storage",
+    "Check": "verify",
+    "VerificationReport": "verify",
+    "Verifier": "verify",
+}
+
+if TYPE_CHECKING:
+    from ._toc import TocEntry
+    from .catalog import Leftover
+    from .cluster import LocalCluster, temporary_cluster
+    from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+    from .manifest import BackupManifest, ContentSummary, FileEntry
+    from .progress import Progress, ProgressCallback
+    from .restore import LogicalRestore, RestoreResult
+    from .storage import Repository, StoredObject
+    from .verify import Check, VerificationReport, Verifier
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgrecovery' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AlreadyExists",
