@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("id")
     clean = verbs.add_parser("clean", help="remove interrupted backups' leftovers", parents=[common])
     clean.add_argument("--include-in-progress", action="store_true", help="also remove ones that look in progress")
+    from . import _cli_wal
+
+    _cli_wal.add_verbs(verbs, common)
     demo = verbs.add_parser("demo", help="run the demonstration in a sandbox", parents=[common])
     demo.add_argument("--workdir", help="directory for the sandbox (default: a new temporary one)")
     return parser
@@ -458,7 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return _VERBS[args.verb](args)
+        if args.verb in _VERBS:
+            return _VERBS[args.verb](args)
+        from . import _cli_wal
+
+        return _cli_wal.run(args)
     except PgRecoveryError as e:
         code = next(c for t, c in _EXIT_FOR if isinstance(e, t))
         sys.stderr.write(f"pgrecovery: {e}\n")
