@@ -63,6 +63,14 @@ class RestoreError(PgRecoveryError):
     """Restoring a backup failed."""
 
 
+class TargetUnreachable(RestoreError):
+    """A recovery target cannot be reached with what the repository holds; the message says why."""
+
+
+class WalGap(TargetUnreachable):
+    """A WAL segment needed between a base backup and the target is missing from the archive."""
+
+
 class VerificationFailed(PgRecoveryError):
     """A verification check failed; the report says which one."""
 
@@ -80,7 +88,9 @@ __all__ = [
     "PgRecoveryError",
     "RestoreError",
     "StorageError",
+    "TargetUnreachable",
     "ToolFailed",
     "ToolNotFound",
     "VerificationFailed",
+    "WalGap",
 ]

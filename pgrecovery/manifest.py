@@ -63,6 +63,48 @@ class ContentSummary:
     by_type: dict[str, int] = attrs.field(factory=dict)
 
 
+def _members(value: Iterable[MemberEntry]) -> tuple[MemberEntry, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class MemberEntry:
+    """One file of a physical backup: where it goes in the data directory, and where it is stored.
+
+    ``path`` is relative to the data directory (``tblspc/<oid>/...`` for a tablespace's files); ``bundle`` is
+    the role of the stored file (a compressed tar) that holds it, in backup ``source`` (this one, or a parent
+    of an incremental backup).
+    """
+
+    path: str
+    size: int
+    mtime: int
+    sha256: str
+    bundle: str
+    source: str
+
+
+@attrs.frozen(kw_only=True)
+class PhysicalInfo:
+    """What a base backup needs for recovery: its WAL range, timeline and identity."""
+
+    method: str
+    label: str
+    start_lsn: str
+    stop_lsn: str
+    timeline: int
+    start_wal: str
+    stop_wal: str
+    system_identifier: str
+    data_checksums: bool
+    wal_segment_size: int
+    next_xid: int | None = None
+    parent: str | None = None
+    tablespaces: dict[str, str] = attrs.field(factory=dict)
+    directories: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    members: tuple[MemberEntry, ...] = attrs.field(default=(), converter=_members)
+
+
 @attrs.frozen(kw_only=True)
 class BackupManifest:
     """Everything known about one complete backup. Never holds a password or storage key."""
@@ -82,6 +124,7 @@ class BackupManifest:
     tool_version: str = ""
     options: dict[str, Any] = attrs.field(factory=dict)
     summary: ContentSummary | None = None
+    physical: PhysicalInfo | None = None
     pgrecovery_version: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -136,6 +179,10 @@ class BackupManifest:
             kwargs["files"] = [FileEntry(**f) for f in kwargs.get("files", [])]
             if kwargs.get("summary") is not None:
                 kwargs["summary"] = ContentSummary(**kwargs["summary"])
+            if kwargs.get("physical") is not None:
+                phys = dict(kwargs["physical"])
+                phys["members"] = [MemberEntry(**x) for x in phys.get("members", [])]
+                kwargs["physical"] = PhysicalInfo(**phys)
             return cls(**kwargs)
         except (TypeError, ValueError) as e:
             raise ManifestError(f"manifest is malformed: {e}") from None

@@ -456,3 +456,9 @@ def pg_ctl_command(
     if mode:
         cmd += ["-m", mode]
     return cmd
+
+
+def pg_basebackup_command(tool: PgTool, conninfo: str, *, fast: bool = True, label: str = "pgrecovery") -> list[str]:
+    """pg_basebackup writing one tar to stdout (its backup_manifest last), WAL left to the archive."""
+    cmd = [str(tool.path), "-d", conninfo, "--no-password", "-D", "-", "-Ft", "-X", "none", "-l", label]
+    return [*cmd, "--checkpoint=fast" if fast else "--checkpoint=spread"]
