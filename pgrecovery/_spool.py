@@ -1,0 +1,455 @@
+"""The WAL spool: archive-ahead markers and the prefetch queue (standard library only, and little of it).
+
+archive_command and restore_command answer from here without importing fsspec, psycopg, zstandard, attrs or
+even typing, so a call the spool can answer costs Python's start-up and a stat or a rename. This file also runs
+as a script (``python -S .../pgrecovery/_spool.py wal-push ...``, what `pgrecovery.wal.archive_command` writes):
+without ``site`` and without the package's ``__init__`` the interpreter starts in a few milliseconds; on a miss
+it loads ``site`` and hands over to the full CLI. Layout::
+
+    <spool>/archived/<name>       "pgrecovery-marker 1 <size> <mtime_ns> <inode> <sha256> <repo tag>": the file
+                                  with exactly that size, mtime and inode is durable in that repository
+    <spool>/prefetch/<name>       a segment downloaded ahead of restore_command, verified, complete
+    <spool>/prefetch/.source      the repository tag the prefetched files came from
+    <spool>/prefetch/.wanted      the last segment restore_command asked for (the prefetcher works ahead of it)
+    <spool>/prefetch.lock         flock()ed by the one running prefetch process
+    <spool>/prefetch.log          why the last prefetch process stopped early, if it failed
+
+The repository tag is a hash of the repository URL: markers and prefetched files of another repository never
+count. Everything here is best effort: a spool that cannot be written only costs speed, never correctness.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Mapping, Sequence
+    from types import ModuleType
+    from typing import Any, Final
+
+if __package__:
+    from . import _walnames
+else:  # run as a script: import the sibling module without the package (whose __init__ imports typing)
+    import importlib
+
+    _walnames = importlib.import_module("_walnames")
+
+SPOOL_NAME: Final = "pgrecovery_spool"
+OPTIONS_ENV: Final = "PGRECOVERY_PREFETCH_STORAGE_OPTIONS"
+_MARKER_MAGIC: Final = "pgrecovery-marker"
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def _token() -> str:
+    return os.urandom(4).hex()
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def default_spool(wal_path: str | os.PathLike[str]) -> str:
+    """``<directory of the WAL file>/../pgrecovery_spool``: beside pg_wal, in the data directory."""
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(wal_path)), "..", SPOOL_NAME))
+
+
+def _sha256_module() -> ModuleType:
+    # hashlib loads OpenSSL (2-3 ms); the built-in sha256 is enough for a URL.
+    import importlib
+
+    for name in ("_sha256", "_sha2", "hashlib"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("no sha256 implementation")  # pragma: no cover
+
+
+def repo_tag(url: str) -> str:
+    """A short, credential-free identity of a repository URL."""
+    return str(_sha256_module().sha256(url.encode()).hexdigest()[:16])
+
+
+def ensure_dir(path: str) -> str:
+    """Create ``path`` (and parents) with mode 0700; tighten the mode of an existing directory we own."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.{_token()}.tmp"
+    try:
+        with open(tmp, "x") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+# -- archive-ahead markers -------------------------------------------------------------------------------------
+
+
+def marker_path(spool: str, name: str) -> str:
+    return os.path.join(spool, "archived", name)
+
+
+def write_marker(spool: str, name: str, st: os.stat_result, sha256: str, tag: str) -> None:
+    """Remember that the file ``name`` with stat ``st`` (and digest ``sha256``) is durable in repository ``tag``."""
+    ensure_dir(spool)
+    ensure_dir(os.path.join(spool, "archived"))
+    text = f"{_MARKER_MAGIC} 1 {st.st_size} {st.st_mtime_ns} {st.st_ino} {sha256} {tag}\n"
+    _atomic_write_text(marker_path(spool, name), text)
+
+
+def pushed_already(path: str, spool: str, tag: str) -> str | None:
+    """The sha256 recorded for ``path`` when its marker matches the file's current size, mtime and inode."""
+    name = os.path.basename(path)
+    try:
+        with open(marker_path(spool, name)) as f:
+            parts = f.read(512).split()
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if len(parts) != 7 or parts[0] != _MARKER_MAGIC or parts[1] != "1" or parts[6] != tag:
+        return None
+    if parts[2:5] != [str(st.st_size), str(st.st_mtime_ns), str(st.st_ino)]:
+        return None
+    return parts[5]
+
+
+def sweep_markers(spool: str, wal_dir: str) -> list[str]:
+    """Remove the markers of files that are gone from ``wal_dir`` (archived, then removed or recycled)."""
+    directory = os.path.join(spool, "archived")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [
+        n
+        for n in names
+        if (n.endswith(".tmp") or not os.path.exists(os.path.join(wal_dir, n))) and _unlink(os.path.join(directory, n))
+    ]
+
+
+def ready_files(wal_dir: str) -> list[str]:
+    """WAL files with a ``.ready`` status (waiting for archive_command): history files first, then by name."""
+    try:
+        entries = os.listdir(os.path.join(wal_dir, "archive_status"))
+    except OSError:
+        return []
+    names = [e[: -len(".ready")] for e in entries if e.endswith(".ready")]
+    return sorted((n for n in names if _walnames.is_wal_file(n)), key=lambda n: (not _walnames.is_history(n), n))
+
+
+# -- prefetch queue --------------------------------------------------------------------------------------------
+
+
+def prefetch_dir(spool: str) -> str:
+    return os.path.join(spool, "prefetch")
+
+
+def source_matches(spool: str, tag: str) -> bool:
+    try:
+        with open(os.path.join(prefetch_dir(spool), ".source")) as f:
+            return f.read(64).strip() == tag
+    except OSError:
+        return False
+
+
+def take_prefetched(name: str, dest: str, spool: str, tag: str) -> bool:
+    """Hand over a prefetched ``name`` as ``dest`` by rename (copy + fsync + rename across filesystems)."""
+    src = os.path.join(prefetch_dir(spool), name)
+    if not source_matches(spool, tag) or not os.path.isfile(src):
+        return False
+    try:
+        os.replace(src, dest)
+        return True
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            return False
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.{_token()}.tmp")
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    except OSError:
+        _unlink(tmp)
+        return False
+    _unlink(src)
+    return True
+
+
+def note_wanted(spool: str, name: str) -> None:
+    """Record the segment restore_command just asked for, so that a running prefetcher works ahead of it."""
+    directory = ensure_dir(prefetch_dir(spool))
+    _atomic_write_text(os.path.join(directory, ".wanted"), name + "\n")
+
+
+def read_wanted(spool: str) -> str | None:
+    try:
+        with open(os.path.join(prefetch_dir(spool), ".wanted")) as f:
+            name = f.read(64).strip()
+    except OSError:
+        return None
+    return name if _walnames.is_segment(name) else None
+
+
+def prefetched(spool: str) -> list[str]:
+    """Names of the complete files in the prefetch queue."""
+    try:
+        return sorted(n for n in os.listdir(prefetch_dir(spool)) if _walnames.is_wal_file(n))
+    except OSError:
+        return []
+
+
+def queue_is_full(name: str, spool: str, count: int, segment_size: int) -> bool:
+    """True when the next ``count`` // 2 segments after ``name`` are already in the queue."""
+    have = set(prefetched(spool))
+    tli, segno = _walnames.timeline_of(name), _walnames.segment_number(name, segment_size)
+    ahead = max(1, count // 2)
+    return all(_walnames.segment_name(tli, segno + i, segment_size) in have for i in range(1, ahead + 1))
+
+
+class prefetch_lock:  # used like a function: ``with prefetch_lock(spool) as got:``
+    """Hold ``<spool>/prefetch.lock`` for a ``with`` block; ``as`` gives False (holding nothing) if it is taken."""
+
+    def __init__(self, spool: str, *, wait: bool = False) -> None:
+        self._path = os.path.join(ensure_dir(spool), "prefetch.lock")
+        self._wait = wait
+        self._fd = -1
+
+    def __enter__(self) -> bool:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the flock
+            self._fd = -1
+
+
+def prefetch_running(spool: str) -> bool:
+    """Whether a prefetch process holds the spool's lock right now."""
+    if not os.path.exists(os.path.join(spool, "prefetch.lock")):
+        return False
+    try:
+        with prefetch_lock(spool) as got:
+            return not got
+    except OSError:
+        return False
+
+
+def spawn_prefetch(
+    name: str,
+    spool: str,
+    *,
+    repo_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    count: int = 8,
+    parallel: int = 4,
+    segment_size: int = _walnames.DEFAULT_SEGMENT_SIZE,
+    python: str | None = None,
+) -> bool:
+    """Start the detached ``wal-prefetch`` process unless one is running; True if one was started.
+
+    The repository URL and storage options go through the child's environment, not its command line (``ps``
+    shows command lines to every user).
+    """
+    import subprocess
+
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+    if prefetch_running(spool):
+        return False
+    env = dict(os.environ)
+    env["PGRECOVERY_REPO"] = repo_url
+    env.pop(OPTIONS_ENV, None)
+    if storage_options:
+        import json
+
+        env[OPTIONS_ENV] = json.dumps(dict(storage_options))
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "pgrecovery",
+        "wal-prefetch",
+        name,
+        "--spool",
+        spool,
+        "--count",
+        str(count),
+        "--parallel",
+        str(parallel),
+        "--segment-size",
+        str(segment_size),
+    ]
+    child = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    _children.append(child)
+    return True
+
+
+def after_fetch(
+    name: str,
+    spool: str,
+    *,
+    repo_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    count: int = 8,
+    parallel: int = 4,
+    segment_size: int = _walnames.DEFAULT_SEGMENT_SIZE,
+) -> bool:
+    """After delivering segment ``name``: note it as wanted and start a prefetcher if the queue runs short."""
+    if count <= 0 or not _walnames.is_segment(name):
+        return False
+    note_wanted(spool, name)
+    if queue_is_full(name, spool, count, segment_size):
+        return False
+    return spawn_prefetch(
+        name,
+        spool,
+        repo_url=repo_url,
+        storage_options=storage_options,
+        count=count,
+        parallel=parallel,
+        segment_size=segment_size,
+    )
+
+
+def clear_prefetched(spool: str, keep: set[str] | None = None) -> list[str]:
+    """Remove queued files (and leftovers of interrupted downloads) not in ``keep``."""
+    directory = prefetch_dir(spool)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [
+        n
+        for n in names
+        if (n.endswith(".tmp") or _walnames.is_wal_file(n))
+        and n not in (keep or set())
+        and _unlink(os.path.join(directory, n))
+    ]
+
+
+def set_source(spool: str, tag: str) -> None:
+    """Make the queue belong to repository ``tag`` (emptying it if it held another repository's files)."""
+    directory = ensure_dir(prefetch_dir(spool))
+    if not source_matches(spool, tag):
+        clear_prefetched(spool)
+        _atomic_write_text(os.path.join(directory, ".source"), tag + "\n")
+
+
+# -- the fast command ------------------------------------------------------------------------------------------
+
+
+def _fast_args(argv: Sequence[str]) -> tuple[str, dict[str, str], list[str], set[str]] | None:
+    """(verb, options, positionals, flags) of the few forms archive_command/restore_command use, else None."""
+    if not argv or argv[0] not in ("wal-push", "wal-fetch"):
+        return None
+    opts: dict[str, str] = {}
+    flags: set[str] = set()
+    pos: list[str] = []
+    it = iter(argv[1:])
+    for arg in it:
+        if arg in ("--repo", "--spool"):
+            value = next(it, None)
+            if value is None:
+                return None
+            opts[arg] = value
+        elif arg == "--no-prefetch":
+            flags.add(arg)
+        elif arg.startswith("-"):
+            return None  # anything else is for the full CLI
+        else:
+            pos.append(arg)
+    return argv[0], opts, pos, flags
+
+
+def _prefetch_quietly(name: str, spool: str, url: str) -> bool:
+    try:
+        return after_fetch(name, spool, repo_url=url)
+    except Exception:  # noqa: BLE001 - the file is delivered; prefetch is only an optimisation
+        return False
+
+
+def fast_command(argv: Sequence[str]) -> int | None:
+    """Answer wal-push / wal-fetch from the spool alone: an exit code, or None when the full CLI must run."""
+    parsed = _fast_args(argv)
+    if parsed is None:
+        return None
+    verb, opts, pos, flags = parsed
+    url = opts.get("--repo") or os.environ.get("PGRECOVERY_REPO")
+    if not url:
+        return None
+    try:
+        if verb == "wal-push" and len(pos) == 1:
+            path = os.path.abspath(pos[0])
+            spool = opts.get("--spool") or default_spool(path)
+            return 0 if pushed_already(path, spool, repo_tag(url)) else None
+        if verb == "wal-fetch" and len(pos) == 2:
+            name, dest = pos[0], os.path.abspath(pos[1])
+            spool = opts.get("--spool") or default_spool(dest)
+            if not take_prefetched(name, dest, spool, repo_tag(url)):
+                return None
+            if "--no-prefetch" not in flags:
+                _prefetch_quietly(name, spool, url)
+            return 0
+    except Exception:  # noqa: BLE001 - the full CLI retries and reports properly
+        return None
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -S .../_spool.py <wal-push|wal-fetch> ...``: the fast path, else the full CLI with site loaded."""
+    code = fast_command(argv)
+    if code is not None:
+        return code
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # no sibling modules as top level
+    if sys.flags.no_site:
+        import site
+
+        site.main()  # what -S skipped: the virtualenv's site-packages and .pth files
+    try:
+        import pgrecovery.cli  # noqa: F401 - is the package importable now (installed, editable or PYTHONPATH)?
+    except ImportError:
+        sys.path.append(os.path.dirname(here))
+    from pgrecovery.cli import main as cli_main
+
+    return cli_main(list(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
