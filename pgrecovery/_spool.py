@@ -448,7 +448,10 @@ def main(argv: Sequence[str]) -> int:
         sys.path.append(os.path.dirname(here))
     from pgrecovery.cli import main as cli_main
 
-    return cli_main(list(argv))
+    code = cli_main(list(argv))
+    if list(argv[:1]) == ["wal-fetch"] and code not in (0, 1):
+        return 255  # a usage error must stop recovery, not read as "not archived" (exit 1 and 2 both would)
+    return code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -290,20 +291,21 @@ class WalArchiver:
             for n in _spool.ready_files(wal_dir)
             if n != name and not _spool.pushed_already(os.path.join(wal_dir, n), spool, self._tag)
         ][: max(0, 2 * self.parallel - 1)]
+        listings = _Listings(self)  # one listing per timeline for the whole batch, and only if needed
         if not ahead or self.parallel == 1:
-            result = self._push_one(abspath, spool)
+            result = self._push_one(abspath, spool, listings)
             done: list[str] = []
         else:
             with ThreadPoolExecutor(self.parallel, thread_name_prefix="wal-push") as pool:
-                main = pool.submit(self._push_one, abspath, spool)
-                others = {n: pool.submit(self._push_one, os.path.join(wal_dir, n), spool) for n in ahead}
+                main = pool.submit(self._push_one, abspath, spool, listings)
+                others = {n: pool.submit(self._push_one, os.path.join(wal_dir, n), spool, listings) for n in ahead}
                 done = [n for n, f in others.items() if _succeeded(f, n)]
                 result = main.result()
         with contextlib.suppress(OSError):
             _spool.sweep_markers(spool, wal_dir)
         return attrs.evolve(result, ahead=tuple(done))
 
-    def _push_one(self, abspath: str, spool: str) -> PushResult:
+    def _push_one(self, abspath: str, spool: str, listings: _Listings) -> PushResult:
         name = os.path.basename(abspath)
         try:
             st = os.stat(abspath)
@@ -314,7 +316,7 @@ class WalArchiver:
         outcome: Literal["stored", "already"] = "already"
         stored_size = None
         if not self.repo.exists(key):
-            existing = self.objects(name)
+            existing = listings.objects(name)
             same = [o for o in existing if o.sha256 == digest]
             if same:
                 key = same[0].key
@@ -595,6 +597,11 @@ class WalArchiver:
         if not taken:
             obj = self.find(name)
             if obj is None:
+                if not self.timelines():
+                    raise StorageError(
+                        f"{self.repo.display_url} holds no WAL archive (no {WAL_PREFIX}/ directory): "
+                        "check the repository URL in restore_command"
+                    )
                 return False
             self._download(obj, dest_abs)
         if prefetch:
@@ -792,6 +799,22 @@ def create_restore_point(conninfo: str, name: str) -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+
+
+class _Listings:
+    """The archive's listing of each timeline, made at most once for a batch of pushes (thread-safe)."""
+
+    def __init__(self, archiver: WalArchiver) -> None:
+        self._archiver = archiver
+        self._lock = threading.Lock()
+        self._index: dict[int, dict[str, list[WalObject]]] = {}
+
+    def objects(self, name: str) -> list[WalObject]:
+        tli = _walnames.timeline_of(name)
+        with self._lock:
+            if tli not in self._index:
+                self._index[tli] = self._archiver.index(tli)
+            return self._index[tli].get(name, [])
 
 
 def _file_digest(path: str) -> tuple[int, str]:

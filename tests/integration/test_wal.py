@@ -1,0 +1,428 @@
+"""WAL archiving against a real PostgreSQL: archive_command, restore_command semantics, continuity, cleanup.
+
+One archiving cluster per module: it accumulates six finished segments with archiving off (so their ``.ready``
+files pile up), then archive_command is switched on and one call archives them all ahead. Tests that damage the
+archive work on copies of its repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pgrecovery import ChecksumMismatch, LocalCluster, Repository
+from pgrecovery import _spool as spool_mod
+from pgrecovery import _walnames as wn
+from pgrecovery.cli import main
+from pgrecovery.wal import (
+    ArchiverStatus,
+    WalArchiver,
+    WalConflict,
+    archive_command,
+    archiver_status,
+    create_restore_point,
+    restore_command,
+)
+
+SEGMENTS = 6
+HEAVY = ("fsspec", "zstandard", "psycopg", "attrs")
+
+
+@dataclass
+class Archive:
+    cluster: LocalCluster
+    repo_dir: str
+    url: str
+    segments: list[str]  # every segment archived, oldest first
+    before: ArchiverStatus  # pg_stat_archiver while archiving was off
+
+
+def _postgres_dir(prefix: str) -> str:
+    """A directory the server's OS user can write (pytest's tmp_path is root-only)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    if os.getuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _wait(predicate: Callable[[], object], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def archive() -> Iterator[Archive]:
+    repo_dir = _postgres_dir("pgrecovery-wal-")
+    url = f"file://{repo_dir}"
+    # archive_command starts empty: with archive_mode on, the server keeps .ready files until a command is set.
+    cluster = LocalCluster.temporary(
+        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "", "archive_timeout": 0}
+    )
+    try:
+        cluster.start()
+        cluster.execute("create table t (i int, pad text)")
+        names = []
+        for _ in range(SEGMENTS):
+            cluster.execute("insert into t select i, repeat('x', 100) from generate_series(1, 2000) i")
+            names.append(cluster.query("select pg_walfile_name(pg_switch_wal())")[0][0])
+        before = archiver_status(cluster.conninfo(), cluster.data_dir)
+        cluster.configure(archive_command=archive_command(url))
+        cluster.reload()
+        _wait(
+            lambda: archiver_status(cluster.conninfo()).last_archived_wal == names[-1],
+            what=f"{names[-1]} to be archived",
+        )
+        segments = wn.segment_range("000000010000000000000001", names[-1])
+        assert len(segments) == SEGMENTS
+        yield Archive(cluster=cluster, repo_dir=repo_dir, url=url, segments=segments, before=before)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(repo_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def copy(archive: Archive, tmp_path: Path) -> Repository:
+    """A private copy of the archive's repository, to damage freely."""
+    shutil.copytree(archive.repo_dir, tmp_path / "repo")
+    return Repository(f"file://{tmp_path / 'repo'}")
+
+
+def _object_path(repo: Repository, name: str) -> Path:
+    obj = WalArchiver(repo).find(name)
+    assert obj is not None
+    return Path(repo.path(obj.key))
+
+
+# -- archive_command on a real server ---------------------------------------------------------------------------
+
+
+def test_one_call_archives_the_ready_files_ahead(archive: Archive) -> None:
+    assert archive.before.ready_count == SEGMENTS
+    assert archive.before.archived_count == 0
+    after = archiver_status(archive.cluster.conninfo(), archive.cluster.data_dir)
+    assert after.archived_count == SEGMENTS
+    assert after.failed_count == 0
+    assert after.ready_count == 0
+    assert after.last_archived_time is not None
+    # The first call pushed every ready file and left a marker for each; the server's later calls hit them.
+    markers = sorted(os.listdir(archive.cluster.data_dir / "pgrecovery_spool" / "archived"))
+    assert markers == archive.segments
+    assert os.stat(archive.cluster.data_dir / "pgrecovery_spool").st_mode & 0o777 == 0o700
+
+
+def test_every_archived_segment_has_the_right_digest(archive: Archive, tmp_path: Path) -> None:
+    archiver = WalArchiver(Repository(archive.url))
+    assert archiver.list_archived() == {1: archive.segments}
+    compared = 0
+    for name in archive.segments:
+        (obj,) = archiver.objects(name)
+        assert obj.key == f"wal/00000001/{name}-{obj.sha256}.zst"
+        dest = tmp_path / name
+        assert archiver.fetch(name, dest, prefetch=False)
+        assert _sha256(dest) == obj.sha256
+        assert dest.stat().st_size == 16 * 1024 * 1024
+        original = archive.cluster.data_dir / "pg_wal" / name
+        if original.exists():
+            assert _sha256(original) == obj.sha256
+            compared += 1
+    assert compared >= SEGMENTS - 1
+    report = archiver.verify(check_digests=True)
+    assert report.ok
+    assert (report.first, report.last, report.count) == (archive.segments[0], archive.segments[-1], SEGMENTS)
+    assert report.timelines == (1,)
+
+
+def test_spool_hit_imports_nothing_heavy(archive: Archive) -> None:
+    seg = archive.segments[-1]
+    data = archive.cluster.data_dir
+    assert (data / "pg_wal" / seg).exists()
+    fast = [sys.executable, "-X", "importtime", "-S", spool_mod.__file__]
+    plain = [sys.executable, "-X", "importtime", "-m", "pgrecovery"]
+    for prefix in (fast, plain):
+        res = subprocess.run(
+            [*prefix, "wal-push", "--repo", archive.url, f"pg_wal/{seg}"], cwd=data, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in res.stderr.splitlines()}
+        assert "import time:" in res.stderr  # the import log is there ...
+        assert not imported & set(HEAVY), imported & set(HEAVY)  # ... and holds nothing heavy
+
+
+def test_status_and_restore_point(archive: Archive, capsys: pytest.CaptureFixture[str]) -> None:
+    lsn = create_restore_point(archive.cluster.conninfo(), "before-wal-tests")
+    assert wn.parse_lsn(lsn) > 0
+    args = ["archiver-status", "--json", "-d", archive.cluster.conninfo(), "--pgdata", str(archive.cluster.data_dir)]
+    assert main(args) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["archived_count"] >= SEGMENTS
+    assert status["ready_count"] == 0
+    assert main(["restore-point", "second-point", "-d", archive.cluster.conninfo()]) == 0
+    assert "second-point" in capsys.readouterr().out
+
+
+# -- continuity -------------------------------------------------------------------------------------------------
+
+
+def test_a_deleted_segment_is_reported_missing(
+    archive: Archive, copy: Repository, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = archive.segments[2]
+    _object_path(copy, gone).unlink()
+    archiver = WalArchiver(copy)
+    report = archiver.verify()
+    assert report.missing == (gone,)
+    assert not report.ok
+    assert report.count == SEGMENTS - 1
+    assert archiver.missing(archive.segments[0]) == [gone]
+    assert archiver.missing(archive.segments[3], archive.segments[5]) == []
+    assert main(["wal-verify", "--repo", copy.url, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["missing"] == [gone]
+
+
+def test_continuity_follows_a_timeline_switch(archive: Archive, copy: Repository, tmp_path: Path) -> None:
+    # Timeline 2 forked from 1 inside segment 4: segments 4 and 5 are read from timeline 2.
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    history = pg_wal / "00000002.history"
+    history.write_text("1\t0/4000060\tno recovery target specified\n")
+    archiver = WalArchiver(copy, spool_dir=tmp_path / "spool")
+    archiver.push(history)
+    for segno in (4, 5):
+        fork = pg_wal / wn.segment_name(2, segno)
+        assert archiver.fetch(wn.segment_name(1, segno), fork, prefetch=False)
+        archiver.push(fork)
+    assert archiver.history(2) == [(1, "0/4000060", "no recovery target specified")]
+    assert archiver.history(1) == []
+    report = archiver.verify()
+    assert report.ok
+    assert (report.timeline, report.timelines, report.count) == (2, (1, 2), 5)
+    assert report.last == "000000020000000000000005"
+    assert archiver.missing(archive.segments[0], timeline=1) == []
+    _object_path(copy, "000000020000000000000004").unlink()
+    assert archiver.missing(archive.segments[0]) == ["000000020000000000000004"]
+    assert archiver.missing(archive.segments[0], "000000020000000000000005") == ["000000020000000000000004"]
+
+
+def test_cleanup_removes_only_older_segments(archive: Archive, copy: Repository, tmp_path: Path) -> None:
+    history = tmp_path / "00000002.history"
+    history.write_text("1\t0/4000060\tno recovery target specified\n")
+    archiver = WalArchiver(copy, spool_dir=tmp_path / "spool")
+    archiver.push(history)
+    keep = archive.segments[3]
+    assert archiver.cleanup(keep, dry_run=True) == archive.segments[:3]
+    assert archiver.list_archived()[1] == archive.segments
+    assert archiver.cleanup(keep) == archive.segments[:3]
+    assert archiver.list_archived() == {1: archive.segments[3:], 2: ["00000002.history"]}
+    assert archiver.cleanup(keep, timeline=2) == []
+    assert main(["wal-cleanup", "--repo", copy.url, "--keep-from", archive.segments[5], "--dry-run"]) == 0
+    assert archiver.list_archived()[1] == archive.segments[3:]
+
+
+# -- push -------------------------------------------------------------------------------------------------------
+
+
+def test_push_is_idempotent_and_refuses_different_content(
+    archive: Archive, copy: Repository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    seg = archive.segments[1]
+    path = pg_wal / seg
+    archiver = WalArchiver(copy, spool_dir=tmp_path / "spool")
+    assert archiver.fetch(seg, path, prefetch=False)
+    assert archiver.push(path).outcome == "already"
+    assert archiver.push(path).outcome == "spool"  # the marker from the first push
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WalConflict, match=f"{seg} is already archived with different content"):
+        archiver.push(path)
+    argv = ["wal-push", "--repo", copy.url, "--spool", str(tmp_path / "spool"), str(path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{seg} is already archived with different content" in err
+    assert len(archiver.objects(seg)) == 1  # nothing was overwritten or added
+
+
+def test_archive_ahead_from_ready_files(archive: Archive, copy: Repository, tmp_path: Path) -> None:
+    src = WalArchiver(copy)
+    pg_wal = tmp_path / "data" / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    names = [wn.segment_name(3, n) for n in range(1, 6)]  # a new timeline, so nothing is archived yet
+    for segno, name in enumerate(names, 1):
+        assert src.fetch(wn.segment_name(1, segno), pg_wal / name, prefetch=False)
+        (pg_wal / "archive_status" / f"{name}.ready").touch()
+    archiver = WalArchiver(copy, parallel=2)  # default spool: data/pgrecovery_spool
+    first = archiver.push(pg_wal / names[0])
+    assert first.outcome == "stored"
+    assert sorted(first.ahead) == names[1:4]  # 2 x parallel - 1 files ahead
+    assert archiver.list_archived(3) == {3: names[:4]}
+    assert archiver.push(pg_wal / names[1]).outcome == "spool"
+    assert archiver.push(pg_wal / names[4]).outcome == "stored"
+    spool = tmp_path / "data" / "pgrecovery_spool"
+    assert sorted(os.listdir(spool / "archived")) == names
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pgrecovery", "wal-push", "--repo", copy.url, f"pg_wal/{names[2]}"],
+        cwd=tmp_path / "data",
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "fsspec" not in res.stderr
+    # A recycled file (same name, new content) does not match its marker: it is read and refused, not skipped.
+    (pg_wal / names[2]).write_bytes(b"\0" * 16 * 1024 * 1024)
+    with pytest.raises(WalConflict):
+        archiver.push(pg_wal / names[2])
+
+
+# -- fetch ------------------------------------------------------------------------------------------------------
+
+
+def test_corrupt_object_is_never_delivered(
+    archive: Archive, copy: Repository, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seg = archive.segments[3]
+    stored = _object_path(copy, seg)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    stored.write_bytes(bytes(data))
+    dest_dir = tmp_path / "pg_wal"
+    dest_dir.mkdir()
+    archiver = WalArchiver(copy, spool_dir=tmp_path / "spool")
+    with pytest.raises(ChecksumMismatch, match=stored.name):
+        archiver.fetch(seg, dest_dir / "RECOVERYXLOG", prefetch=False)
+    assert os.listdir(dest_dir) == []
+    argv = ["wal-fetch", "--repo", copy.url, "--spool", str(tmp_path / "spool"), "--no-prefetch"]
+    assert main([*argv, seg, str(dest_dir / "RECOVERYXLOG")]) == 255
+    assert "corrupt" in capsys.readouterr().err
+    assert os.listdir(dest_dir) == []
+    # Valid compressed data with the wrong content is caught by the digest in the name.
+    from pgrecovery.codec import compress_bytes
+
+    stored.write_bytes(compress_bytes(b"not the segment", "zstd"))
+    with pytest.raises(ChecksumMismatch, match="does not match the sha256"):
+        archiver.fetch(seg, dest_dir / "RECOVERYXLOG", prefetch=False)
+    assert os.listdir(dest_dir) == []
+    report = archiver.verify(check_digests=True)
+    assert report.corrupt == (seg,)
+    assert not report.ok
+
+
+def test_a_missing_file_is_a_confirmed_miss(archive: Archive, tmp_path: Path) -> None:
+    archiver = WalArchiver(Repository(archive.url), spool_dir=tmp_path / "spool")
+    after_last = wn.next_segment(archive.segments[-1])
+    assert archiver.fetch(after_last, tmp_path / "RECOVERYXLOG") is False
+    assert archiver.fetch("00000002.history", tmp_path / "RECOVERYHISTORY") is False
+    assert not (tmp_path / "RECOVERYXLOG").exists()
+    argv = ["wal-fetch", "--repo", archive.url, "--spool", str(tmp_path / "spool"), "--no-prefetch"]
+    assert main([*argv, after_last, str(tmp_path / "RECOVERYXLOG")]) == 1
+    assert main([*argv, "pg_wal/RECOVERYXLOG", after_last]) == 255  # %p and %f swapped: stop, do not guess
+    # A repository without any WAL is a wrong URL, not the end of the archive.
+    assert main(["wal-fetch", "--repo", f"file://{tmp_path}/nowhere", after_last, str(tmp_path / "x")]) == 255
+
+
+def test_prefetch_fills_the_spool_and_fetch_takes_from_it(archive: Archive, copy: Repository, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    dest_dir = tmp_path / "pg_wal"
+    dest_dir.mkdir()
+    archiver = WalArchiver(copy, spool_dir=spool, prefetch=3)
+    first, *rest = archive.segments
+    try:
+        assert archiver.fetch(first, dest_dir / "RECOVERYXLOG")
+        _wait(lambda: set(rest[:3]) <= set(spool_mod.prefetched(str(spool))), what="the prefetch")
+        assert archiver.wait_for_prefetch(spool)
+        assert spool_mod.prefetched(str(spool)) == rest[:3]
+        digests = {}
+        for name in rest[:3]:
+            (obj,) = archiver.objects(name)
+            digests[name] = obj.sha256
+            assert _sha256(spool / "prefetch" / name) == obj.sha256
+            Path(copy.path(obj.key)).unlink()  # from now on only the spool has it
+        assert archiver.fetch(rest[0], dest_dir / "RECOVERYXLOG")
+        assert _sha256(dest_dir / "RECOVERYXLOG") == digests[rest[0]]
+        assert rest[0] not in spool_mod.prefetched(str(spool))
+        argv = ["wal-fetch", "--repo", copy.url, "--spool", str(spool), rest[1], str(dest_dir / "RECOVERYXLOG")]
+        assert main(argv) == 0
+        assert _sha256(dest_dir / "RECOVERYXLOG") == digests[rest[1]]
+        assert os.listdir(dest_dir) == ["RECOVERYXLOG"]
+    finally:
+        assert archiver.wait_for_prefetch(spool)
+    # The prefetcher ran out of archived segments and stopped; nothing partial or empty is left behind.
+    for name in os.listdir(spool / "prefetch"):
+        assert not name.endswith(".tmp")
+        if wn.is_wal_file(name):
+            assert (spool / "prefetch" / name).stat().st_size == 16 * 1024 * 1024
+    queued = spool_mod.prefetched(str(spool))
+    assert queued
+    assert sorted(archiver.clear_prefetched(spool)) == queued
+    assert spool_mod.prefetched(str(spool)) == []
+
+
+# -- restore_command on a real server ---------------------------------------------------------------------------
+
+
+def test_restore_command_recovers_a_base_backup() -> None:
+    from pgrecovery import pgtools
+    from pgrecovery.cluster import default_run_as
+
+    repo_dir = _postgres_dir("pgrecovery-wal-")
+    url = f"file://{repo_dir}"
+    settings = {"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
+    source = LocalCluster.temporary(settings={**settings, "archive_timeout": 0})
+    target_base = _postgres_dir("pgrecovery-restore-")
+    try:
+        source.start()
+        source.execute("create table t (i int)")
+        basebackup = pgtools.find_tool("pg_basebackup")
+        cmd = [str(basebackup.path), "-D", f"{target_base}/data", "-X", "none", "-c", "fast", "-d", source.conninfo()]
+        pgtools.run(cmd, run_as=default_run_as(), cwd="/")
+        for _ in range(12):
+            source.execute("insert into t select generate_series(1, 5000)")
+            last = source.query("select pg_walfile_name(pg_switch_wal())")[0][0]
+        rows = source.query("select count(*) from t")[0][0]
+        _wait(lambda: archiver_status(source.conninfo()).last_archived_wal == last, what=f"{last} to be archived")
+        restored = LocalCluster(data_dir=Path(target_base) / "data", log_file=Path(target_base) / "log")
+        restored.configure(restore_command=restore_command(url), archive_mode="off")
+        signal = restored.data_dir / "recovery.signal"
+        signal.touch()
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(signal, pw.pw_uid, pw.pw_gid)
+        restored.start()
+        try:
+            _wait(lambda: not restored.query("select pg_is_in_recovery()")[0][0], what="the end of recovery")
+            assert restored.query("select count(*) from t")[0][0] == rows == 60000
+            assert restored.query("select timeline_id from pg_control_checkpoint()")[0][0] == 2
+            log = (Path(target_base) / "log").read_text()
+            assert f'restored log file "{last}" from archive' in log
+            assert "FATAL" not in log
+        finally:
+            restored.stop()
+        queue = restored.data_dir / "pgrecovery_spool" / "prefetch"
+        assert (queue / ".wanted").read_text().strip() == last  # restore_command asked the prefetcher to work ahead
+        assert WalArchiver(Repository(url)).wait_for_prefetch(queue.parent)
+    finally:
+        source.destroy()
+        shutil.rmtree(target_base, ignore_errors=True)
+        shutil.rmtree(repo_dir, ignore_errors=True)
