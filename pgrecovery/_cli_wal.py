@@ -76,6 +76,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     prefetch.add_argument("--spool", required=True)
     prefetch.add_argument("--count", type=int, default=8)
     prefetch.add_argument("--parallel", type=int, default=4)
+    prefetch.add_argument("--lock-fd", type=int, help="descriptor of the spool's lock, taken by wal-fetch")
     _segment_size_option(prefetch)
 
     verify = verbs.add_parser("wal-verify", help="check the WAL archive for gaps", parents=[common])
@@ -200,7 +201,7 @@ def _prefetch(args: argparse.Namespace) -> int:
         archiver = _archiver(
             args, _repo(args, extra), spool_dir=args.spool, parallel=args.parallel, prefetch=args.count
         )
-        archiver.run_prefetch(args.name)
+        archiver.run_prefetch(args.name, lock_fd=args.lock_fd)
         return EXIT_OK
     except Exception as e:  # noqa: BLE001 - a detached helper: nobody reads its stderr, so note why in the spool
         with contextlib.suppress(OSError), open(os.path.join(args.spool, "prefetch.log"), "a") as f:

@@ -227,15 +227,23 @@ def queue_is_full(name: str, spool: str, count: int, segment_size: int) -> bool:
 
 
 class prefetch_lock:  # used like a function: ``with prefetch_lock(spool) as got:``
-    """Hold ``<spool>/prefetch.lock`` for a ``with`` block; ``as`` gives False (holding nothing) if it is taken."""
+    """Hold ``<spool>/prefetch.lock`` for a ``with`` block; ``as`` gives False (holding nothing) if it is taken.
 
-    def __init__(self, spool: str, *, wait: bool = False) -> None:
+    ``fd``: a descriptor of the lock file inherited from the process that took the lock for us (wal-fetch locks
+    before it starts the prefetcher, so that no moment exists in which the queue looks unattended).
+    """
+
+    def __init__(self, spool: str, *, wait: bool = False, fd: int | None = None) -> None:
         self._path = os.path.join(ensure_dir(spool), "prefetch.lock")
         self._wait = wait
+        self._given = fd
         self._fd = -1
 
     def __enter__(self) -> bool:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._given is not None:
+            self._fd = self._given
+        else:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if self._wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -279,13 +287,37 @@ def spawn_prefetch(
     The repository URL and storage options go through the child's environment, not its command line (``ps``
     shows command lines to every user).
     """
-    import subprocess
-
     for child in list(_children):
         if child.poll() is not None:
             _children.remove(child)
-    if prefetch_running(spool):
-        return False
+    # Take the lock here and hand it to the child: it is held from now until the child exits.
+    fd = os.open(os.path.join(ensure_dir(spool), "prefetch.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a prefetcher is running
+        _children.append(
+            _start_prefetcher(name, spool, fd, repo_url, storage_options, count, parallel, segment_size, python)
+        )
+    finally:
+        os.close(fd)  # the child keeps its inherited copy (and with it the lock)
+    return True
+
+
+def _start_prefetcher(
+    name: str,
+    spool: str,
+    fd: int,
+    repo_url: str,
+    storage_options: Mapping[str, Any] | None,
+    count: int,
+    parallel: int,
+    segment_size: int,
+    python: str | None,
+) -> subprocess.Popen[bytes]:
+    import subprocess
+
     env = dict(os.environ)
     env["PGRECOVERY_REPO"] = repo_url
     env.pop(OPTIONS_ENV, None)
@@ -307,17 +339,18 @@ def spawn_prefetch(
         str(parallel),
         "--segment-size",
         str(segment_size),
+        "--lock-fd",
+        str(fd),
     ]
-    child = subprocess.Popen(
+    return subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
         start_new_session=True,
+        pass_fds=(fd,),
     )
-    _children.append(child)
-    return True
 
 
 def after_fetch(

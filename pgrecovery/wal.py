@@ -663,12 +663,15 @@ class WalArchiver:
             log.info("no prefetch into %s: %s", spool, e)
             return False
 
-    def run_prefetch(self, after: str, spool_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    def run_prefetch(
+        self, after: str, spool_dir: str | os.PathLike[str] | None = None, *, lock_fd: int | None = None
+    ) -> list[str]:
         """Download the ``prefetch`` segments following ``after`` into the spool, verified (the wal-prefetch job).
 
         Keeps working ahead of the newest segment restore_command asked for, and returns (with the names it
         downloaded) when the archive has no next segment or the queue is full. Returns at once if another
-        prefetch process holds the spool's lock.
+        prefetch process holds the spool's lock. ``lock_fd``: the lock, already taken by the process that started
+        this one (wal-fetch).
         """
         spool = os.path.abspath(spool_dir) if spool_dir is not None else self.spool_dir
         if spool is None:
@@ -676,7 +679,7 @@ class WalArchiver:
         if not _walnames.is_segment(after):
             raise ConfigurationError(f"{after!r} is not a segment name")
         downloaded: list[str] = []
-        with _spool.prefetch_lock(spool) as got:
+        with _spool.prefetch_lock(spool, fd=lock_fd) as got:
             if not got:
                 return downloaded
             _spool.set_source(spool, self._tag)

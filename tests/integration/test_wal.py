@@ -86,7 +86,8 @@ def archive() -> Iterator[Archive]:
             cluster.execute("insert into t select i, repeat('x', 100) from generate_series(1, 2000) i")
             names.append(cluster.query("select pg_walfile_name(pg_switch_wal())")[0][0])
         before = archiver_status(cluster.conninfo(), cluster.data_dir)
-        cluster.configure(archive_command=archive_command(url))
+        # -v: the call that uploads says how many files it archived ahead (the server log keeps its stderr).
+        cluster.configure(archive_command=archive_command(url).replace(" wal-push ", " wal-push -v "))
         cluster.reload()
         _wait(
             lambda: archiver_status(cluster.conninfo()).last_archived_wal == names[-1],
@@ -125,6 +126,10 @@ def test_one_call_archives_the_ready_files_ahead(archive: Archive) -> None:
     assert after.ready_count == 0
     assert after.last_archived_time is not None
     # The first call pushed every ready file and left a marker for each; the server's later calls hit them.
+    assert archive.cluster.log_file is not None
+    log = archive.cluster.log_file.read_text()
+    assert f"wal-push: {archive.segments[0]} stored, ahead: {SEGMENTS - 1}" in log
+    assert log.count(" stored, ahead: ") == 1
     markers = sorted(os.listdir(archive.cluster.data_dir / "pgrecovery_spool" / "archived"))
     assert markers == archive.segments
     assert os.stat(archive.cluster.data_dir / "pgrecovery_spool").st_mode & 0o777 == 0o700
@@ -350,6 +355,9 @@ def test_prefetch_fills_the_spool_and_fetch_takes_from_it(archive: Archive, copy
     first, *rest = archive.segments
     try:
         assert archiver.fetch(first, dest_dir / "RECOVERYXLOG")
+        # The lock was taken before fetch returned and is held by the prefetcher: a second one is not started.
+        assert spool_mod.prefetch_running(str(spool))
+        assert not spool_mod.spawn_prefetch(first, str(spool), repo_url=copy.url)
         _wait(lambda: set(rest[:3]) <= set(spool_mod.prefetched(str(spool))), what="the prefetch")
         assert archiver.wait_for_prefetch(spool)
         assert spool_mod.prefetched(str(spool)) == rest[:3]
