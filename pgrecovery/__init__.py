@@ -25,9 +25,11 @@ from .errors import (
     PgRecoveryError,
     RestoreError,
     StorageError,
+    TargetUnreachable,
     ToolFailed,
     ToolNotFound,
     VerificationFailed,
+    WalGap,
 )
 
 # Imports are lazy (PEP 562): `python -m pgrecovery wal-push` must start fast, with the standard library only,
@@ -52,6 +54,11 @@ _LAZY = {
     "Check": "verify",
     "VerificationReport": "verify",
     "Verifier": "verify",
+    "BaseBackup": "physical",
+    "RecoveryPlan": "recovery",
+    "RecoveryResult": "recovery",
+    "RecoveryTarget": "recovery",
+    "WalArchiver": "wal",
 }
 
 if TYPE_CHECKING:
@@ -60,10 +67,13 @@ if TYPE_CHECKING:
     from .cluster import LocalCluster, temporary_cluster
     from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
     from .manifest import BackupManifest, ContentSummary, FileEntry
+    from .physical import BaseBackup
     from .progress import Progress, ProgressCallback
+    from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
     from .restore import LogicalRestore, RestoreResult
     from .storage import Repository, StoredObject
     from .verify import Check, VerificationReport, Verifier
+    from .wal import WalArchiver
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +92,7 @@ __all__ = [
     "BackupError",
     "BackupManifest",
     "BackupNotFound",
+    "BaseBackup",
     "Check",
     "ChecksumMismatch",
     "ClusterBackup",
@@ -100,17 +111,23 @@ __all__ = [
     "PgRecoveryError",
     "Progress",
     "ProgressCallback",
+    "RecoveryPlan",
+    "RecoveryResult",
+    "RecoveryTarget",
     "Repository",
     "RestoreError",
     "RestoreResult",
     "StorageError",
     "StoredObject",
+    "TargetUnreachable",
     "TocEntry",
     "ToolFailed",
     "ToolNotFound",
     "VerificationFailed",
     "VerificationReport",
     "Verifier",
+    "WalArchiver",
+    "WalGap",
     "__version__",
     "temporary_cluster",
 ]

@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     _dbname(gl)
     gl.add_argument("--roles-only", action="store_true")
     gl.add_argument("--no-role-passwords", action="store_true")
+    bb = kinds.add_parser("base", help="physical base backup of the whole cluster", parents=[common])
+    _dbname(bb)
+    bb.add_argument("--method", choices=["local", "stream"], default="local")
+    bb.add_argument("--pgdata", help="data directory (local method; default: the server's data_directory)")
+    bb.add_argument("--compression", choices=["zstd", "gzip", "lz4", "none"], default="zstd")
+    bb.add_argument("--level", type=int, default=1)
+    bb.add_argument("--workers", type=int, default=2)
+    bb.add_argument("--spread-checkpoint", action="store_true", help="do not force a fast checkpoint")
+    bb.add_argument("--label", default="pgrecovery")
     cl = kinds.add_parser("cluster", help="globals plus every database", parents=[common])
     _dbname(cl)
     cl.add_argument("--exclude-database", action="append", default=[], dest="exclude_databases")
@@ -123,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         rl.add_argument(f"--{flag}", action="store_true")
     rl.add_argument("--no-verify-first", action="store_true", help="skip re-reading the stored files before restoring")
+    rb = rkinds.add_parser("base", help="restore a base backup, optionally to a point in time", parents=[common])
+    rb.add_argument("id", help="backup id or 'latest' (default: chosen for the target)", nargs="?")
+    rb.add_argument("--pgdata", required=True, help="data directory to create")
+    target = rb.add_mutually_exclusive_group()
+    target.add_argument("--target-time", help="timestamp with time zone, e.g. '2026-03-15 14:30:00+00'")
+    target.add_argument("--target-xid")
+    target.add_argument("--target-name", help="a restore point name")
+    target.add_argument("--target-lsn")
+    target.add_argument("--target-immediate", action="store_true", help="stop as soon as the backup is consistent")
+    rb.add_argument("--exclusive", action="store_true", help="stop just before the target (time, xid, lsn)")
+    rb.add_argument("--target-action", choices=["promote", "pause", "shutdown"], default="promote")
+    rb.add_argument("--target-timeline", default="latest", help="latest, current or a timeline number")
+    rb.add_argument("--overwrite", action="store_true", help="empty a non-empty --pgdata first")
+    rb.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
+    rb.add_argument("--run", action="store_true", help="start the server and wait until the target is reached")
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
     rt.add_argument("id", help="backup id or 'latest'")
     rt.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
@@ -133,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--no-definition", action="store_true", help="data only (into an existing table)")
 
     ls = verbs.add_parser("list", help="list complete backups", parents=[common])
-    ls.add_argument("--kind", choices=["logical", "globals", "cluster"])
+    ls.add_argument("--kind", choices=["logical", "globals", "cluster", "base"])
     ls.add_argument("--incomplete", action="store_true", help="also list unfinished / interrupted backups")
     show = verbs.add_parser("show", help="show a backup's manifest", parents=[common])
     show.add_argument("id")
@@ -256,6 +280,22 @@ def _cmd_backup(args: argparse.Namespace) -> int:
             )
         }
         job = LogicalBackup(**opts)
+    elif args.kind == "base":
+        from .physical import BaseBackup
+
+        base = BaseBackup(
+            dbname=args.dbname,
+            method=args.method,
+            pgdata=args.pgdata,
+            compression=args.compression,
+            level=args.level,
+            workers=args.workers,
+            fast_checkpoint=not args.spread_checkpoint,
+            label=args.label,
+        )
+        m = base.run(repo, progress=_progress(args))
+        _emit(args, m.to_dict(), lambda: _manifest_text(m))
+        return EXIT_OK
     elif args.kind == "globals":
         job = GlobalsBackup(dbname=args.dbname, roles_only=args.roles_only, no_role_passwords=args.no_role_passwords)
     else:
@@ -270,6 +310,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from .restore import LogicalRestore
 
     repo = _repo(args)
+    if args.kind == "base":
+        return _restore_base(args, repo)
     restore = LogicalRestore(repo, args.id)
     if args.kind == "table":
         if args.sql is not None:
@@ -330,6 +372,43 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         args,
         res.to_dict(),
         f"restored {res.backup_id} into {res.database or 'the server'} in {res.seconds:.2f} s",
+    )
+    return EXIT_OK
+
+
+def _restore_base(args: argparse.Namespace, repo: Any) -> int:
+    from .recovery import RecoveryPlan, RecoveryTarget
+
+    inclusive = not args.exclusive
+    action = args.target_action
+    if args.target_time:
+        target = RecoveryTarget.time(args.target_time, inclusive=inclusive, action=action)
+    elif args.target_xid:
+        target = RecoveryTarget.xid(args.target_xid, inclusive=inclusive, action=action)
+    elif args.target_name:
+        target = RecoveryTarget.name(args.target_name, action=action)
+    elif args.target_lsn:
+        target = RecoveryTarget.lsn(args.target_lsn, inclusive=inclusive, action=action)
+    elif args.target_immediate:
+        target = RecoveryTarget.immediate(action=action)
+    else:
+        target = RecoveryTarget.latest()
+    plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
+    if args.run:
+        result = plan.run(args.pgdata, overwrite=args.overwrite)
+        _emit(
+            args,
+            result.to_dict(),
+            f"recovered {result.pgdata} from {result.backup_id} to {result.target}: "
+            f"{result.state} at LSN {result.end_lsn} on timeline {result.timeline}, port {result.port}, "
+            f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery",
+        )
+        return EXIT_OK
+    path = plan.restore(args.pgdata, overwrite=args.overwrite, standby=args.standby)
+    _emit(
+        args,
+        {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path)},
+        f"restored {plan.backup.id} into {path}, recovery to {target.describe()} configured: start the server",
     )
     return EXIT_OK
 

@@ -111,7 +111,7 @@ class LocalCluster:
         try:
             res = pgtools.run(cmd, run_as=self.run_as, cwd="/", env=env, timeout=timeout)
         except ToolFailed as e:
-            raise ClusterError(f"{e}{self._log_tail()}") from None
+            raise ClusterError(f"{e}{self.log_tail()}") from None
         return res.stdout.decode(errors="replace")
 
     def init(self, *, checksums: bool = True, settings: Mapping[str, object] | None = None) -> LocalCluster:
@@ -159,7 +159,7 @@ class LocalCluster:
         os.replace(tmp, path)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def _log_tail(self) -> str:
+    def log_tail(self) -> str:
         if self.log_file and self.log_file.exists():
             lines = self.log_file.read_text(errors="replace").strip().splitlines()[-10:]
             if lines:
@@ -244,7 +244,7 @@ class LocalCluster:
             except psycopg.OperationalError as e:
                 if time.monotonic() > deadline or not self.is_running():
                     raise ClusterError(
-                        f"server on port {self.port} is not accepting connections: {e}{self._log_tail()}"
+                        f"server on port {self.port} is not accepting connections: {e}{self.log_tail()}"
                     ) from None
                 time.sleep(0.1)
 

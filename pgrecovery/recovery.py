@@ -1,0 +1,362 @@
+"""Point-in-time recovery: `RecoveryTarget` says where to stop, `RecoveryPlan` chooses a base backup, proves the
+archive can get there, then restores a data directory and (optionally) runs the recovery.
+
+>>> plan = RecoveryPlan(repo, RecoveryTarget.time("2026-03-15 14:30:00+00"))     # doctest: +SKIP
+>>> plan.validate()              # TargetUnreachable / WalGap naming the problem, before touching anything
+>>> plan.restore("/var/lib/postgresql/restore")                                  # doctest: +SKIP
+>>> result = plan.run("/var/lib/postgresql/restore")                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from .cluster import LocalCluster, default_run_as, free_port
+from .errors import ClusterError, ConfigurationError, TargetUnreachable, WalGap
+from .manifest import BackupManifest, PhysicalInfo
+from .physical import chown_tree, lsn_value, restore_files, wal_file_name
+from .progress import ProgressCallback
+from .storage import Repository
+
+TargetKind = Literal["time", "xid", "name", "lsn", "immediate", "latest"]
+Action = Literal["promote", "pause", "shutdown"]
+
+
+def _aware(when: datetime | str) -> datetime:
+    dt = datetime.fromisoformat(when.strip()) if isinstance(when, str) else when
+    if dt.tzinfo is None:
+        raise ConfigurationError(f"target time {when!s} has no time zone: add one, e.g. '+00' or 'Z'")
+    return dt.astimezone(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryTarget:
+    """Where recovery stops. Build one with the class methods: ``RecoveryTarget.time("2026-03-15 14:30+00")``."""
+
+    kind: TargetKind
+    value: str | None = None
+    inclusive: bool = True
+    action: Action = attrs.field(default="promote", validator=attrs.validators.in_(("promote", "pause", "shutdown")))
+    timeline: str = "latest"
+
+    @classmethod
+    def time(cls, when: datetime | str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
+        return cls(kind="time", value=_aware(when).isoformat(), inclusive=inclusive, action=action)
+
+    @classmethod
+    def xid(cls, xid: int | str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
+        if not str(xid).isdigit():
+            raise ConfigurationError(f"target xid {xid!r} is not a transaction id (a positive integer)")
+        return cls(kind="xid", value=str(xid), inclusive=inclusive, action=action)
+
+    @classmethod
+    def name(cls, name: str, *, action: Action = "promote") -> RecoveryTarget:
+        if not name:
+            raise ConfigurationError("a restore point name cannot be empty")
+        return cls(kind="name", value=name, action=action)
+
+    @classmethod
+    def lsn(cls, lsn: str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
+        try:
+            lsn_value(lsn)
+        except ValueError:
+            raise ConfigurationError(f"target LSN {lsn!r} is not of the form X/Y (hexadecimal)") from None
+        return cls(kind="lsn", value=lsn.upper(), inclusive=inclusive, action=action)
+
+    @classmethod
+    def immediate(cls, *, action: Action = "promote") -> RecoveryTarget:
+        """Stop as soon as the base backup is consistent."""
+        return cls(kind="immediate", action=action)
+
+    @classmethod
+    def latest(cls) -> RecoveryTarget:
+        """Replay everything the archive holds."""
+        return cls(kind="latest")
+
+    def with_timeline(self, timeline: str | int) -> RecoveryTarget:
+        """The same target on timeline ``latest``, ``current`` or a number."""
+        value = str(timeline)
+        if value not in ("latest", "current") and not value.isdigit():
+            raise ConfigurationError(f"target timeline {timeline!r}: use latest, current or a timeline number")
+        return attrs.evolve(self, timeline=value)
+
+    def settings(self) -> dict[str, str]:
+        """The recovery_target_* settings for postgresql.auto.conf."""
+        out = {"recovery_target_timeline": self.timeline}
+        if self.kind == "latest":
+            return out
+        if self.kind == "immediate":
+            out["recovery_target"] = "immediate"
+        else:
+            assert self.value is not None
+            out[f"recovery_target_{self.kind}"] = self.value
+            if self.kind != "name":
+                out["recovery_target_inclusive"] = "on" if self.inclusive else "off"
+        out["recovery_target_action"] = self.action
+        return out
+
+    def describe(self) -> str:
+        if self.kind in ("latest", "immediate"):
+            return self.kind
+        return f"{self.kind} {self.value}" + ("" if self.inclusive or self.kind == "name" else " (exclusive)")
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryResult:
+    """What a recovery reached, and how long it took (the recovery time, for RTO reporting)."""
+
+    backup_id: str
+    target: str
+    pgdata: str
+    port: int
+    state: str  # promoted, paused, shut down
+    end_lsn: str | None
+    timeline: int | None
+    last_transaction_time: str | None
+    restore_seconds: float
+    recovery_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class RecoveryPlan:
+    """A plan to recover a cluster from ``repo`` to ``target``: which backup, and whether the archive suffices."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        target: RecoveryTarget | None = None,
+        *,
+        backup_id: str | None = None,
+        python: str | None = None,
+    ) -> None:
+        self.repo = repo
+        self.target = target or RecoveryTarget.latest()
+        self.python = python
+        self.backup = self._choose(backup_id)
+
+    # -- choosing and validating -------------------------------------------------------------------------------
+    def _choose(self, backup_id: str | None) -> BackupManifest:
+        if backup_id is not None:
+            m = self.repo.get(backup_id, "base")
+            self._check_before_target(m)
+            return m
+        backups = [m for m in self.repo.backups("base") if m.physical is not None]
+        if not backups:
+            raise TargetUnreachable(f"no base backup in {self.repo.display_url}: take one with BaseBackup first")
+        t = self.target
+        if t.kind in ("latest", "immediate"):
+            return backups[-1]
+        if t.kind == "name":
+            return backups[0]  # a restore point's position is unknown until replay: the oldest backup reaches any
+        fits = [m for m in backups if self._ends_before_target(m)]
+        if not fits:
+            oldest = backups[0]
+            raise TargetUnreachable(
+                f"target {t.describe()} is before the end of the oldest base backup {oldest.id} "
+                f"({self._end_point(oldest)}): nothing in {self.repo.display_url} can recover to it"
+            )
+        return fits[-1]
+
+    def _phys(self, m: BackupManifest) -> PhysicalInfo:
+        assert m.physical is not None
+        return m.physical
+
+    def _end_point(self, m: BackupManifest) -> str:
+        t = self.target
+        if t.kind == "lsn":
+            return f"LSN {self._phys(m).stop_lsn}"
+        if t.kind == "xid":
+            return f"next xid {self._phys(m).next_xid}"
+        return f"{m.finished_at.isoformat()}"
+
+    def _ends_before_target(self, m: BackupManifest) -> bool:
+        t, phys = self.target, self._phys(m)
+        assert t.value is not None
+        if t.kind == "time":
+            return m.finished_at <= datetime.fromisoformat(t.value)
+        if t.kind == "lsn":
+            return lsn_value(phys.stop_lsn) <= lsn_value(t.value)
+        if t.kind == "xid":
+            return phys.next_xid is not None and phys.next_xid <= int(t.value)
+        return True
+
+    def _check_before_target(self, m: BackupManifest) -> None:
+        if m.physical is None:
+            raise ConfigurationError(f"backup {m.id} is not a base backup")
+        if self.target.kind in ("time", "lsn", "xid") and not self._ends_before_target(m):
+            raise TargetUnreachable(
+                f"target {self.target.describe()} is before the end of backup {m.id} ({self._end_point(m)}): "
+                "choose an older backup or a later target"
+            )
+
+    def validate(self) -> None:
+        """Raise `TargetUnreachable` or `WalGap` (naming the missing segment) unless the target is reachable."""
+        from .wal import WalArchiver
+
+        t, phys = self.target, self._phys(self.backup)
+        if t.kind == "time" and t.value is not None and datetime.fromisoformat(t.value) > datetime.now(UTC):
+            raise TargetUnreachable(f"target time {t.value} is in the future")
+        archiver = WalArchiver(self.repo)
+        last = None
+        if t.kind == "lsn" and t.value is not None:
+            last = wal_file_name(phys.timeline, t.value, phys.wal_segment_size)
+        elif t.kind == "immediate":
+            last = phys.stop_wal
+        follow = {"latest": None, "current": phys.timeline}.get(t.timeline)
+        if t.timeline.isdigit():
+            follow = int(t.timeline)
+        if last is not None and follow is not None:
+            last = f"{follow:08X}{last[8:]}"
+        missing = archiver.missing(phys.start_wal, last, timeline=follow)
+        if missing:
+            raise WalGap(
+                f"WAL segment {missing[0]} is missing from {self.repo.display_url}"
+                + (f" ({len(missing)} missing in all)" if len(missing) > 1 else "")
+                + f": recovery from backup {self.backup.id} cannot pass it; "
+                f"the latest reachable point is just before it"
+            )
+        archived = archiver.list_archived().get(phys.timeline, [])
+        if phys.stop_wal not in {n for n in archived}:
+            raise WalGap(
+                f"WAL segment {phys.stop_wal}, needed to make backup {self.backup.id} consistent, is not archived"
+            )
+
+    # -- restoring and running ---------------------------------------------------------------------------------
+    def restore(
+        self,
+        pgdata: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        standby: bool = False,
+        run_as: str | None = None,
+        tablespace_map: dict[str, str] | None = None,
+        settings: dict[str, object] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        """Materialise the data directory and configure recovery (restore_command, target, recovery.signal).
+
+        Refuses a non-empty ``pgdata`` unless ``overwrite``. The directory ends 0700 and owned by the server's
+        OS user (``run_as``; default ``postgres`` when we are root).
+        """
+        from .wal import restore_command
+
+        self.validate()
+        target = Path(pgdata).absolute()
+        who = run_as if run_as is not None else default_run_as()
+        if target.exists() and any(target.iterdir()):
+            if not overwrite:
+                raise ConfigurationError(f"{target} is not empty: choose an empty directory or pass overwrite=True")
+            for child in target.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, progress=progress)
+        for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
+            (target / leftover).unlink(missing_ok=True)
+        cluster = LocalCluster(data_dir=target, run_as=who)
+        conf: dict[str, object] = {"restore_command": restore_command(self.repo.url, self.python)}
+        conf.update(self.target.settings())
+        conf.update(settings or {})
+        cluster.configure(**conf)
+        (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
+        spaces = [Path((tablespace_map or {}).get(o, loc)) for o, loc in self._phys(self.backup).tablespaces.items()]
+        chown_tree([target, *spaces], who)
+        return target
+
+    def run(
+        self,
+        pgdata: str | os.PathLike[str],
+        *,
+        restore: bool = True,
+        overwrite: bool = False,
+        port: int | None = None,
+        timeout: float = 600,
+        keep_running: bool = True,
+        settings: dict[str, object] | None = None,
+    ) -> RecoveryResult:
+        """Restore (unless ``restore=False``), start the server, wait until the target is reached and the action
+        applied, and report what was recovered. The server keeps running unless ``keep_running=False``."""
+        import psycopg
+
+        t0 = time.monotonic()
+        if restore:
+            self.restore(pgdata, overwrite=overwrite, settings=settings)
+        restored = time.monotonic() - t0
+        t1 = time.monotonic()
+        cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port())
+        action = self.target.action if self.target.kind != "latest" else "promote"
+        try:
+            cluster.start(timeout=int(timeout))
+        except ClusterError as e:
+            raise self._failure(str(e)) from None
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            if not cluster.is_running():
+                if action == "shutdown":
+                    state = "shut down"
+                    break
+                raise self._failure(cluster.log_tail())
+            try:
+                with psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                    row = conn.execute("select pg_is_in_recovery()").fetchone()
+                    in_recovery = bool(row and row[0])
+                    pause = ""
+                    if in_recovery and action == "pause":  # the pause state exists only during recovery
+                        row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
+                        pause = str(row[0]) if row else ""
+            except psycopg.OperationalError:
+                time.sleep(0.1)
+                continue
+            if not in_recovery:
+                state = "promoted"
+                break
+            if action == "pause" and pause == "paused":
+                state = "paused"
+                break
+            time.sleep(0.1)
+        else:
+            raise TargetUnreachable(f"recovery did not reach {self.target.describe()} within {timeout:.0f} s")
+        recovered = time.monotonic() - t1
+        end_lsn = timeline = last_time = None
+        if state != "shut down":
+            with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
+                row = conn.execute(
+                    "select coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, "
+                    "(select timeline_id from pg_control_checkpoint()), pg_last_xact_replay_timestamp()::text"
+                ).fetchone()
+            if row:
+                end_lsn, timeline, last_time = row[0], int(row[1]), row[2]
+            if not keep_running:
+                cluster.stop()
+        return RecoveryResult(
+            backup_id=self.backup.id,
+            target=self.target.describe(),
+            pgdata=str(Path(pgdata).absolute()),
+            port=cluster.port,
+            state=state,
+            end_lsn=end_lsn,
+            timeline=timeline,
+            last_transaction_time=last_time,
+            restore_seconds=round(restored, 3),
+            recovery_seconds=round(recovered, 3),
+        )
+
+    def _failure(self, log: str) -> TargetUnreachable:
+        if "recovery ended before configured recovery target was reached" in log:
+            return TargetUnreachable(
+                f"the archive ends before {self.target.describe()}: recovery from {self.backup.id} replayed "
+                f"everything archived without reaching it{log}"
+            )
+        return TargetUnreachable(f"recovery to {self.target.describe()} failed{log}")
