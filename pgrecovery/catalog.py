@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import attrs
 
-from .errors import AlreadyExists, BackupNotFound, ManifestError, StorageError
+from .errors import AlreadyExists, BackupNotFound, ConfigurationError, ManifestError, StorageError
 from .manifest import BackupManifest
 from .storage import Repository
 
@@ -114,11 +114,31 @@ def resolve(repo: Repository, backup_id: str, kind: str | None = None) -> Backup
     return m
 
 
-def delete_backup(repo: Repository, backup_id: str) -> BackupManifest:
+def dependents(repo: Repository, backup_id: str) -> list[BackupManifest]:
+    """Complete backups that need ``backup_id``'s files (incremental backups built on it), newest first."""
+    out = []
+    for m in list_backups(repo, "base"):
+        if m.physical is not None and m.id != backup_id and any(x.source == backup_id for x in m.physical.members):
+            out.append(m)
+    return sorted(out, key=lambda m: m.started_at, reverse=True)
+
+
+def delete_backup(repo: Repository, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:
+    """Delete a backup (manifest first). A backup that incremental backups rely on is refused unless
+    ``with_dependents``, which deletes those first. Returns what was deleted."""
     m = resolve(repo, backup_id)
-    repo.delete(manifest_key(m.id))
-    repo.delete_prefix(f"{BACKUPS}/{m.id}")
-    return m
+    needing = dependents(repo, m.id)
+    if needing and not with_dependents:
+        raise ConfigurationError(
+            f"backup {m.id} holds files that incremental backup(s) {', '.join(x.id for x in needing)} rely on: "
+            "delete those first, or delete with their dependents (with_dependents=True, CLI --with-dependents)"
+        )
+    deleted = []
+    for victim in [*needing, m]:
+        repo.delete(manifest_key(victim.id))
+        repo.delete_prefix(f"{BACKUPS}/{victim.id}")
+        deleted.append(victim)
+    return deleted
 
 
 @attrs.frozen(kw_only=True)

@@ -172,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("-j", "--jobs", type=int, default=1)
     delete = verbs.add_parser("delete", help="delete a backup", parents=[common])
     delete.add_argument("id")
+    delete.add_argument("--with-dependents", action="store_true", help="also delete incremental backups built on it")
     clean = verbs.add_parser("clean", help="remove interrupted backups' leftovers", parents=[common])
     clean.add_argument("--include-in-progress", action="store_true", help="also remove ones that look in progress")
     from . import _cli_wal
@@ -488,8 +489,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    m = _repo(args).delete_backup(args.id)
-    _emit(args, {"deleted": m.id}, f"deleted {m.id}")
+    gone = _repo(args).delete_backup(args.id, with_dependents=args.with_dependents)
+    _emit(
+        args,
+        {"deleted": gone[-1].id, "dependents": [m.id for m in gone[:-1]]},
+        "\n".join(f"deleted {m.id}" for m in gone),
+    )
     return EXIT_OK
 
 

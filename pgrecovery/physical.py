@@ -155,7 +155,9 @@ class BaseBackup:
 
     ``dbname`` connects to the server (for ``stream``, a role with REPLICATION). ``pgdata`` is the data directory
     for the ``local`` method (default: the server's ``data_directory``). ``workers`` bundles are written in
-    parallel, each compressed with ``compression`` at ``level``.
+    parallel, each compressed with ``compression`` at ``level``. ``parent`` (a base backup id or ``"latest"``)
+    makes the backup incremental: files whose size and sha256 match the parent's are referenced, not stored again
+    (local method).
     """
 
     dbname: str = ""
@@ -166,6 +168,7 @@ class BaseBackup:
     workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     fast_checkpoint: bool = True
     label: str = "pgrecovery"
+    parent: str | None = None
 
     def __attrs_post_init__(self) -> None:
         check_level(check_codec(self.compression), self.level)
@@ -175,10 +178,11 @@ class BaseBackup:
         info = server_info(self.dbname)
         started = now_utc()
         self._check_archiving()
+        parent = self._parent(repo)
         backup_id = claim_backup_id(repo, "base", started)
         try:
             if self.method == "local":
-                files, physical = self._local(repo, backup_id, Meter("backup", progress))
+                files, physical = self._local(repo, backup_id, Meter("backup", progress), parent)
                 tool = f"PostgreSQL {info.version} (pg_backup_start/pg_backup_stop)"
             else:
                 files, physical, tool = self._stream(repo, backup_id, Meter("backup", progress))
@@ -206,6 +210,16 @@ class BaseBackup:
             raise
         return manifest
 
+    def _parent(self, repo: Repository) -> BackupManifest | None:
+        if self.parent is None:
+            return None
+        if self.method != "local":
+            raise ConfigurationError("incremental backups (parent=...) need method='local'")
+        m = repo.get(self.parent, "base")
+        if m.physical is None or m.physical.method != "local":
+            raise ConfigurationError(f"backup {m.id} cannot be a parent: only local-method base backups can")
+        return m
+
     def _check_archiving(self) -> None:
         import psycopg
 
@@ -220,7 +234,9 @@ class BaseBackup:
             )
 
     # -- local method ----------------------------------------------------------------------------------------
-    def _local(self, repo: Repository, backup_id: str, meter: Meter) -> tuple[list[FileEntry], PhysicalInfo]:
+    def _local(
+        self, repo: Repository, backup_id: str, meter: Meter, parent: BackupManifest | None
+    ) -> tuple[list[FileEntry], PhysicalInfo]:
         import psycopg
 
         try:
@@ -240,6 +256,15 @@ class BaseBackup:
             ).fetchone()
             assert facts is not None
             data_dir, timeline, sysid, checksums, seg_size, start_wal = facts
+            known: dict[str, MemberEntry] = {}
+            if parent is not None:
+                assert parent.physical is not None
+                if parent.physical.system_identifier != str(sysid):
+                    raise ConfigurationError(
+                        f"backup {parent.id} is of another cluster (system identifier "
+                        f"{parent.physical.system_identifier}, this one {sysid}): it cannot be the parent"
+                    )
+                known = {m.path: m for m in parent.physical.members}
             pgdata = self.pgdata or str(data_dir)
             if not os.path.isfile(os.path.join(pgdata, "PG_VERSION")):
                 raise ConfigurationError(
@@ -254,7 +279,7 @@ class BaseBackup:
             }
             dirs, found = scan_data_directory(pgdata, spaces)
             meter.total = sum(f.size for f in found)
-            files, members = self._write_bundles(repo, backup_id, assign(found, self.workers), meter)
+            files, members = self._write_bundles(repo, backup_id, assign(found, self.workers), meter, known)
             stop_fn = "pg_backup_stop(true)" if version >= 150000 else "pg_stop_backup(false, true)"
             stop = conn.execute(f"select lsn::text, labelfile, spcmapfile from {stop_fn}").fetchone()
             assert stop is not None
@@ -280,6 +305,7 @@ class BaseBackup:
             data_checksums=checksums == "on",
             wal_segment_size=int(seg_size),
             next_xid=int(tail[1]),
+            parent=parent.id if parent is not None else None,
             tablespaces=spaces,
             directories=dirs,
             members=members,
@@ -287,7 +313,12 @@ class BaseBackup:
         return files, physical
 
     def _write_bundles(
-        self, repo: Repository, backup_id: str, bundles: list[list[_File]], meter: Meter
+        self,
+        repo: Repository,
+        backup_id: str,
+        bundles: list[list[_File]],
+        meter: Meter,
+        known: dict[str, MemberEntry],
     ) -> tuple[list[FileEntry], list[MemberEntry]]:
         codec = check_codec(self.compression)
 
@@ -301,7 +332,7 @@ class BaseBackup:
                 with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                     tar.copybufsize = CHUNK
                     for f in bundles[index]:
-                        member = _add_file(tar, f, role, backup_id)
+                        member = _unchanged(f, known.get(f.rel), meter) or _add_file(tar, f, role, backup_id)
                         if member is not None:
                             members.append(member)
                 sink.finish()
@@ -397,6 +428,20 @@ class _Tail:
         return int(ranges[-1]["Timeline"]), str(ranges[0]["Start-LSN"]), str(ranges[-1]["End-LSN"])
 
 
+def _unchanged(f: _File, before: MemberEntry | None, meter: Meter) -> MemberEntry | None:
+    """The parent's entry for ``f`` when the file still has the same size and sha256 (then it is not stored)."""
+    if before is None or before.size != f.size:
+        return None
+    try:
+        with open(f.abspath, "rb", buffering=0) as handle:
+            reader = _HashingFile(handle, f.size)
+            while chunk := reader.read(CHUNK):
+                meter.add(len(chunk))
+    except FileNotFoundError:
+        return None
+    return before if reader.hash.hexdigest() == before.sha256 else None
+
+
 def _add_file(tar: tarfile.TarFile, f: _File, role: str, backup_id: str) -> MemberEntry | None:
     try:
         handle = open(f.abspath, "rb", buffering=0)  # noqa: SIM115 - closed below
@@ -487,8 +532,8 @@ def restore_files(
     for oid, loc in spaces.items():
         os.symlink(loc, pgdata / "pg_tblspc" / oid)
 
-    def extract(entry: FileEntry) -> None:
-        key = f"backups/{manifest.id}/{entry.path}"
+    def extract(source: BackupManifest, entry: FileEntry) -> None:
+        key = f"backups/{source.id}/{entry.path}"
         with open_entry(repo, key, entry) as src, tarfile.open(fileobj=src, mode="r|") as tar:
             for info in tar:
                 if info.isdir():
@@ -497,13 +542,25 @@ def restore_files(
                 if not info.isfile():
                     raise BackupError(f"{key}: refusing member {info.name!r}: only files and directories are restored")
                 want = expected.get(info.name) if expected else None
+                if expected and (want is None or want.source != source.id or want.bundle != entry.role):
+                    continue  # a file this backup took from elsewhere (or dropped): not from this bundle
                 dest = place(info.name)
                 dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 _extract_one(tar, info, dest, want, key, meter)
 
-    bundles = [f for f in manifest.files if f.role.startswith("bundle-") or f.role == "base"]
-    with ThreadPoolExecutor(max_workers=max(1, len(bundles))) as pool:
-        for fut in [pool.submit(extract, b) for b in bundles]:
+    chain = {manifest.id: manifest}
+    for m in phys.members:
+        if m.source not in chain:
+            chain[m.source] = repo.get(m.source, "base")
+    needed = {(m.source, m.bundle) for m in phys.members}
+    jobs = [
+        (chain[source_id], f)
+        for source_id in chain
+        for f in chain[source_id].files
+        if (f.role == "base" and source_id == manifest.id) or (source_id, f.role) in needed
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), 4))) as pool:
+        for fut in [pool.submit(extract, source, f) for source, f in jobs]:
             fut.result()
     for role in ("backup_label", "tablespace_map"):
         entry = next((f for f in manifest.files if f.role == role), None)

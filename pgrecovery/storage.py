@@ -467,11 +467,15 @@ class Repository:
 
         return resolve(self, backup_id, kind)
 
-    def delete_backup(self, backup_id: str) -> BackupManifest:
-        """Delete a complete backup: its manifest first (so it is never listed half-deleted), then its data."""
+    def delete_backup(self, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:
+        """Delete a complete backup: its manifest first (so it is never listed half-deleted), then its data.
+
+        A base backup that incremental backups rely on is refused unless ``with_dependents`` (they go too).
+        Returns the manifests of what was deleted.
+        """
         from .catalog import delete_backup
 
-        return delete_backup(self, backup_id)
+        return delete_backup(self, backup_id, with_dependents=with_dependents)
 
 
 def _is_temp(key: str) -> bool:

@@ -388,7 +388,7 @@ def test_delete_backup_removes_listing_and_files(repo: Repository, small_db: str
     keep = LogicalBackup(dbname=small_db).run(repo)
     drop = LogicalBackup(dbname=small_db, format="directory").run(repo)
     assert {m.id for m in repo.backups()} == {keep.id, drop.id}
-    deleted = repo.delete_backup(drop.id)
+    [deleted] = repo.delete_backup(drop.id)
     assert deleted.id == drop.id
     assert [m.id for m in repo.backups()] == [keep.id]
     assert not (Path(repo.root) / "backups" / drop.id).exists()
