@@ -324,7 +324,7 @@ def test_delete(capsys: pytest.CaptureFixture[str], url: str, shop: str) -> None
     code, _, err = cli(capsys, "--repo", url, "show", a)
     assert code == 2
     assert a in err
-    assert cli_json(capsys, "--repo", url, "delete", "latest") == {"deleted": b}
+    assert cli_json(capsys, "--repo", url, "delete", "latest") == {"deleted": b, "dependents": []}
     assert cli_json(capsys, "--repo", url, "list")["backups"] == []
 
 
