@@ -99,4 +99,5 @@ def bench(session: nox.Session) -> None:
     """Benchmarks side by side with the native tools (ratios printed; never part of the test suite)."""
     ensure_postgres(session)
     session.install("-e", ".")
-    session.run("python", "benchmarks/bench_logical.py", *session.posargs)
+    for script in sorted(glob.glob("benchmarks/bench_*.py")):
+        session.run("python", script, *session.posargs)

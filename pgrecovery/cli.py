@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--workers", type=int, default=2)
     bb.add_argument("--spread-checkpoint", action="store_true", help="do not force a fast checkpoint")
     bb.add_argument("--label", default="pgrecovery")
+    bb.add_argument("--parent", help="make it incremental on this base backup (an id or 'latest')")
     cl = kinds.add_parser("cluster", help="globals plus every database", parents=[common])
     _dbname(cl)
     cl.add_argument("--exclude-database", action="append", default=[], dest="exclude_databases")
@@ -293,6 +294,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
             workers=args.workers,
             fast_checkpoint=not args.spread_checkpoint,
             label=args.label,
+            parent=args.parent,
         )
         m = base.run(repo, progress=_progress(args))
         _emit(args, m.to_dict(), lambda: _manifest_text(m))
@@ -538,7 +540,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
+        code = e.code if isinstance(e.code, int) else EXIT_USAGE
+        words = sys.argv[1:] if argv is None else list(argv)
+        if code and "wal-fetch" in words:
+            return 255  # as restore_command: a usage error must stop recovery, not look like "not archived"
+        return code
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
