@@ -94,7 +94,10 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     _dbname(point)
 
     cleanup = verbs.add_parser("wal-cleanup", help="delete archived WAL older than a segment", parents=[common])
-    cleanup.add_argument("--keep-from", required=True, metavar="SEGMENT", help="oldest segment to keep")
+    cleanup.add_argument(
+        "--keep-from", metavar="SEGMENT", help="oldest segment to keep (default: the first one the oldest backup needs)"
+    )
+    cleanup.add_argument("--force", action="store_true", help="allow deleting WAL that a kept base backup needs")
     cleanup.add_argument("--timeline", type=int, help="also clean timelines up to this one (default: the segment's)")
     cleanup.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     _segment_size_option(cleanup)
@@ -241,7 +244,7 @@ def _restore_point(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    removed = _archiver(args).cleanup(args.keep_from, args.timeline, dry_run=args.dry_run)
+    removed = _archiver(args).cleanup(args.keep_from, args.timeline, dry_run=args.dry_run, force=args.force)
     verb = "would remove" if args.dry_run else "removed"
     _emit(
         args,

@@ -462,3 +462,8 @@ def pg_basebackup_command(tool: PgTool, conninfo: str, *, fast: bool = True, lab
     """pg_basebackup writing one tar to stdout (its backup_manifest last), WAL left to the archive."""
     cmd = [str(tool.path), "-d", conninfo, "--no-password", "-D", "-", "-Ft", "-X", "none", "-l", label]
     return [*cmd, "--checkpoint=fast" if fast else "--checkpoint=spread"]
+
+
+def pg_verifybackup_command(tool: PgTool, backup_dir: str) -> list[str]:
+    """pg_verifybackup on a restored directory; WAL is left to recovery (-n)."""
+    return [str(tool.path), "--no-parse-wal", "--quiet", backup_dir]

@@ -12,13 +12,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 
 from . import pgtools
 from ._pgdb import drop_database
-from .errors import PgRecoveryError, VerificationFailed
+from .errors import PgRecoveryError, ToolFailed, VerificationFailed
 from .manifest import BackupManifest
 from .progress import ProgressCallback
 from .restore import LogicalRestore
@@ -223,7 +224,6 @@ class Verifier:
         and remove it all whatever happens."""
         import shutil
         import tempfile
-        from pathlib import Path
 
         import psycopg
 
@@ -240,7 +240,9 @@ class Verifier:
         cluster = None
         try:
             plan = RecoveryPlan(self.repo, RecoveryTarget.immediate(), backup_id=m.id)
-            result = plan.run(base / "data", settings={"archive_mode": "off"})
+            plan.restore(base / "data", settings={"archive_mode": "off"})
+            checked = _pg_verifybackup(base / "data")  # PostgreSQL's own manifest, when pg_basebackup wrote one
+            result = plan.run(base / "data", restore=False)
             cluster = LocalCluster(data_dir=base / "data", port=result.port, log_file=base / "data.log")
             with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
                 names = [r[0] for r in conn.execute("select datname from pg_database where datallowconn")]
@@ -254,7 +256,7 @@ class Verifier:
                     tables += len(conn.execute(_QUERIES["tables"]).fetchall())
                     indexes += _amcheck(conn, name, problems)
             detail = (
-                f"recovered to consistency in {result.recovery_seconds:.2f} s (restore {result.restore_seconds:.2f} s):"
+                (f"{checked}; " if checked else "") + f"recovered to consistency in {result.recovery_seconds:.2f} s:"
                 f" {len(names)} database(s), {tables} table(s), {indexes} btree index(es) checked with amcheck"
             )
             return ("fail", detail + "; " + "; ".join(problems)) if problems else ("pass", detail)
@@ -378,3 +380,15 @@ def _amcheck(conn: Any, dbname: str, problems: list[str]) -> int:
         except Exception as e:  # noqa: BLE001 - report every corrupt index, not only the first
             problems.append(f"{dbname}: index {index}: {str(e).strip().splitlines()[0]}")
     return len(rows)
+
+
+def _pg_verifybackup(pgdata: Path) -> str | None:
+    """Check restored files against the backup_manifest pg_basebackup wrote (WAL is checked by recovery itself)."""
+    if not (pgdata / "backup_manifest").exists():
+        return None
+    tool = pgtools.find_tool("pg_verifybackup")
+    try:
+        pgtools.run(pgtools.pg_verifybackup_command(tool, str(pgdata)), what="pg_verifybackup")
+    except ToolFailed as e:
+        raise VerificationFailed(f"pg_verifybackup found differences from PostgreSQL's backup manifest: {e}") from None
+    return "pg_verifybackup: files match PostgreSQL's backup manifest"

@@ -732,14 +732,37 @@ class WalArchiver:
         return [n for n in _spool.clear_prefetched(os.fspath(spool_dir)) if _walnames.is_wal_file(n)]
 
     # -- cleanup ---------------------------------------------------------------------------------------------
-    def cleanup(self, keep_from_segment: str, timeline: int | None = None, *, dry_run: bool = False) -> list[str]:
+    def cleanup(
+        self,
+        keep_from_segment: str | None = None,
+        timeline: int | None = None,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+    ) -> list[str]:
         """Delete archived segments older than ``keep_from_segment`` on its timeline and older ones.
 
         Like pg_archivecleanup: ``.partial`` and ``.backup`` files of those older segments go too; history files are
-        never deleted. Returns the removed (with ``dry_run``: the removable) file names, sorted.
+        never deleted. The default ``keep_from_segment`` is the first segment the oldest base backup needs; a later
+        one is refused unless ``force`` (it would break recovery from that backup). Returns the removed (with
+        ``dry_run``: the removable) file names, sorted.
         """
+        oldest = next((m for m in self.repo.backups("base") if m.physical is not None), None)
+        if keep_from_segment is None:
+            if oldest is None or oldest.physical is None:
+                raise ConfigurationError("no base backup in the repository: give the oldest segment to keep")
+            keep_from_segment = oldest.physical.start_wal
         if not _walnames.is_segment(keep_from_segment):
             raise ConfigurationError(f"{keep_from_segment!r} is not a segment name (24 hex digits)")
+        if oldest is not None and oldest.physical is not None and not force:
+            first = oldest.physical.start_wal
+            if _walnames.segment_number(keep_from_segment, self.segment_size) > _walnames.segment_number(
+                first, self.segment_size
+            ):
+                raise ConfigurationError(
+                    f"keeping only from {keep_from_segment} would delete WAL that base backup {oldest.id} needs "
+                    f"(from {first}): delete that backup first, or force"
+                )
         limit = timeline if timeline is not None else _walnames.timeline_of(keep_from_segment)
         keep_no = _walnames.segment_number(keep_from_segment, self.segment_size)
         removed = []

@@ -180,6 +180,7 @@ def test_stream_method_restores_and_verifies(archiving: dict[str, Any]) -> None:
     report = Verifier(repo).verify(m.id, drill=True)
     assert report.ok, report.to_dict()
     assert [c.name for c in report.checks] == ["checksums", "restore-drill"]
+    assert "pg_verifybackup: files match" in report.checks[1].detail
 
 
 def test_damaged_bundle_fails_verification(archiving: dict[str, Any]) -> None:
@@ -203,3 +204,23 @@ def test_base_backup_without_archiving_is_refused(pg: LocalCluster, repo: Reposi
     with pytest.raises(ConfigurationError, match="need WAL archiving"):
         BaseBackup(dbname=pg.conninfo()).run(repo)
     assert repo.backups() == []
+
+
+def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: dict[str, Any]) -> None:
+    from pgrecovery.wal import WalArchiver
+
+    pg, repo = archiving["pg"], archiving["repo"]
+    _insert(pg, 1, 1000)
+    _wait_archived(pg)  # WAL from before the backup: cleanup may remove it
+    m = BaseBackup(dbname=pg.conninfo()).run(repo)
+    _insert(pg, 1001, 1000)
+    _wait_archived(pg)
+    assert m.physical is not None
+    archiver = WalArchiver(repo)
+    newest = max(n for n in archiver.list_archived()[1] if len(n) == 24)
+    with pytest.raises(ConfigurationError, match=f"base backup {m.id} needs"):
+        archiver.cleanup(newest)
+    removed = archiver.cleanup()
+    assert removed
+    assert all(n[:24] < m.physical.start_wal for n in removed)
+    RecoveryPlan(repo, RecoveryTarget.latest()).validate()  # everything the backup needs is still there
