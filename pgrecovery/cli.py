@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--target-action", choices=["promote", "pause", "shutdown"], default="promote")
     rb.add_argument("--target-timeline", default="latest", help="latest, current or a timeline number")
     rb.add_argument("--overwrite", action="store_true", help="empty a non-empty --pgdata first")
+    rb.add_argument("--delta", action="store_true", help="rewrite only files whose checksum differs from the backup")
     rb.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
     rb.add_argument("--run", action="store_true", help="start the server and wait until the target is reached")
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
@@ -398,7 +399,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         target = RecoveryTarget.latest()
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
     if args.run:
-        result = plan.run(args.pgdata, overwrite=args.overwrite)
+        result = plan.run(args.pgdata, overwrite=args.overwrite, delta=args.delta)
         _emit(
             args,
             result.to_dict(),
@@ -407,7 +408,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
             f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery",
         )
         return EXIT_OK
-    path = plan.restore(args.pgdata, overwrite=args.overwrite, standby=args.standby)
+    path = plan.restore(args.pgdata, overwrite=args.overwrite, delta=args.delta, standby=args.standby)
     _emit(
         args,
         {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path)},

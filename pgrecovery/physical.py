@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Final, Literal
@@ -501,9 +501,15 @@ def restore_files(
     pgdata: Path,
     *,
     tablespace_map: dict[str, str] | None = None,
+    delta: bool = False,
     progress: ProgressCallback | None = None,
-) -> None:
-    """Write a base backup's files into an empty ``pgdata`` (bundles extracted in parallel, every file checked)."""
+) -> int:
+    """Write a base backup's files into ``pgdata`` (bundles extracted in parallel, every file checked).
+
+    ``pgdata`` must be empty, unless ``delta``: then files that already have the backup's size and sha256 are
+    kept, only the others are written, and files the backup does not have are removed. Returns how many files
+    were written.
+    """
     from ._stream import open_entry
 
     phys = manifest.physical
@@ -511,7 +517,7 @@ def restore_files(
         raise ConfigurationError(f"backup {manifest.id} is a {manifest.kind} backup, not a base backup")
     spaces = {oid: Path((tablespace_map or {}).get(oid, loc)) for oid, loc in phys.tablespaces.items()}
     for loc in spaces.values():
-        if loc.exists() and any(loc.iterdir()):
+        if not delta and loc.exists() and any(loc.iterdir()):
             raise ConfigurationError(f"tablespace directory {loc} is not empty: remap it or empty it first")
     roots = {"": pgdata, **{f"tblspc/{oid}/": loc for oid, loc in spaces.items()}}
     expected = {m.path: m for m in phys.members}
@@ -530,7 +536,13 @@ def restore_files(
     for loc in spaces.values():
         loc.mkdir(parents=True, exist_ok=True, mode=0o700)
     for oid, loc in spaces.items():
-        os.symlink(loc, pgdata / "pg_tblspc" / oid)
+        link = pgdata / "pg_tblspc" / oid
+        if not link.is_symlink():
+            os.symlink(loc, link)
+    keep: set[str] = set()
+    if delta:
+        keep = _delta_prepare(pgdata, roots, phys, place)
+    written = [0]
 
     def extract(source: BackupManifest, entry: FileEntry) -> None:
         key = f"backups/{source.id}/{entry.path}"
@@ -544,15 +556,18 @@ def restore_files(
                 want = expected.get(info.name) if expected else None
                 if expected and (want is None or want.source != source.id or want.bundle != entry.role):
                     continue  # a file this backup took from elsewhere (or dropped): not from this bundle
+                if info.name in keep:
+                    continue  # delta: already identical on disk
                 dest = place(info.name)
                 dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 _extract_one(tar, info, dest, want, key, meter)
+                written[0] += 1
 
     chain = {manifest.id: manifest}
     for m in phys.members:
         if m.source not in chain:
             chain[m.source] = repo.get(m.source, "base")
-    needed = {(m.source, m.bundle) for m in phys.members}
+    needed = {(m.source, m.bundle) for m in phys.members if m.path not in keep}
     jobs = [
         (chain[source_id], f)
         for source_id in chain
@@ -567,6 +582,39 @@ def restore_files(
         if entry is not None:
             (pgdata / role).write_bytes(repo.read_bytes(f"backups/{manifest.id}/{entry.path}"))
     meter.finish()
+    return written[0]
+
+
+def _delta_prepare(pgdata: Path, roots: dict[str, Path], phys: PhysicalInfo, place: Callable[[str], Path]) -> set[str]:
+    """For a delta restore: the member paths already identical on disk; files the backup lacks are removed."""
+    import hashlib
+
+    if not phys.members:
+        raise ConfigurationError("a delta restore needs a local-method base backup (one with a per-file manifest)")
+    if (pgdata / "postmaster.pid").exists():
+        raise ConfigurationError(f"{pgdata} has a postmaster.pid: stop the server (and remove a stale pid file) first")
+    keep: set[str] = set()
+    for m in phys.members:
+        path = place(m.path)
+        try:
+            if path.stat().st_size != m.size:
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if h.hexdigest() == m.sha256:
+            keep.add(m.path)
+    wanted = {str(place(m.path)) for m in phys.members}
+    for root in roots.values():
+        for here, _dirs, files in os.walk(root):
+            for name in files:
+                p = os.path.join(here, name)
+                if p not in wanted:
+                    os.unlink(p)  # not in the backup: a stray file, a WAL segment, a stale pid or signal file
+    return keep
 
 
 def _extract_one(

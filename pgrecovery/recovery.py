@@ -236,6 +236,7 @@ class RecoveryPlan:
         pgdata: str | os.PathLike[str],
         *,
         overwrite: bool = False,
+        delta: bool = False,
         standby: bool = False,
         run_as: str | None = None,
         tablespace_map: dict[str, str] | None = None,
@@ -244,24 +245,28 @@ class RecoveryPlan:
     ) -> Path:
         """Materialise the data directory and configure recovery (restore_command, target, recovery.signal).
 
-        Refuses a non-empty ``pgdata`` unless ``overwrite``. The directory ends 0700 and owned by the server's
-        OS user (``run_as``; default ``postgres`` when we are root).
+        Refuses a non-empty ``pgdata`` unless ``overwrite`` (emptied first) or ``delta`` (only files whose
+        checksum differs from the backup are rewritten, files the backup lacks are removed). The directory ends
+        0700 and owned by the server's OS user (``run_as``; default ``postgres`` when we are root).
         """
         from .wal import restore_command
 
         self.validate()
         target = Path(pgdata).absolute()
         who = run_as if run_as is not None else default_run_as()
-        if target.exists() and any(target.iterdir()):
+        if target.exists() and any(target.iterdir()) and not delta:
             if not overwrite:
-                raise ConfigurationError(f"{target} is not empty: choose an empty directory or pass overwrite=True")
+                raise ConfigurationError(
+                    f"{target} is not empty: choose an empty directory, or pass overwrite=True (empty it) or "
+                    "delta=True (rewrite only the files that differ)"
+                )
             for child in target.iterdir():
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
                     child.unlink()
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, progress=progress)
+        restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
         for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
             (target / leftover).unlink(missing_ok=True)
         cluster = LocalCluster(data_dir=target, run_as=who)
@@ -280,6 +285,7 @@ class RecoveryPlan:
         *,
         restore: bool = True,
         overwrite: bool = False,
+        delta: bool = False,
         port: int | None = None,
         timeout: float = 600,
         keep_running: bool = True,
@@ -291,7 +297,7 @@ class RecoveryPlan:
 
         t0 = time.monotonic()
         if restore:
-            self.restore(pgdata, overwrite=overwrite, settings=settings)
+            self.restore(pgdata, overwrite=overwrite, delta=delta, settings=settings)
         restored = time.monotonic() - t0
         t1 = time.monotonic()
         cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port())

@@ -224,3 +224,30 @@ def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: dict[str, Any
     assert removed
     assert all(n[:24] < m.physical.start_wal for n in removed)
     RecoveryPlan(repo, RecoveryTarget.latest()).validate()  # everything the backup needs is still there
+
+
+def test_delta_restore_rewrites_only_what_differs(archiving: dict[str, Any]) -> None:
+    pg, repo = archiving["pg"], archiving["repo"]
+    _insert(pg, 1, 20000)
+    m = BaseBackup(dbname=pg.conninfo()).run(repo)
+    want = pg.query(FINGERPRINT)[0]
+    (relfile,) = pg.query("select pg_relation_filepath('t')")[0]
+    _wait_archived(pg)
+    plan = RecoveryPlan(repo, RecoveryTarget.immediate(), backup_id=m.id)
+    pgdata = plan.restore(_pgdata(archiving))
+
+    with pytest.raises(ConfigurationError, match="not empty"):
+        plan.restore(pgdata)
+    damaged, untouched, stray = pgdata / relfile, pgdata / "PG_VERSION", pgdata / "base" / "stray-file"
+    with open(damaged, "r+b") as f:
+        f.seek(8192 + 100)
+        f.write(b"\xff" * 16)
+    stray.write_text("not from the backup")
+    inode = untouched.stat().st_ino
+
+    result = plan.run(pgdata, delta=True, settings={"archive_mode": "off"})
+    assert untouched.stat().st_ino == inode  # identical files are left alone
+    assert not stray.exists()
+    restored = LocalCluster(data_dir=pgdata, port=result.port)
+    assert restored.query(FINGERPRINT)[0] == want
+    restored.stop()
