@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--target-timeline", default="latest", help="latest, current or a timeline number")
     rb.add_argument("--overwrite", action="store_true", help="empty a non-empty --pgdata first")
     rb.add_argument("--delta", action="store_true", help="rewrite only files whose checksum differs from the backup")
+    rb.add_argument(
+        "--tablespace-map",
+        action="append",
+        type=_storage_option,
+        default=[],
+        metavar="OID=DIR",
+        help="restore the tablespace with this OID (see `show ID --json`) into DIR (repeatable)",
+    )
     rb.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
     rb.add_argument("--run", action="store_true", help="start the server and wait until the target is reached")
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
@@ -399,7 +407,9 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         target = RecoveryTarget.latest()
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
     if args.run:
-        result = plan.run(args.pgdata, overwrite=args.overwrite, delta=args.delta)
+        spaces = {str(k): str(v) for k, v in args.tablespace_map}
+        plan.restore(args.pgdata, overwrite=args.overwrite, delta=args.delta, tablespace_map=spaces)
+        result = plan.run(args.pgdata, restore=False)
         _emit(
             args,
             result.to_dict(),
@@ -408,7 +418,13 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
             f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery",
         )
         return EXIT_OK
-    path = plan.restore(args.pgdata, overwrite=args.overwrite, delta=args.delta, standby=args.standby)
+    path = plan.restore(
+        args.pgdata,
+        overwrite=args.overwrite,
+        delta=args.delta,
+        standby=args.standby,
+        tablespace_map={str(k): str(v) for k, v in args.tablespace_map},
+    )
     _emit(
         args,
         {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path)},

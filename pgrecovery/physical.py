@@ -580,7 +580,11 @@ def restore_files(
     for role in ("backup_label", "tablespace_map"):
         entry = next((f for f in manifest.files if f.role == role), None)
         if entry is not None:
-            (pgdata / role).write_bytes(repo.read_bytes(f"backups/{manifest.id}/{entry.path}"))
+            data = repo.read_bytes(f"backups/{manifest.id}/{entry.path}")
+            if role == "tablespace_map":  # the server recreates pg_tblspc links from it: give it the new places
+                lines = [ln.split(" ", 1) for ln in data.decode().splitlines() if ln.strip()]
+                data = "".join(f"{oid} {spaces.get(oid, Path(old))}\n" for oid, old in lines).encode()
+            (pgdata / role).write_bytes(data)
     meter.finish()
     return written[0]
 

@@ -251,3 +251,32 @@ def test_delta_restore_rewrites_only_what_differs(archiving: dict[str, Any]) -> 
     restored = LocalCluster(data_dir=pgdata, port=result.port)
     assert restored.query(FINGERPRINT)[0] == want
     restored.stop()
+
+
+def test_tablespace_is_backed_up_and_restored_to_a_new_place(archiving: dict[str, Any]) -> None:
+    pg, repo = archiving["pg"], archiving["repo"]
+    space = _owned_tmpdir("pgrecovery-space-")
+    archiving["made"].append(space)
+    pg.execute(f"create tablespace elsewhere location '{space}'")
+    pg.execute("create table far (i int) tablespace elsewhere")
+    pg.execute("insert into far select generate_series(1, 5000)")
+    m = BaseBackup(dbname=pg.conninfo()).run(repo)
+    assert m.physical is not None
+    [(oid, location)] = m.physical.tablespaces.items()
+    assert location == str(space)
+    assert any(x.path.startswith(f"tblspc/{oid}/") for x in m.physical.members)
+    _wait_archived(pg)
+
+    plan = RecoveryPlan(repo, RecoveryTarget.immediate(), backup_id=m.id)
+    target = _pgdata(archiving)
+    with pytest.raises(ConfigurationError, match="not empty"):
+        plan.restore(target)  # the original location is in use: it must be remapped
+    moved = _owned_tmpdir("pgrecovery-space-moved-")
+    archiving["made"].append(moved)
+    shutil.rmtree(target, ignore_errors=True)
+    plan.restore(target, tablespace_map={oid: str(moved)}, settings={"archive_mode": "off"})
+    result = plan.run(target, restore=False)
+    restored = LocalCluster(data_dir=target, port=result.port)
+    assert restored.query("select count(*), sum(i) from far")[0] == (5000, 12502500)
+    assert restored.query("select pg_tablespace_location(%s::oid)", (int(oid),))[0][0] == str(moved)
+    restored.stop()
