@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -169,6 +170,7 @@ class BaseBackup:
     fast_checkpoint: bool = True
     label: str = "pgrecovery"
     parent: str | None = None
+    archive_timeout: float = 600.0
 
     def __attrs_post_init__(self) -> None:
         check_level(check_codec(self.compression), self.level)
@@ -280,7 +282,9 @@ class BaseBackup:
             dirs, found = scan_data_directory(pgdata, spaces)
             meter.total = sum(f.size for f in found)
             files, members = self._write_bundles(repo, backup_id, assign(found, self.workers), meter, known)
-            stop_fn = "pg_backup_stop(true)" if version >= 150000 else "pg_stop_backup(false, true)"
+            # Stop without the server's own wait (it polls the archiver once a second); we wait below for the last
+            # segment to be in *this* repository, which is the guarantee that matters.
+            stop_fn = "pg_backup_stop(false)" if version >= 150000 else "pg_stop_backup(false, false)"
             stop = conn.execute(f"select lsn::text, labelfile, spcmapfile from {stop_fn}").fetchone()
             assert stop is not None
             stop_lsn, labelfile, spcmap = stop
@@ -289,6 +293,7 @@ class BaseBackup:
                 (stop_lsn,),
             ).fetchone()
             assert tail is not None
+            self._wait_archived(repo, conn, str(tail[0]))
         files.append(_small_file(repo, backup_id, "backup_label", str(labelfile).encode()))
         if spcmap:
             files.append(_small_file(repo, backup_id, "tablespace_map", str(spcmap).encode()))
@@ -311,6 +316,24 @@ class BaseBackup:
             members=members,
         )
         return files, physical
+
+    def _wait_archived(self, repo: Repository, conn: Any, wal: str) -> None:
+        """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``."""
+        from .wal import WalArchiver
+
+        archiver = WalArchiver(repo)
+        deadline = time.monotonic() + self.archive_timeout
+        delay = 0.02
+        while archiver.find(wal) is None:
+            if time.monotonic() > deadline:
+                row = conn.execute("select last_archived_wal, last_failed_wal from pg_stat_archiver").fetchone()
+                raise BackupError(
+                    f"WAL file {wal}, which the backup needs, did not reach {repo.display_url} within "
+                    f"{self.archive_timeout:.0f} s (last archived: {row[0] if row else '?'}, last failed: "
+                    f"{row[1] if row else '?'}): check that archive_command pushes to this repository"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
 
     def _write_bundles(
         self,
