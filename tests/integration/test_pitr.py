@@ -197,3 +197,30 @@ def test_cli_restore_base_runs_to_a_target(
         assert cluster.query(ROWS)[0] == (100, 1, 100)
     finally:
         cluster.stop()
+
+
+def test_action_pause_leaves_the_server_paused_at_the_target(story: dict[str, Any], pgdata: Path) -> None:
+    plan = RecoveryPlan(story["repo"], RecoveryTarget.xid(story["xid_b"], action="pause"))
+    result = plan.run(pgdata, settings={"archive_mode": "off"})
+    assert result.state == "paused"
+    cluster = LocalCluster(data_dir=pgdata, port=result.port)
+    try:
+        assert cluster.query("select pg_is_in_recovery(), pg_get_wal_replay_pause_state()")[0] == (True, "paused")
+        assert cluster.query(ROWS)[0] == (200, 1, 200)
+    finally:
+        cluster.stop()
+
+
+def test_action_shutdown_stops_the_server_at_the_target(story: dict[str, Any], pgdata: Path) -> None:
+    plan = RecoveryPlan(story["repo"], RecoveryTarget.time(story["after_a"], action="shutdown"))
+    result = plan.run(pgdata, settings={"archive_mode": "off"})
+    assert result.state == "shut down"
+    assert not LocalCluster(data_dir=pgdata).is_running()
+    assert result.end_lsn is None  # nothing to ask a stopped server; its log says where it stopped
+    assert "recovery stopping" in (pgdata.parent / "data.log").read_text()
+
+
+def test_target_timeline_must_be_valid() -> None:
+    with pytest.raises(ConfigurationError, match="target timeline 'newest'"):
+        RecoveryTarget.latest().with_timeline("newest")
+    assert RecoveryTarget.immediate().with_timeline(1).settings()["recovery_target_timeline"] == "1"
