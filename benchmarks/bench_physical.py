@@ -1,0 +1,771 @@
+"""Benchmark: pgrecovery's physical backups, WAL archiving and recovery against PostgreSQL's own tools, in one run.
+
+What it measures
+    1. Base backup. The wall-clock time of a complete base backup of one running, archiving server, and the bytes
+       it leaves on disk, for:
+
+       * ``pg_basebackup -D DIR -Ft --compress=client-zstd:1 -X none --checkpoint=fast`` -- the baseline: the
+         server's walsender reads the files, pg_basebackup compresses them on one core and fsyncs the result;
+       * ``tar -cf - -C PGDATA . | zstd -1 -T2 > FILE`` -- what a shell one-liner achieves (a reference point only:
+         no checkpoint, no backup mode, no fsync, not restorable without more work);
+       * ``BaseBackup(workers=2, compression="zstd", level=1)`` -- pgrecovery's local method (``pg_backup_start``,
+         two threads each reading, sha256-checksumming and compressing a tar bundle into a repository that fsyncs
+         what it commits, ``pg_backup_stop``): it should take at most the baseline's time.
+
+       Both real methods start with a fast checkpoint and end waiting for the backup's last WAL segment to be
+       archived (``-X none`` leaves the WAL to archive_command, as ``BaseBackup`` does). Every round runs every
+       method once, in an order rotated by one each round, so that caches, background writeback and noisy
+       neighbours affect all methods alike; medians over the rounds are reported, and each result is deleted
+       after it is timed.
+
+    2. WAL push, per call. The time PostgreSQL waits for one archive_command call on a 16 MB segment, each run
+       through ``/bin/sh -c`` as the server runs it (median over many runs, the methods alternating):
+
+       * ``cp %p DIR/%f`` -- the baseline (not durable: the copy stays in the page cache) and ``cp`` + ``sync``;
+       * the command `archive_command` generates, when the spool answers it (an earlier call archived the segment
+         ahead: Python's bare start-up and a stat), and the plainer ``python -m pgrecovery wal-push`` form;
+       * the generated command when it has to upload a new segment (start-up, imports, sha256, zstd level 1 and a
+         durable write into a local repository).
+
+       Then a sustained write load (``pgbench -N -c 4``) against the server archiving with `archive_command`:
+       the ``.ready`` backlog in ``pg_wal/archive_status`` is sampled every second; it must not grow.
+
+    3. Recovery with and without prefetch. A base backup, then at least 100 segments of WAL from bulk updates of
+       both tables; each round restores the backup and replays all of it (``RecoveryTarget.latest()``) once with
+       the default restore_command (a detached process downloads the next 8 segments ahead) and once with
+       ``restore_command(url, prefetch=False)`` (each call starts the full CLI, lists the archive, downloads,
+       decompresses, verifies and fsyncs its segment while replay waits), in alternating order. Reported: the
+       recovery time (server start until promotion) and, apart, the time to restore the files.
+
+Why the data matters
+    Compression dominates the cost of a base backup, and how much it costs depends on the data. pgbench's tables
+    alone are mostly blank ``filler`` padding that compresses about 35:1, which makes every compressor look free
+    and hides the difference between them. So besides ``pgbench -i`` the database gets the same table as
+    ``bench_logical.py``: a few million rows of mixed, realistically compressible values (random md5 hex strings,
+    phrases drawn from a small vocabulary, timestamps, amounts and small jsonb documents). The WAL that the
+    archive and recovery parts move comes from updates of those rows, so it compresses like real WAL too.
+
+The server runs with ``fsync = off`` (so that loading is quick; the tools' own fsyncs are unaffected) and
+otherwise default WAL settings (``max_wal_size`` 1 GB, ``wal_compression`` off). Run
+``python benchmarks/bench_physical.py`` (defaults take about ten minutes on two cores) or with ``--quick`` for a
+smoke test of about a minute. The results are printed and written to ``benchmarks/results/physical.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench_logical import DBNAME, MB, Result, dataset_info, load_data, paired, tree_size, versus
+
+from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository
+from pgrecovery import _walnames as wn
+from pgrecovery.cluster import check_runnable_by, default_run_as
+from pgrecovery.pgtools import find_tool
+from pgrecovery.wal import WalArchiver, archive_command, archiver_status, restore_command
+
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "physical.json"
+BASELINE = "pg_basebackup -Ft client-zstd:1"
+DEFAULT_METHOD = "BaseBackup(workers=2, zstd level 1)"
+PUSH_BASELINE = "cp %p DIR/%f"
+PREFETCH = "restore_command (prefetch, default)"
+NO_PREFETCH = "restore_command(prefetch=False)"
+REPLAY_ONLY = "WAL already in pg_wal (replay only, floor)"
+SEGMENT = 16 * 1024 * 1024
+WINDOW = 15  # seconds: the sustained load's backlog must drain at least once in each window
+UPDATE_CHUNK = 250_000  # rows per bulk update while generating WAL for the recovery part
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def postgres_dir(prefix: str) -> Path:
+    """A new directory that the server's OS user owns (archive_command and recovery write into it as that user)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    who = default_run_as()
+    if who is not None:
+        pw = pwd.getpwnam(who)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def ready_count(cluster: LocalCluster) -> int:
+    """Files waiting for archive_command (``pg_wal/archive_status/*.ready``)."""
+    return sum(1 for e in os.listdir(cluster.data_dir / "pg_wal" / "archive_status") if e.endswith(".ready"))
+
+
+def current_lsn(cluster: LocalCluster) -> int:
+    return wn.parse_lsn(str(cluster.query("select pg_current_wal_lsn()::text")[0][0]))
+
+
+def wait_archived(cluster: LocalCluster, timeout: float = 600) -> str:
+    """Switch to a new segment and wait until everything before it is archived; returns the last segment."""
+    last = str(cluster.query("select pg_walfile_name(pg_switch_wal())")[0][0])
+    deadline = time.monotonic() + timeout
+    while True:
+        status = archiver_status(cluster.conninfo())
+        if (status.last_archived_wal or "") >= last and ready_count(cluster) == 0:
+            return last
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL archiving did not catch up within {timeout:.0f} s: {status}")
+        time.sleep(0.2)
+
+
+def warm_page_cache(root: Path) -> None:
+    """Read every file of the data directory once (root may), so that the first timed method is not the only one
+    reading disk."""
+    for path in root.rglob("*"):
+        if path.is_file() and "pg_wal" not in path.parts:
+            with open(path, "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+
+
+# -- 1. base backups ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of taking the backup. ``run`` backs up (into an empty scratch directory, or a repository) and returns
+    the stored bytes and, when known, the uncompressed size; ``cleanup`` (untimed) deletes what it stored."""
+
+    name: str
+    run: Callable[[Path], tuple[int, int | None]]
+    target: float | None = None  # highest acceptable median time as a multiple of the baseline's
+    cleanup: Callable[[], None] = lambda: None
+
+
+def run_rounds(methods: Sequence[Method], rounds: int, workdir: Path) -> dict[str, Result]:
+    """Every round runs every method once, in an order rotated by one each round."""
+    results = {m.name: Result(m) for m in methods}  # type: ignore[arg-type]  # bench_logical's Result, duck-typed
+    for r in range(rounds):
+        shift = r % len(methods)
+        for m in [*methods[shift:], *methods[:shift]]:
+            scratch = workdir / f"round{r}"
+            scratch.mkdir()
+            try:
+                t0 = time.perf_counter()
+                stored, raw = m.run(scratch)
+                elapsed = time.perf_counter() - t0
+            finally:
+                shutil.rmtree(scratch)
+                m.cleanup()
+            res = results[m.name]
+            res.seconds.append(elapsed)
+            res.stored.append(stored)
+            res.raw = raw if raw is not None else res.raw
+            print(f"  round {r + 1}/{rounds}  {m.name:<42} {elapsed:7.2f} s  {stored / MB:8.1f} MB", flush=True)
+    return results
+
+
+def pg_basebackup_method(conninfo: str) -> Method:
+    tool = find_tool("pg_basebackup").path
+
+    def run(scratch: Path) -> tuple[int, int | None]:
+        target = scratch / "pg_basebackup"
+        cmd = [str(tool), "-d", conninfo, "--no-password", "-D", str(target), "-Ft", "--compress=client-zstd:1"]
+        subprocess.run([*cmd, "-X", "none", "--checkpoint=fast"], check=True, capture_output=True)
+        return tree_size(target), None
+
+    return Method(BASELINE, run)
+
+
+def tar_zstd_method(pgdata: Path, zstd: str) -> Method:
+    def run(scratch: Path) -> tuple[int, int | None]:
+        target = scratch / "pgdata.tar.zst"
+        # GNU tar exits 1 when a file changed while it read it (the server is running): that is not a failure here.
+        script = (
+            f"tar -cf - -C {shlex.quote(str(pgdata))} --exclude=./pg_wal/* . | {shlex.quote(zstd)} -q -1 -T2"
+            f" > {shlex.quote(str(target))}; s=(${{PIPESTATUS[@]}}); [ ${{s[0]}} -le 1 ] && [ ${{s[1]}} -eq 0 ]"
+        )
+        subprocess.run(["bash", "-c", script], check=True)
+        return target.stat().st_size, None
+
+    return Method("tar | zstd -1 -T2 (reference)", run)
+
+
+def base_backup_method(conninfo: str, repo: Repository) -> Method:
+    """Into the repository that archive_command fills (BaseBackup waits for its last WAL file to arrive there);
+    the backup is deleted after it is timed."""
+    backup = BaseBackup(dbname=conninfo, workers=2, compression="zstd", level=1)
+    taken: list[str] = []
+
+    def run(scratch: Path) -> tuple[int, int | None]:
+        manifest = backup.run(repo)
+        taken.append(manifest.id)
+        return manifest.size, manifest.raw_size
+
+    def cleanup() -> None:
+        while taken:
+            repo.delete_backup(taken.pop())
+
+    return Method(DEFAULT_METHOD, run, target=1.0, cleanup=cleanup)
+
+
+def start_stop_method(conninfo: str) -> Method:
+    """Backup mode entered and left with no file copied: the fixed cost that both real methods pay (the fast
+    checkpoint, and pg_backup_stop waiting for the last segment to be archived)."""
+
+    def run(scratch: Path) -> tuple[int, int | None]:
+        import psycopg
+
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            new = conn.info.server_version >= 150000
+            conn.execute(
+                "select pg_backup_start('bench', true)" if new else "select pg_start_backup('bench', true, false)"
+            )
+            conn.execute("select * from pg_backup_stop(true)" if new else "select * from pg_stop_backup(false, true)")
+        return 0, None
+
+    return Method("backup start + stop only (reference)", run)
+
+
+def base_backup_methods(cluster: LocalCluster, conninfo: str, repo: Repository) -> list[Method]:
+    methods = [pg_basebackup_method(conninfo), start_stop_method(conninfo)]
+    zstd = shutil.which("zstd")
+    if zstd:
+        methods.append(tar_zstd_method(cluster.data_dir, zstd))
+    else:
+        print("note: no zstd program on PATH; skipping the tar | zstd reference", file=sys.stderr)
+    methods.append(base_backup_method(conninfo, repo))
+    return methods
+
+
+# -- 2. WAL push per call ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushCall:
+    """One archive_command. ``prepare(i)`` (untimed) returns the command line of run ``i``, %p and %f expanded;
+    ``cleanup(i)`` (untimed) removes what the run left."""
+
+    name: str
+    prepare: Callable[[int], str]
+    cleanup: Callable[[int], None] = lambda i: None
+
+
+@dataclass
+class PushResult:
+    call: PushCall
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def expand(command: str, path: str) -> str:
+    """PostgreSQL's placeholder substitution: %p the path, %f the file name, %% a percent sign."""
+    names = {"p": path, "f": os.path.basename(path), "%": "%"}
+    return re.sub(r"%([pf%])", lambda m: names[m.group(1)], command)
+
+
+def push_calls(scratch: Path, segment: Path) -> tuple[list[PushCall], Path]:
+    """The archive_commands to time, and the data directory they run in (a copy of one real segment in pg_wal)."""
+    data = scratch / "data"
+    pg_wal = data / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    hit = wn.segment_name(1, 0x100)
+    shutil.copyfile(segment, pg_wal / hit)
+    copies = scratch / "copies"
+    copies.mkdir()
+    url = f"file://{scratch / 'repo'}"
+    fast, plain = archive_command(url), archive_command(url, fast=False)
+    # One untimed push archives the segment and leaves the spool marker that the timed spool hits find.
+    subprocess.run(["/bin/sh", "-c", expand(fast, f"pg_wal/{hit}")], cwd=data, check=True)
+
+    def new_segment(i: int) -> str:
+        return wn.segment_name(1, 0x1000 + i)
+
+    def upload(i: int) -> str:
+        shutil.copyfile(segment, pg_wal / new_segment(i))
+        return expand(fast, f"pg_wal/{new_segment(i)}")
+
+    def remove_copy(i: int) -> None:
+        (copies / hit).unlink(missing_ok=True)
+
+    cp = f"cp %p {shlex.quote(str(copies))}/%f"
+    calls = [
+        PushCall(PUSH_BASELINE, lambda i: expand(cp, f"pg_wal/{hit}"), remove_copy),
+        PushCall(
+            "cp %p DIR/%f && sync DIR/%f",
+            lambda i: expand(f"{cp} && sync {shlex.quote(str(copies))}/%f", f"pg_wal/{hit}"),
+            remove_copy,
+        ),
+        PushCall("wal-push, spool hit (generated command)", lambda i: expand(fast, f"pg_wal/{hit}")),
+        PushCall("wal-push, spool hit (python -m pgrecovery)", lambda i: expand(plain, f"pg_wal/{hit}")),
+        PushCall("wal-push that uploads a new segment", upload, lambda i: (pg_wal / new_segment(i)).unlink()),
+    ]
+    return calls, data
+
+
+def run_push_rounds(calls: Sequence[PushCall], runs: int, cwd: Path) -> dict[str, PushResult]:
+    results = {c.name: PushResult(c) for c in calls}
+    for r in range(runs):
+        shift = r % len(calls)
+        for c in [*calls[shift:], *calls[:shift]]:
+            command = c.prepare(r)
+            t0 = time.perf_counter()
+            done = subprocess.run(["/bin/sh", "-c", command], cwd=cwd, capture_output=True, check=False)
+            elapsed = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
+            c.cleanup(r)
+            results[c.name].seconds.append(elapsed)
+    return results
+
+
+def sustained_load(cluster: LocalCluster, seconds: int, clients: int = 4) -> dict[str, Any]:
+    """``pgbench -N`` for ``seconds`` while the server archives; the .ready backlog sampled every second."""
+    pgbench = find_tool("pgbench").path
+    before = archiver_status(cluster.conninfo())
+    lsn0 = current_lsn(cluster)
+    cmd = [str(pgbench), "-N", "-c", str(clients), "-j", "2", "-T", str(seconds)]
+    cmd += ["-h", cluster.host, "-p", str(cluster.port), "-U", cluster.superuser, DBNAME]
+    samples: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        while proc.poll() is None:
+            samples.append((time.monotonic() - t0, ready_count(cluster)))
+            time.sleep(1)
+        output = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{output}")
+    load_s = time.monotonic() - t0
+    at_end = ready_count(cluster)
+    wal = current_lsn(cluster) - lsn0
+    drained = time.monotonic()
+    while ready_count(cluster) > 0 and time.monotonic() - drained < 300:
+        time.sleep(0.1)
+    drain_s = time.monotonic() - drained
+    after = archiver_status(cluster.conninfo())
+    counts = [n for _, n in samples]
+    trend = statistics.linear_regression([t for t, _ in samples], counts).slope * 60 if len(samples) > 1 else 0.0
+    tps = re.search(r"tps = ([0-9.]+)", output)
+    failed = after.failed_count - before.failed_count
+    # A backlog that grows never returns to zero; one that merely fluctuates (bursts of WAL after checkpoints,
+    # archive-ahead batches) drains again within seconds.
+    windows = [[n for t, n in samples if lo <= t < lo + WINDOW] for lo in range(0, max(1, int(load_s)), WINDOW)]
+    windows = [w for w in windows if w]
+    return {
+        "command": f"pgbench -N -c {clients} -j 2 -T {seconds}",
+        "seconds": load_s,
+        "tps": float(tps.group(1)) if tps else None,
+        "wal_bytes": wal,
+        "samples": samples,
+        "max_ready": max(counts, default=0),
+        "mean_ready": statistics.fmean(counts) if counts else 0.0,
+        "ready_at_end": at_end,
+        "trend_per_minute": trend,
+        "windows": [{"min": min(w), "max": max(w)} for w in windows],
+        "drain_seconds": drain_s,
+        "archived": after.archived_count - before.archived_count,
+        "failed": failed,
+        # No failure, and the archiver caught up (at most one file waiting) at least once in every window.
+        "pass": failed == 0 and all(min(w) <= 1 for w in windows),
+    }
+
+
+# -- 3. recovery ----------------------------------------------------------------------------------------------------
+
+
+def generate_wal(cluster: LocalCluster, segments: int, accounts: int, events: int) -> tuple[int, float]:
+    """Bulk updates of both tables, chunk by chunk, until ``segments`` segments of WAL are written."""
+    t0 = time.perf_counter()
+    start = current_lsn(cluster)
+    events_sql = (
+        "update bench_events set amount = amount + 0.01, happened_at = happened_at + interval '1 s' "
+        "where id between %s and %s"
+    )
+    tables = [("update pgbench_accounts set abalance = abalance + 1 where aid between %s and %s", accounts)]
+    tables.append((events_sql, events))
+    offsets = [1, 1]
+    i = 0
+    while current_lsn(cluster) - start < segments * SEGMENT:
+        sql, rows = tables[i % 2]
+        lo = offsets[i % 2]
+        hi = min(rows, lo + UPDATE_CHUNK - 1)
+        cluster.execute(sql, (lo, hi), dbname=DBNAME)
+        offsets[i % 2] = hi + 1 if hi < rows else 1
+        i += 1
+    return current_lsn(cluster) - start, time.perf_counter() - t0
+
+
+@dataclass
+class RecoveryRun:
+    seconds: list[float] = field(default_factory=list)
+    restore: list[float] = field(default_factory=list)
+    restored_files: list[int] = field(default_factory=list)
+    end_lsn: list[str] = field(default_factory=list)
+
+
+def recover_once(repo: Repository, pgdata: Path, settings: dict[str, object]) -> tuple[float, float, int, str]:
+    """Restore the latest base backup and replay the whole archive; (recovery s, restore s, files restored, LSN)."""
+    result = RecoveryPlan(repo, RecoveryTarget.latest()).run(pgdata, settings=settings)
+    LocalCluster(data_dir=pgdata, port=result.port).stop()
+    WalArchiver(repo).wait_for_prefetch(pgdata / "pgrecovery_spool")
+    log = pgdata.with_name(pgdata.name + ".log").read_text(errors="replace")
+    restored = re.findall(r'restored log file "([^"]+)" from archive', log)
+    return result.recovery_seconds, result.restore_seconds, len(restored), str(result.end_lsn)
+
+
+def replay_only_once(repo: Repository, pgdata: Path, segments: Sequence[str]) -> tuple[float, float, int, str]:
+    """The floor: the same recovery with every segment already in pg_wal (copied there untimed) and a
+    restore_command that always fails at once, so that the server reads pg_wal: replay alone."""
+    plan = RecoveryPlan(repo, RecoveryTarget.latest())
+    t0 = time.perf_counter()
+    plan.restore(pgdata, settings={"restore_command": "false", "archive_mode": "off"})
+    restore_s = time.perf_counter() - t0
+    archiver = WalArchiver(repo)
+    who = default_run_as()
+    ids = (pwd.getpwnam(who).pw_uid, pwd.getpwnam(who).pw_gid) if who else None
+    for name in segments:
+        dest = pgdata / "pg_wal" / name
+        archiver.fetch(name, dest, prefetch=False)
+        if ids:
+            os.chown(dest, *ids)
+    result = plan.run(pgdata, restore=False)
+    LocalCluster(data_dir=pgdata, port=result.port).stop()
+    return result.recovery_seconds, restore_s, 0, str(result.end_lsn)
+
+
+def run_recovery_rounds(repo: Repository, rounds: int, segments: Sequence[str]) -> dict[str, RecoveryRun]:
+    """Every round runs every variant once, in an order rotated by one each round."""
+    workdir = postgres_dir("pgrecovery-bench-recover-")
+    no_prefetch = {"restore_command": restore_command(repo.url, prefetch=False), "archive_mode": "off"}
+    variants: dict[str, Callable[[Path], tuple[float, float, int, str]]] = {
+        PREFETCH: lambda pgdata: recover_once(repo, pgdata, {"archive_mode": "off"}),
+        NO_PREFETCH: lambda pgdata: recover_once(repo, pgdata, no_prefetch),
+        REPLAY_ONLY: lambda pgdata: replay_only_once(repo, pgdata, segments),
+    }
+    results = {name: RecoveryRun() for name in variants}
+    names = list(variants)
+    try:
+        for r in range(rounds):
+            shift = r % len(names)
+            for i, name in enumerate([*names[shift:], *names[:shift]]):
+                pgdata = workdir / f"round{r}-{i}"
+                try:
+                    rec, res, files, lsn = variants[name](pgdata)
+                finally:
+                    shutil.rmtree(pgdata, ignore_errors=True)
+                    pgdata.with_name(pgdata.name + ".log").unlink(missing_ok=True)
+                run = results[name]
+                run.seconds.append(rec)
+                run.restore.append(res)
+                run.restored_files.append(files)
+                run.end_lsn.append(lsn)
+                print(
+                    f"  round {r + 1}/{rounds}  {name:<42} recovery {rec:7.2f} s  (restore {res:5.2f} s, "
+                    f"{files} WAL files from the archive, end {lsn})",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+# -- machine and reporting ----------------------------------------------------------------------------------------
+
+
+def machine_info(cluster: LocalCluster) -> dict[str, Any]:
+    import platform
+
+    import zstandard
+
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
+    cpu = models[0].split(":", 1)[1].strip() if models else platform.processor()
+    zstd = shutil.which("zstd")
+    zstd_version = subprocess.run([zstd, "-V"], capture_output=True, text=True).stdout.strip() if zstd else None
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "zstandard": zstandard.__version__,
+        "zstd": zstd_version,
+        "postgresql": str(cluster.query("select version()")[0][0]),
+        "pg_basebackup": find_tool("pg_basebackup").version,
+    }
+
+
+def report_base_backups(results: dict[str, Result], data: dict[str, Any], args: argparse.Namespace) -> list[Any]:
+    print(
+        f"\n1. base backup -- database {data['database_bytes'] / MB:,.0f} MB, {data['rows']:,} rows "
+        f"(pgbench scale {args.scale} + {args.text_rows:,} rows of mixed text), {args.rounds} rounds"
+    )
+    for t in data["tables"]:
+        print(f"            {t['name']:<20} {t['rows']:>12,} rows {t['bytes'] / MB:>9,.0f} MB")
+    header = f"{'method':<42} {'median s':>9} {'min s':>8} {'stored MB':>10} {'vs pg_bb':>8}  target"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for res in results.values():
+        m = res.method
+        ratio = versus(results, res, BASELINE)
+        passed = None if m.target is None or ratio is None else ratio <= m.target
+        verdict = "" if passed is None else f"<= {m.target:.2f}x {'PASS' if passed else 'MISS'}"
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"{m.name:<42} {res.median:9.2f} {min(res.seconds):8.2f} {res.stored_mb:10.1f} {ratio_text:>8}  "
+            f"{verdict}".rstrip()
+        )
+        rows.append(
+            {
+                "method": m.name,
+                "seconds": res.seconds,
+                "median_s": res.median,
+                "min_s": min(res.seconds),
+                "stored_bytes": statistics.median(res.stored),
+                "raw_bytes": res.raw,
+                "ratio_vs_baseline": ratio,
+                "paired_ratio_vs_baseline": paired(results, res, BASELINE),
+                "target": m.target,
+                "pass": passed,
+            }
+        )
+    default = results.get(DEFAULT_METHOD)
+    if default is not None and default.raw:
+        print(
+            f"data files backed up: {default.raw / MB:,.0f} MB (tar); compress "
+            f"{default.raw / statistics.median(default.stored):.1f}:1 with zstd 1"
+        )
+    return rows
+
+
+def report_push(results: dict[str, PushResult], runs: int) -> list[Any]:
+    print(f"\n2. archive_command per call (16 MB segment, run by /bin/sh -c, median of {runs} runs)")
+    header = f"{'command':<42} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'vs cp':>7}"
+    print(header)
+    print("-" * len(header))
+    base = results[PUSH_BASELINE].median
+    rows = []
+    for res in results.values():
+        ratio = res.median / base
+        print(
+            f"{res.call.name:<42} {res.median * 1e3:10.1f} {min(res.seconds) * 1e3:8.1f} "
+            f"{max(res.seconds) * 1e3:8.1f} {ratio:6.1f}x"
+        )
+        rows.append(
+            {
+                "command": res.call.name,
+                "seconds": res.seconds,
+                "median_s": res.median,
+                "min_s": min(res.seconds),
+                "ratio_vs_cp": ratio,
+            }
+        )
+    return rows
+
+
+def report_sustained(load: dict[str, Any]) -> None:
+    wal = load["wal_bytes"]
+    print(
+        f"\nsustained load: {load['command']}: {load['tps'] or 0:,.0f} tps, {wal / MB:,.0f} MB of WAL "
+        f"({wal / SEGMENT:.0f} segments, {wal / SEGMENT / load['seconds']:.2f}/s)"
+    )
+    print(
+        f"  .ready backlog: max {load['max_ready']}, mean {load['mean_ready']:.1f}, at the end of the load "
+        f"{load['ready_at_end']}, trend {load['trend_per_minute']:+.2f} segments/min; drained "
+        f"{load['drain_seconds']:.1f} s after the load"
+    )
+    spans = ", ".join(f"{w['min']}-{w['max']}" for w in load["windows"])
+    print(f"  backlog per {WINDOW} s window (min-max): {spans}")
+    verdict = "PASS" if load["pass"] else "MISS"
+    print(
+        f"  pg_stat_archiver: archived +{load['archived']}, failed +{load['failed']}; "
+        f"the backlog drained in every window: {verdict}"
+    )
+
+
+def report_recovery(results: dict[str, RecoveryRun], info: dict[str, Any]) -> list[Any]:
+    print(
+        f"\n3. recovery of base backup + {info['segments']} archived segments ({info['wal_bytes'] / MB:,.0f} MB "
+        f"of WAL from bulk updates), {info['rounds']} rounds"
+    )
+    header = (
+        f"{'restore_command':<42} {'median s':>9} {'min s':>8} {'restore s':>10} {'vs no prefetch':>15} {'vs floor':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    ends = {lsn for run in results.values() for lsn in run.end_lsn}
+    if len(ends) > 1:
+        print(f"warning: the recoveries did not all end at the same LSN: {sorted(ends)}")
+    base = statistics.median(results[NO_PREFETCH].seconds)
+    floor = statistics.median(results[REPLAY_ONLY].seconds)
+    rows = []
+    for name, run in results.items():
+        median = statistics.median(run.seconds)
+        restore = statistics.median(run.restore)
+        print(
+            f"{name:<42} {median:9.2f} {min(run.seconds):8.2f} {restore:10.2f} {median / base:14.2f}x "
+            f"{median / floor:8.2f}x"
+        )
+        rows.append(
+            {
+                "method": name,
+                "recovery_seconds": run.seconds,
+                "median_s": median,
+                "restore_seconds": run.restore,
+                "restored_wal_files": run.restored_files,
+                "end_lsn": run.end_lsn,
+                "ratio_vs_no_prefetch": median / base,
+                "ratio_vs_replay_only": median / floor,
+                "paired_ratio_vs_no_prefetch": statistics.median(
+                    a / b for a, b in zip(run.seconds, results[NO_PREFETCH].seconds, strict=True)
+                ),
+            }
+        )
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p.add_argument("--scale", type=int, default=None, help="pgbench scale factor (default 30; --quick: 5)")
+    p.add_argument(
+        "--text-rows", type=int, default=None, help="rows of mixed text data (default 3,000,000; --quick: 500,000)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="rounds of every base backup method (default 5; --quick: 2)"
+    )
+    p.add_argument(
+        "--push-runs", type=int, default=None, help="runs of every archive_command (default 30; --quick: 10)"
+    )
+    p.add_argument("--load-seconds", type=int, default=None, help="sustained pgbench load (default 60; --quick: 15)")
+    p.add_argument("--segments", type=int, default=None, help="WAL segments to replay (default 100; --quick: 20)")
+    p.add_argument("--recovery-rounds", type=int, default=None, help="recoveries of each kind (default 3; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help="a small data set and few rounds, for a smoke test")
+    args = p.parse_args(argv)
+    defaults = (
+        ("scale", 30, 5),
+        ("text_rows", 3_000_000, 500_000),
+        ("rounds", 5, 2),
+        ("push_runs", 30, 10),
+        ("load_seconds", 60, 15),
+        ("segments", 100, 20),
+        ("recovery_rounds", 3, 1),
+    )
+    for name, full, quick in defaults:
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if min(args.scale, args.rounds, args.push_runs, args.load_seconds, args.segments, args.recovery_rounds) < 1:
+        p.error("every count must be at least 1")
+    if args.text_rows < 2:
+        p.error("--text-rows must be at least 2")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    check_runnable_by()  # archive_command and restore_command run this interpreter as the server's OS user
+    repo_dir = postgres_dir("pgrecovery-bench-repo-")
+    repo = Repository(f"file://{repo_dir}")
+    workdir = Path(tempfile.mkdtemp(prefix="pgrecovery-bench-"))
+    settings = {
+        "fsync": False,
+        "shared_buffers": "256MB",
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": archive_command(repo.url),
+        "archive_timeout": 0,
+    }
+    cluster = LocalCluster.temporary(settings=settings)
+    summary: dict[str, Any] = {}
+    try:
+        cluster.start()
+        cluster.create_database(DBNAME)
+        print(f"loading data (pgbench scale {args.scale}, {args.text_rows:,} rows of mixed text) ...")
+        load_data(cluster, scale=args.scale, text_rows=args.text_rows)
+        t0 = time.perf_counter()
+        wait_archived(cluster)
+        print(f"  archive caught up: {time.perf_counter() - t0:.1f} s")
+        data = dataset_info(cluster)
+        machine = machine_info(cluster)
+        conninfo = cluster.conninfo(DBNAME)
+        warm_page_cache(cluster.data_dir)
+
+        print(f"1. base backups, {args.rounds} rounds ...")
+        backups = run_rounds(base_backup_methods(cluster, conninfo, repo), args.rounds, workdir)
+
+        print(f"2. archive_command, {args.push_runs} runs of each ...")
+        archived = [n for n in WalArchiver(repo).list_archived().get(1, []) if wn.is_segment(n)]
+        segment = workdir / "segment"  # a real segment, written while the data was loaded
+        WalArchiver(repo).fetch(archived[len(archived) // 2], segment, prefetch=False)
+        calls, cwd = push_calls(workdir / "push", segment)
+        pushes = run_push_rounds(calls, args.push_runs, cwd)
+        print(f"   sustained load: pgbench -N -c 4 for {args.load_seconds} s ...")
+        load = sustained_load(cluster, args.load_seconds)
+
+        print("3. recovery: base backup, then WAL ...")
+        base = BaseBackup(dbname=conninfo, workers=2, compression="zstd", level=1).run(repo)
+        assert base.physical is not None
+        accounts = int(cluster.query("select count(*) from pgbench_accounts", dbname=DBNAME)[0][0])
+        events = int(cluster.query("select max(id) from bench_events", dbname=DBNAME)[0][0])
+        wal_bytes, wal_s = generate_wal(cluster, args.segments, accounts, events)
+        t0 = time.perf_counter()
+        wait_archived(cluster)
+        # No autovacuum or checkpoints of the source competing with the recoveries. The server archives the
+        # segment holding its shutdown checkpoint as it stops: that one is replayed too.
+        cluster.stop()
+        names = WalArchiver(repo).list_archived().get(1, [])
+        replay = [n for n in names if wn.is_segment(n) and n >= base.physical.start_wal]
+        print(
+            f"  {wal_bytes / MB:,.0f} MB of WAL in {wal_s:.1f} s, archived {time.perf_counter() - t0:.1f} s later; "
+            f"{len(replay)} segments from {replay[0]} to {replay[-1]} to replay"
+        )
+        print(f"   {args.recovery_rounds} rounds ...")
+        recoveries = run_recovery_rounds(repo, args.recovery_rounds, replay)
+
+        print()
+        print(f"machine:    {machine['nproc']} CPUs ({machine['cpu']}), {machine['platform']}")
+        print(f"postgresql: {machine['postgresql']}")
+        backup_rows = report_base_backups(backups, data, args)
+        push_rows = report_push(pushes, args.push_runs)
+        report_sustained(load)
+        info = {"segments": len(replay), "wal_bytes": wal_bytes, "rounds": args.recovery_rounds}
+        recovery_rows = report_recovery(recoveries, info)
+        summary = {
+            "finished_at": datetime.now(UTC).isoformat(),
+            "arguments": dict(vars(args)),
+            "machine": machine,
+            "dataset": data,
+            "base_backup": backup_rows,
+            "wal_push": push_rows,
+            "sustained_load": load,
+            "recovery": {
+                "segments": replay,
+                "wal_bytes": wal_bytes,
+                "base_backup": {"id": base.id, "size": base.size, "raw_size": base.raw_size},
+                "methods": recovery_rows,
+            },
+        }
+    finally:
+        cluster.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(repo_dir, ignore_errors=True)
+    summary["total_seconds"] = time.perf_counter() - started
+    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_FILE.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\ntotal {summary['total_seconds']:.0f} s; results written to {RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
