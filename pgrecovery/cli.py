@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rb.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
     rb.add_argument("--run", action="store_true", help="start the server and wait until the target is reached")
+    rb.add_argument(
+        "--no-archive", action="store_true", help="archive_mode = off in the restored cluster (drills, sandboxes)"
+    )
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
     rt.add_argument("id", help="backup id or 'latest'")
     rt.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
@@ -408,7 +411,9 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
     if args.run:
         spaces = {str(k): str(v) for k, v in args.tablespace_map}
-        plan.restore(args.pgdata, overwrite=args.overwrite, delta=args.delta, tablespace_map=spaces)
+        plan.restore(
+            args.pgdata, overwrite=args.overwrite, delta=args.delta, tablespace_map=spaces, settings=_restored(args)
+        )
         result = plan.run(args.pgdata, restore=False)
         _emit(
             args,
@@ -424,6 +429,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         delta=args.delta,
         standby=args.standby,
         tablespace_map={str(k): str(v) for k, v in args.tablespace_map},
+        settings=_restored(args),
     )
     _emit(
         args,
@@ -431,6 +437,11 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         f"restored {plan.backup.id} into {path}, recovery to {target.describe()} configured: start the server",
     )
     return EXIT_OK
+
+
+def _restored(args: argparse.Namespace) -> dict[str, object]:
+    """Settings for the restored cluster: it keeps archiving (onto its new timeline) unless told not to."""
+    return {"archive_mode": "off"} if args.no_archive else {}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -188,7 +188,7 @@ def test_cli_restore_base_runs_to_a_target(
 
     code = main(
         ["--repo", story["url"], "--json", "restore", "base", "latest", "--pgdata", str(pgdata),
-         "--target-xid", str(story["xid_b"]), "--exclusive", "--run"]
+         "--target-xid", str(story["xid_b"]), "--exclusive", "--run", "--no-archive"]
     )  # fmt: skip
     assert code == 0
     result = json.loads(capsys.readouterr().out)
