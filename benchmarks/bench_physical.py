@@ -9,14 +9,18 @@ What it measures
        * ``tar -cf - -C PGDATA . | zstd -1 -T2 > FILE`` -- what a shell one-liner achieves (a reference point only:
          no checkpoint, no backup mode, no fsync, not restorable without more work);
        * ``BaseBackup(workers=2, compression="zstd", level=1)`` -- pgrecovery's local method (``pg_backup_start``,
-         two threads each reading, sha256-checksumming and compressing a tar bundle into a repository that fsyncs
-         what it commits, ``pg_backup_stop``): it should take at most the baseline's time.
+         two threads each reading, sha256-checksumming and compressing a tar bundle into the repository that
+         archive_command fills, which fsyncs what it commits, then ``pg_backup_stop``): it should take at most the
+         baseline's time;
+       * backup mode entered and left with no file copied (a reference point: the fixed cost of the fast checkpoint
+         and of ``pg_backup_stop`` waiting, as pg_basebackup's does, for the server's archiver, which it polls
+         once a second).
 
-       Both real methods start with a fast checkpoint and end waiting for the backup's last WAL segment to be
-       archived (``-X none`` leaves the WAL to archive_command, as ``BaseBackup`` does). Every round runs every
-       method once, in an order rotated by one each round, so that caches, background writeback and noisy
-       neighbours affect all methods alike; medians over the rounds are reported, and each result is deleted
-       after it is timed.
+       Both real methods start with a fast checkpoint and end once the backup's last WAL segment is archived
+       (``-X none`` leaves the WAL to archive_command; ``BaseBackup`` waits for it in its repository). Every round
+       runs every method once, in an order rotated by one each round, so that caches, background writeback and
+       noisy neighbours affect all methods alike; medians over the rounds are reported, and each result is deleted
+       (untimed) after it is timed.
 
     2. WAL push, per call. The time PostgreSQL waits for one archive_command call on a 16 MB segment, each run
        through ``/bin/sh -c`` as the server runs it (median over many runs, the methods alternating):
@@ -28,14 +32,22 @@ What it measures
          durable write into a local repository).
 
        Then a sustained write load (``pgbench -N -c 4``) against the server archiving with `archive_command`:
-       the ``.ready`` backlog in ``pg_wal/archive_status`` is sampled every second; it must not grow.
+       the ``.ready`` backlog in ``pg_wal/archive_status`` is sampled every second. It must not grow: bursts (WAL
+       after a checkpoint, archive-ahead batches) are expected, but the archiver must catch up (at most one file
+       waiting) at least once in every 15 seconds.
 
     3. Recovery with and without prefetch. A base backup, then at least 100 segments of WAL from bulk updates of
-       both tables; each round restores the backup and replays all of it (``RecoveryTarget.latest()``) once with
-       the default restore_command (a detached process downloads the next 8 segments ahead) and once with
-       ``restore_command(url, prefetch=False)`` (each call starts the full CLI, lists the archive, downloads,
-       decompresses, verifies and fsyncs its segment while replay waits), in alternating order. Reported: the
-       recovery time (server start until promotion) and, apart, the time to restore the files.
+       both tables; each round restores the backup and replays all of it (``RecoveryTarget.latest()``) with:
+
+       * the default restore_command (a detached process downloads the next 8 segments ahead into the spool,
+         and the command hands the next one over by rename);
+       * ``restore_command(url, prefetch=False)`` (each call starts the full CLI, lists the archive, downloads,
+         decompresses, verifies and fsyncs its segment while replay waits);
+       * every segment copied into ``pg_wal`` beforehand (untimed) and a restore_command that fails at once: the
+         time replay alone takes, the floor any restore_command can approach (a reference point).
+
+       The order rotates by one each round. Reported: the recovery time (server start until promotion) and,
+       apart, the time to restore the base backup's files.
 
 Why the data matters
     Compression dominates the cost of a base backup, and how much it costs depends on the data. pgbench's tables
@@ -47,7 +59,7 @@ Why the data matters
 
 The server runs with ``fsync = off`` (so that loading is quick; the tools' own fsyncs are unaffected) and
 otherwise default WAL settings (``max_wal_size`` 1 GB, ``wal_compression`` off). Run
-``python benchmarks/bench_physical.py`` (defaults take about ten minutes on two cores) or with ``--quick`` for a
+``python benchmarks/bench_physical.py`` (defaults take about six minutes on two cores) or with ``--quick`` for a
 smoke test of about a minute. The results are printed and written to ``benchmarks/results/physical.json``.
 """
 
@@ -218,8 +230,8 @@ def base_backup_method(conninfo: str, repo: Repository) -> Method:
 
 
 def start_stop_method(conninfo: str) -> Method:
-    """Backup mode entered and left with no file copied: the fixed cost that both real methods pay (the fast
-    checkpoint, and pg_backup_stop waiting for the last segment to be archived)."""
+    """Backup mode entered and left with no file copied: the fixed cost that pg_basebackup pays too (the fast
+    checkpoint, and pg_backup_stop waiting for the last segment to be archived, polling once a second)."""
 
     def run(scratch: Path) -> tuple[int, int | None]:
         import psycopg
@@ -260,7 +272,7 @@ class PushCall:
 
 
 @dataclass
-class PushResult:
+class PushTiming:
     call: PushCall
     seconds: list[float] = field(default_factory=list)
 
@@ -314,8 +326,8 @@ def push_calls(scratch: Path, segment: Path) -> tuple[list[PushCall], Path]:
     return calls, data
 
 
-def run_push_rounds(calls: Sequence[PushCall], runs: int, cwd: Path) -> dict[str, PushResult]:
-    results = {c.name: PushResult(c) for c in calls}
+def run_push_rounds(calls: Sequence[PushCall], runs: int, cwd: Path) -> dict[str, PushTiming]:
+    results = {c.name: PushTiming(c) for c in calls}
     for r in range(runs):
         shift = r % len(calls)
         for c in [*calls[shift:], *calls[:shift]]:
@@ -549,7 +561,7 @@ def report_base_backups(results: dict[str, Result], data: dict[str, Any], args: 
     return rows
 
 
-def report_push(results: dict[str, PushResult], runs: int) -> list[Any]:
+def report_push(results: dict[str, PushTiming], runs: int) -> list[Any]:
     print(f"\n2. archive_command per call (16 MB segment, run by /bin/sh -c, median of {runs} runs)")
     header = f"{'command':<42} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'vs cp':>7}"
     print(header)
