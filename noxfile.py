@@ -11,6 +11,7 @@ the default python3 of these machines lives).
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 
@@ -18,6 +19,20 @@ import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Whether every directory down to ``path`` can be traversed by other OS users (the server's, here)."""
+    parts = os.path.abspath(path).split(os.sep)
+    return all(os.stat(os.sep.join(parts[:i]) or os.sep).st_mode & 0o001 for i in range(1, len(parts) + 1))
+
+
+# PostgreSQL's OS user runs archive_command with our virtualenv's interpreter and package: when this checkout
+# lies below a private directory, build the virtualenvs (and install the package, not editable) where it can.
+HERE = os.path.dirname(os.path.abspath(__file__))
+EDITABLE = _reachable_by_others(HERE)
+if not EDITABLE:
+    nox.options.envdir = f"/tmp/pgrecovery-nox-{hashlib.sha256(HERE.encode()).hexdigest()[:12]}"
 
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else None
 PG_PACKAGES = ["postgresql", "postgresql-contrib"]
@@ -49,7 +64,7 @@ def ensure_postgres(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The whole test suite against real PostgreSQL servers."""
     ensure_postgres(session)
-    session.install("-e", ".[test]")
+    session.install(*(["-e"] if EDITABLE else []), ".[test]")
     _check_reachable_by_server(session)
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
