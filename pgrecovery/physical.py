@@ -355,7 +355,7 @@ class BaseBackup:
             members: list[MemberEntry] = []
             try:
                 sink = _CompressingSink(writer, codec, self.level, meter, self.threads)
-                with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
                     tar.copybufsize = CHUNK
                     for f in bundles[index]:
                         member = _unchanged(f, known.get(f.rel), meter) or _add_file(tar, f, role, backup_id)
