@@ -37,6 +37,10 @@ from .errors import (
 _LAZY = {
     "TocEntry": "_toc",
     "Leftover": "catalog",
+    "CopyResult": "copies",
+    "RuleReport": "copies",
+    "check_321": "copies",
+    "copy_repository": "copies",
     "LocalCluster": "cluster",
     "temporary_cluster": "cluster",
     "ClusterBackup": "logical",
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from ._toc import TocEntry
     from .catalog import Leftover
     from .cluster import LocalCluster, temporary_cluster
+    from .copies import CopyResult, RuleReport, check_321, copy_repository
     from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
     from .manifest import BackupManifest, ContentSummary, FileEntry
     from .physical import BaseBackup
@@ -99,6 +104,7 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "ContentSummary",
+    "CopyResult",
     "DatabaseError",
     "FileEntry",
     "GlobalsBackup",
@@ -117,6 +123,7 @@ __all__ = [
     "Repository",
     "RestoreError",
     "RestoreResult",
+    "RuleReport",
     "StorageError",
     "StoredObject",
     "TargetUnreachable",
@@ -129,5 +136,7 @@ __all__ = [
     "WalArchiver",
     "WalGap",
     "__version__",
+    "check_321",
+    "copy_repository",
     "temporary_cluster",
 ]

@@ -188,9 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--with-dependents", action="store_true", help="also delete incremental backups built on it")
     clean = verbs.add_parser("clean", help="remove interrupted backups' leftovers", parents=[common])
     clean.add_argument("--include-in-progress", action="store_true", help="also remove ones that look in progress")
-    from . import _cli_wal
-
-    _cli_wal.add_verbs(verbs, common)
+    for module in _extensions():
+        module.add_verbs(verbs, common)
     demo = verbs.add_parser("demo", help="run the demonstration in a sandbox", parents=[common])
     demo.add_argument("--workdir", help="directory for the sandbox (default: a new temporary one)")
     return parser
@@ -563,6 +562,24 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# Verbs that live in their own modules (each has add_verbs(verbs, common) and run(args)), by verb name.
+_EXTENSION_VERBS: dict[str, str] = {
+    **dict.fromkeys(
+        ["wal-push", "wal-fetch", "wal-prefetch", "wal-verify", "archiver-status", "restore-point", "wal-cleanup"],
+        "_cli_wal",
+    ),
+    "copy": "_cli_copies",
+    "check-321": "_cli_copies",
+}
+
+
+def _extensions() -> list[Any]:
+    import importlib
+
+    names = dict.fromkeys(_EXTENSION_VERBS.values())
+    return [importlib.import_module(f".{name}", __package__) for name in names]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (argparse's own --help and usage errors included)."""
     try:
@@ -581,9 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb in _VERBS:
             return _VERBS[args.verb](args)
-        from . import _cli_wal
+        import importlib
 
-        return _cli_wal.run(args)
+        module: Any = importlib.import_module(f".{_EXTENSION_VERBS[args.verb]}", __package__)
+        return int(module.run(args))
     except PgRecoveryError as e:
         code = next(c for t, c in _EXIT_FOR if isinstance(e, t))
         sys.stderr.write(f"pgrecovery: {e}\n")

@@ -26,6 +26,7 @@ from pgrecovery import (
     WalGap,
 )
 from pgrecovery.cli import main
+from pgrecovery.copies import copy_repository
 from pgrecovery.wal import archive_command
 
 ROWS = "select count(*), coalesce(min(i), 0), coalesce(max(i), 0) from t"
@@ -224,3 +225,27 @@ def test_target_timeline_must_be_valid() -> None:
     with pytest.raises(ConfigurationError, match="target timeline 'newest'"):
         RecoveryTarget.latest().with_timeline("newest")
     assert RecoveryTarget.immediate().with_timeline(1).settings()["recovery_target_timeline"] == "1"
+
+
+def test_a_copy_of_the_repository_recovers_the_same(story: dict[str, Any], pgdata: Path) -> None:
+    """The 3-2-1 copy is a repository in its own right: the same point in time comes back from it alone."""
+    root = _owned_tmpdir("pgrecovery-pitr-copy-")
+    try:
+        copy = Repository(f"file://{root}")
+        result = copy_repository(story["repo"], copy)
+        assert result.ok
+        assert story["backup"].id in result.backups_copied
+        assert result.wal_copied >= 2
+        assert copy_repository(story["repo"], copy).bytes_copied == 0  # rerun: nothing left to do
+        for path, _, files in os.walk(root) if os.getuid() == 0 else ():  # the server's user reads the copy
+            for name in [path, *(os.path.join(path, f) for f in files)]:
+                shutil.chown(name, "postgres", "postgres")
+        plan = RecoveryPlan(copy, RecoveryTarget.xid(story["xid_b"]))
+        recovered = plan.run(pgdata, settings={"archive_mode": "off"})
+        cluster = LocalCluster(data_dir=pgdata, port=recovered.port)
+        try:
+            assert tuple(int(x) for x in cluster.query(ROWS)[0]) == (200, 1, 200)
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
