@@ -89,7 +89,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "pytest")
+    session.install("-e", ".[encryption]", "mypy", "pytest")
     session.run("mypy", "--strict", "pgrecovery", "tests/typing")
 
 
@@ -113,6 +113,6 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with the native tools (ratios printed; never part of the test suite)."""
     ensure_postgres(session)
-    session.install("-e", ".")
+    session.install("-e", ".[encryption]")
     for script in sorted(glob.glob("benchmarks/bench_*.py")):
         session.run("python", script, *session.posargs)

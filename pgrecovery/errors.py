@@ -75,6 +75,21 @@ class VerificationFailed(PgRecoveryError):
     """A verification check failed; the report says which one."""
 
 
+class EncryptionError(PgRecoveryError):
+    """An encrypted object cannot be written or read: no key, a bad key, or an object that is not as written."""
+
+
+class WrongKey(EncryptionError):
+    """The object was encrypted with another key; the message names both key ids and where the key comes from."""
+
+
+class TamperedObject(EncryptionError, ChecksumMismatch):
+    """An encrypted object failed authentication (changed, truncated, reordered, spliced): nothing of it is used.
+
+    Also a `ChecksumMismatch`, so that code handling corrupt objects handles these too.
+    """
+
+
 __all__ = [
     "AlreadyExists",
     "BackupError",
@@ -83,14 +98,17 @@ __all__ = [
     "ClusterError",
     "ConfigurationError",
     "DatabaseError",
+    "EncryptionError",
     "ManifestError",
     "MissingDependency",
     "PgRecoveryError",
     "RestoreError",
     "StorageError",
+    "TamperedObject",
     "TargetUnreachable",
     "ToolFailed",
     "ToolNotFound",
     "VerificationFailed",
     "WalGap",
+    "WrongKey",
 ]
