@@ -410,16 +410,17 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
     if args.run:
         spaces = {str(k): str(v) for k, v in args.tablespace_map}
-        plan.restore(
+        result = plan.run(
             args.pgdata, overwrite=args.overwrite, delta=args.delta, tablespace_map=spaces, settings=_restored(args)
         )
-        result = plan.run(args.pgdata, restore=False)
+        record = f"; incident record {result.incident_key}" if result.incident_key else ""
         _emit(
             args,
             result.to_dict(),
             f"recovered {result.pgdata} from {result.backup_id} to {result.target}: "
             f"{result.state} at LSN {result.end_lsn} on timeline {result.timeline}, port {result.port}, "
-            f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery",
+            f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery, "
+            f"{result.wal_restored} WAL file(s) replayed{record}",
         )
         return EXIT_OK
     path = plan.restore(

@@ -9,8 +9,11 @@ archive can get there, then restores a data directory and (optionally) runs the 
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,14 +22,24 @@ from typing import Any, Literal
 import attrs
 
 from .cluster import LocalCluster, default_run_as, free_port
-from .errors import ClusterError, ConfigurationError, TargetUnreachable, WalGap
+from .errors import AlreadyExists, ClusterError, ConfigurationError, PgRecoveryError, TargetUnreachable, WalGap
 from .manifest import BackupManifest, PhysicalInfo
 from .physical import chown_tree, lsn_value, restore_files, wal_file_name
 from .progress import ProgressCallback
 from .storage import Repository
 
+log = logging.getLogger(__name__)
+
 TargetKind = Literal["time", "xid", "name", "lsn", "immediate", "latest"]
 Action = Literal["promote", "pause", "shutdown"]
+
+
+def _restored_wal(cluster: LocalCluster) -> list[str]:
+    """The WAL files the server says it restored from the archive, in order (from its log)."""
+    if cluster.log_file is None or not cluster.log_file.exists():
+        return []
+    found = re.findall(r'restored log file "([0-9A-F]{24})" from archive', cluster.log_file.read_text(errors="replace"))
+    return list(dict.fromkeys(found))
 
 
 def _aware(when: datetime | str) -> datetime:
@@ -110,7 +123,11 @@ class RecoveryTarget:
 
 @attrs.frozen(kw_only=True)
 class RecoveryResult:
-    """What a recovery reached, and how long it took (the recovery time, for RTO reporting)."""
+    """What a recovery reached, and how long it took (the recovery time, for RTO reporting).
+
+    ``incident`` is the record of the run (see `Incident`); ``incident_key`` where it was stored in the
+    repository (None when it could not be written there: the recovery itself is not failed for that).
+    """
 
     backup_id: str
     target: str
@@ -122,9 +139,52 @@ class RecoveryResult:
     last_transaction_time: str | None
     restore_seconds: float
     recovery_seconds: float
+    wal_restored: int = 0
+    incident: Incident | None = None
+    incident_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class IncidentStep:
+    """One step of a recovery, with when it ended."""
+
+    at: datetime
+    step: str
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Incident:
+    """The record of one recovery, for the incident report: what was asked, what was used, what came back, and
+    the timeline of steps. Stored as JSON under ``incidents/`` in the repository."""
+
+    id: str
+    host: str
+    target: str
+    backup_id: str
+    backup_finished_at: datetime
+    pgdata: str
+    started_at: datetime
+    finished_at: datetime
+    state: str
+    end_lsn: str | None
+    timeline: int | None
+    last_transaction_time: str | None
+    wal_restored: int
+    first_wal: str | None
+    last_wal: str | None
+    restore_seconds: float
+    recovery_seconds: float
+    steps: tuple[IncidentStep, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        def value(_: Any, __: Any, v: Any) -> Any:
+            return v.isoformat() if isinstance(v, datetime) else v
+
+        return attrs.asdict(self, value_serializer=value)
 
 
 class RecoveryPlan:
@@ -290,14 +350,28 @@ class RecoveryPlan:
         timeout: float = 600,
         keep_running: bool = True,
         settings: dict[str, object] | None = None,
+        tablespace_map: dict[str, str] | None = None,
+        record_incident: bool = True,
     ) -> RecoveryResult:
         """Restore (unless ``restore=False``), start the server, wait until the target is reached and the action
-        applied, and report what was recovered. The server keeps running unless ``keep_running=False``."""
+        applied, and report what was recovered. The server keeps running unless ``keep_running=False``.
+
+        The run is recorded as an `Incident` (the timeline of its steps, the backup used, the WAL replayed, the
+        position reached, the recovery time), returned in the result and, with ``record_incident``, stored as
+        ``incidents/<id>.json`` in the repository."""
         import psycopg
 
+        started_at = datetime.now(UTC)
+        steps: list[IncidentStep] = []
+
+        def step(what: str, detail: str = "") -> None:
+            steps.append(IncidentStep(at=datetime.now(UTC), step=what, detail=detail))
+
+        step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
         t0 = time.monotonic()
         if restore:
-            self.restore(pgdata, overwrite=overwrite, delta=delta, settings=settings)
+            self.restore(pgdata, overwrite=overwrite, delta=delta, settings=settings, tablespace_map=tablespace_map)
+            step("restore", f"base backup {self.backup.id} restored into {Path(pgdata).absolute()}")
         restored = time.monotonic() - t0
         t1 = time.monotonic()
         cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port())
@@ -338,6 +412,10 @@ class RecoveryPlan:
         else:
             raise TargetUnreachable(f"recovery did not reach {self.target.describe()} within {timeout:.0f} s")
         recovered = time.monotonic() - t1
+        wal = _restored_wal(cluster)
+        step(
+            "replay", f"{len(wal)} WAL file(s) restored from the archive" + (f", {wal[0]} .. {wal[-1]}" if wal else "")
+        )
         end_lsn = timeline = last_time = None
         if state != "shut down":
             with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
@@ -349,6 +427,27 @@ class RecoveryPlan:
                 end_lsn, timeline, last_time = row[0], int(row[1]), row[2]
             if not keep_running:
                 cluster.stop()
+        step(state, f"at {end_lsn} on timeline {timeline}" if end_lsn else "")
+        incident = Incident(
+            id=f"{started_at:%Y%m%dT%H%M%SZ}-recovery",
+            host=socket.gethostname(),
+            target=self.target.describe(),
+            backup_id=self.backup.id,
+            backup_finished_at=self.backup.finished_at,
+            pgdata=str(Path(pgdata).absolute()),
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            state=state,
+            end_lsn=end_lsn,
+            timeline=timeline,
+            last_transaction_time=last_time,
+            wal_restored=len(wal),
+            first_wal=wal[0] if wal else None,
+            last_wal=wal[-1] if wal else None,
+            restore_seconds=round(restored, 3),
+            recovery_seconds=round(recovered, 3),
+            steps=tuple(steps),
+        )
         return RecoveryResult(
             backup_id=self.backup.id,
             target=self.target.describe(),
@@ -360,7 +459,28 @@ class RecoveryPlan:
             last_transaction_time=last_time,
             restore_seconds=round(restored, 3),
             recovery_seconds=round(recovered, 3),
+            wal_restored=len(wal),
+            incident=incident,
+            incident_key=self._record(incident) if record_incident else None,
         )
+
+    def _record(self, incident: Incident) -> str | None:
+        """Store the incident record in the repository; a failure here is logged, not raised."""
+        import json
+
+        key = f"incidents/{incident.id}.json"
+        text = json.dumps(incident.to_dict(), indent=2, sort_keys=True).encode()
+        for n in range(100):
+            candidate = key if n == 0 else f"incidents/{incident.id}-{n}.json"
+            try:
+                self.repo.put_bytes(candidate, text)
+                return candidate
+            except AlreadyExists:
+                continue
+            except PgRecoveryError as e:
+                log.warning("could not store the incident record in %s: %s", self.repo.display_url, e)
+                return None
+        return None
 
     def _failure(self, log: str) -> TargetUnreachable:
         if "recovery ended before configured recovery target was reached" in log:

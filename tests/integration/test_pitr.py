@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import pwd
 import shutil
@@ -132,6 +134,22 @@ def test_recovery_stops_exactly_at_the_target(
     assert result.state == "promoted"
     assert result.timeline == 2  # promotion starts a new timeline
     assert (pgdata.stat().st_mode & 0o777) == 0o700
+    # the incident record: what was asked, what was used, the WAL replayed, the timeline of steps
+    incident = result.incident
+    assert incident is not None
+    assert incident.backup_id == story["backup"].id
+    assert incident.target == make(story).describe()
+    assert incident.end_lsn == result.end_lsn
+    assert [s.step for s in incident.steps] == ["plan", "restore", "replay", "promoted"]
+    assert all(a.at <= b.at for a, b in itertools.pairwise(incident.steps))
+    assert incident.wal_restored == result.wal_restored
+    if make(story).kind != "immediate":
+        assert incident.wal_restored >= 1
+        assert incident.first_wal is not None
+    assert result.incident_key is not None
+    stored = json.loads(story["repo"].read_bytes(result.incident_key))
+    assert stored["backup_id"] == story["backup"].id
+    assert stored["recovery_seconds"] == result.recovery_seconds
 
 
 def test_target_before_the_oldest_backup_is_refused(story: dict[str, Any], pgdata: Path) -> None:
