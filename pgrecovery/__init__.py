@@ -63,6 +63,8 @@ _LAZY = {
     "RecoveryResult": "recovery",
     "RecoveryTarget": "recovery",
     "WalArchiver": "wal",
+    "RetentionPolicy": "retention",
+    "expire": "retention",
 }
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
     from .progress import Progress, ProgressCallback
     from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
     from .restore import LogicalRestore, RestoreResult
+    from .retention import RetentionPolicy, expire
     from .storage import Repository, StoredObject
     from .verify import Check, VerificationReport, Verifier
     from .wal import WalArchiver
@@ -123,6 +126,7 @@ __all__ = [
     "Repository",
     "RestoreError",
     "RestoreResult",
+    "RetentionPolicy",
     "RuleReport",
     "StorageError",
     "StoredObject",
@@ -138,5 +142,6 @@ __all__ = [
     "__version__",
     "check_321",
     "copy_repository",
+    "expire",
     "temporary_cluster",
 ]

@@ -26,8 +26,18 @@ _EXIT_FOR: list[tuple[type[BaseException], int]] = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"pgrecovery: error: {message}\n")
+        """One line that names the problem and the fix (no usage dump, no traceback)."""
+        import difflib
+        import re
+
+        found = re.search(r"argument ([^:]*): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            arg, word, choices = found.group(1), found.group(2), re.findall(r"'([^']*)'", found.group(3))
+            close = difflib.get_close_matches(word, choices, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(choices)}"
+            what = {"VERB": "verb", "KIND": "kind"}.get(arg, f"value for {arg}")
+            message = f"unknown {what} {word!r}: {hint}"
+        self.exit(EXIT_USAGE, f"pgrecovery: {message} (see `{self.prog} --help`)\n")
 
 
 def _storage_option(text: str) -> tuple[str, Any]:
@@ -571,6 +581,7 @@ _EXTENSION_VERBS: dict[str, str] = {
     ),
     "copy": "_cli_copies",
     "check-321": "_cli_copies",
+    "expire": "_cli_retention",
 }
 
 

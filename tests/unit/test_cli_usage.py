@@ -17,7 +17,28 @@ def test_no_repository_is_a_usage_error(capsys: pytest.CaptureFixture[str], monk
 
 def test_unknown_verb(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lsit"]) == 2
-    assert "invalid choice: 'lsit'" in capsys.readouterr().err
+    assert (
+        capsys.readouterr().err == "pgrecovery: unknown verb 'lsit': did you mean 'list'? (see `pgrecovery --help`)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["backup", "logicl"], "unknown kind 'logicl': did you mean 'logical'?"),
+        (["backup", "logical", "-F", "zip"], "unknown value for -F/--format 'zip': choose from custom, directory"),
+        (["restore", "base"], "the following arguments are required: --pgdata"),
+        (["expire", "--policy", "nightly"], "nightly"),
+    ],
+)
+def test_usage_errors_are_one_line_with_the_fix(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
 
 
 def test_unknown_backup_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
