@@ -100,9 +100,10 @@ def _text(result: ExpireResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli import _progress
     from .retention import expire
 
-    result = expire(_repo(args), policy_from(args), dry_run=args.dry_run)
+    result = expire(_repo(args), policy_from(args), dry_run=args.dry_run, progress=_progress(args))
     _emit(args, result.to_dict(), _text(result))
     return EXIT_OK
 

@@ -216,16 +216,43 @@ def _emit(args: argparse.Namespace, data: Any, text: str | Callable[[], str]) ->
         out.write((text() if callable(text) else text).rstrip("\n") + "\n")
 
 
-def _progress(args: argparse.Namespace) -> Any:
-    if getattr(args, "json", False) or not sys.stderr.isatty():
+def _progress(args: argparse.Namespace, *, every: float = 10.0) -> Any:
+    """A progress callback for long operations: a bar redrawn in place on a terminal, a plain line at most every
+    ``every`` seconds otherwise (cron mail, log files). Nothing with --json (unless -v): stdout stays parseable."""
+    if getattr(args, "json", False) and not getattr(args, "verbose", False):
         return None
+    import time
+
     from .progress import Progress, human_bytes
 
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def describe(p: Progress) -> str:
+        text = f"{human_bytes(p.done)}"
+        if p.total:
+            text += f" of {human_bytes(p.total)} ({min(100.0, 100 * p.done / p.total):.0f}%)"
+        text += f" at {human_bytes(p.rate)}/s"
+        if p.total and p.rate > 0 and not p.finished and p.done < p.total:
+            text += f", about {(p.total - p.done) / p.rate:.0f} s left"
+        return text
+
     def show(p: Progress) -> None:
-        total = f" of {human_bytes(p.total)}" if p.total else ""
-        end = "\n" if p.finished else ""
-        sys.stderr.write(f"\r{p.operation}: {human_bytes(p.done)}{total} at {human_bytes(p.rate)}/s   {end}")
-        sys.stderr.flush()
+        if tty:
+            bar = ""
+            if p.total:
+                filled = int(24 * min(1.0, p.done / p.total))
+                bar = f"[{'#' * filled}{'.' * (24 - filled)}] "
+            end = "\n" if p.finished else ""
+            sys.stderr.write(f"\r{p.operation}: {bar}{describe(p)}\033[K{end}")
+            sys.stderr.flush()
+            return
+        now = time.monotonic()
+        if p.finished or now - last[0] >= every:
+            last[0] = now
+            state = "done, " if p.finished else ""
+            sys.stderr.write(f"pgrecovery: {p.operation}: {state}{describe(p)} after {p.elapsed:.0f} s\n")
+            sys.stderr.flush()
 
     return show
 
@@ -421,7 +448,12 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
     if args.run:
         spaces = {str(k): str(v) for k, v in args.tablespace_map}
         result = plan.run(
-            args.pgdata, overwrite=args.overwrite, delta=args.delta, tablespace_map=spaces, settings=_restored(args)
+            args.pgdata,
+            overwrite=args.overwrite,
+            delta=args.delta,
+            tablespace_map=spaces,
+            settings=_restored(args),
+            progress=_progress(args),
         )
         record = f"; incident record {result.incident_key}" if result.incident_key else ""
         _emit(
@@ -440,6 +472,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         standby=args.standby,
         tablespace_map={str(k): str(v) for k, v in args.tablespace_map},
         settings=_restored(args),
+        progress=_progress(args),
     )
     _emit(
         args,
@@ -516,7 +549,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import Verifier
 
     report = Verifier(_repo(args)).verify(
-        args.id, drill=args.drill, drill_server=args.drill_dbname, source=args.source_dbname, jobs=args.jobs
+        args.id,
+        drill=args.drill,
+        drill_server=args.drill_dbname,
+        source=args.source_dbname,
+        jobs=args.jobs,
+        progress=_progress(args),
     )
 
     def text() -> str:

@@ -352,6 +352,7 @@ class RecoveryPlan:
         settings: dict[str, object] | None = None,
         tablespace_map: dict[str, str] | None = None,
         record_incident: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> RecoveryResult:
         """Restore (unless ``restore=False``), start the server, wait until the target is reached and the action
         applied, and report what was recovered. The server keeps running unless ``keep_running=False``.
@@ -370,7 +371,14 @@ class RecoveryPlan:
         step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
         t0 = time.monotonic()
         if restore:
-            self.restore(pgdata, overwrite=overwrite, delta=delta, settings=settings, tablespace_map=tablespace_map)
+            self.restore(
+                pgdata,
+                overwrite=overwrite,
+                delta=delta,
+                settings=settings,
+                tablespace_map=tablespace_map,
+                progress=progress,
+            )
             step("restore", f"base backup {self.backup.id} restored into {Path(pgdata).absolute()}")
         restored = time.monotonic() - t0
         t1 = time.monotonic()

@@ -55,3 +55,21 @@ def test_empty_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 def test_bad_storage_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--storage-option", "novalue", "list"]) == 2
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from pgrecovery.cli import _progress
+    from pgrecovery.progress import Progress
+
+    show = _progress(argparse.Namespace(), every=3600)
+    for done in (0, 50, 100):
+        show(Progress(operation="copy", done=done * 2**20, total=100 * 2**20, elapsed=1 + done / 10))
+    show(Progress(operation="copy", done=100 * 2**20, total=100 * 2**20, elapsed=12, finished=True))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2  # the first event, then nothing until the end (every=3600 s)
+    assert lines[0].startswith("pgrecovery: copy: 0 B of 100.0 MiB (0%)")
+    assert lines[1].startswith("pgrecovery: copy: done, 100.0 MiB of 100.0 MiB (100%) at ")
+    assert "\r" not in "".join(lines)
+    assert _progress(argparse.Namespace(json=True)) is None  # stdout stays JSON, stderr quiet
