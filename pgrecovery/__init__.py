@@ -23,6 +23,7 @@ from .errors import (
     ManifestError,
     MissingDependency,
     PgRecoveryError,
+    PolicyLocked,
     RestoreError,
     StorageError,
     TargetUnreachable,
@@ -63,8 +64,31 @@ _LAZY = {
     "RecoveryResult": "recovery",
     "RecoveryTarget": "recovery",
     "WalArchiver": "wal",
+    "AgeLimit": "monitoring",
+    "CheckResult": "monitoring",
+    "HealthReport": "monitoring",
+    "RunRecord": "monitoring",
+    "StatusTable": "monitoring",
+    "Thresholds": "monitoring",
+    "check": "monitoring",
+    "metrics": "monitoring",
+    "recording": "monitoring",
+    "configure_logging": "logs",
     "RetentionPolicy": "retention",
     "expire": "retention",
+    "RowRescue": "rescue",
+    "Sandbox": "rescue",
+    "TableRescue": "rescue",
+    "recover_rows": "rescue",
+    "recover_table": "rescue",
+    "sandbox_at": "rescue",
+    "BackupPolicy": "policy",
+    "Job": "policy",
+    "JobRun": "policy",
+    "PolicyRun": "policy",
+    "Schedule": "policy",
+    "load_policy": "policy",
+    "run_policy": "policy",
 }
 
 if TYPE_CHECKING:
@@ -73,10 +97,24 @@ if TYPE_CHECKING:
     from .cluster import LocalCluster, temporary_cluster
     from .copies import CopyResult, RuleReport, check_321, copy_repository
     from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+    from .logs import configure_logging
     from .manifest import BackupManifest, ContentSummary, FileEntry
+    from .monitoring import (
+        AgeLimit,
+        CheckResult,
+        HealthReport,
+        RunRecord,
+        StatusTable,
+        Thresholds,
+        check,
+        metrics,
+        recording,
+    )
     from .physical import BaseBackup
+    from .policy import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
     from .progress import Progress, ProgressCallback
     from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
+    from .rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
     from .restore import LogicalRestore, RestoreResult
     from .retention import RetentionPolicy, expire
     from .storage import Repository, StoredObject
@@ -96,12 +134,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AgeLimit",
     "AlreadyExists",
     "BackupError",
     "BackupManifest",
     "BackupNotFound",
+    "BackupPolicy",
     "BaseBackup",
     "Check",
+    "CheckResult",
     "ChecksumMismatch",
     "ClusterBackup",
     "ClusterError",
@@ -111,6 +152,9 @@ __all__ = [
     "DatabaseError",
     "FileEntry",
     "GlobalsBackup",
+    "HealthReport",
+    "Job",
+    "JobRun",
     "Leftover",
     "LocalCluster",
     "LogicalBackup",
@@ -118,6 +162,8 @@ __all__ = [
     "ManifestError",
     "MissingDependency",
     "PgRecoveryError",
+    "PolicyLocked",
+    "PolicyRun",
     "Progress",
     "ProgressCallback",
     "RecoveryPlan",
@@ -127,10 +173,17 @@ __all__ = [
     "RestoreError",
     "RestoreResult",
     "RetentionPolicy",
+    "RowRescue",
     "RuleReport",
+    "RunRecord",
+    "Sandbox",
+    "Schedule",
+    "StatusTable",
     "StorageError",
     "StoredObject",
+    "TableRescue",
     "TargetUnreachable",
+    "Thresholds",
     "TocEntry",
     "ToolFailed",
     "ToolNotFound",
@@ -140,8 +193,17 @@ __all__ = [
     "WalArchiver",
     "WalGap",
     "__version__",
+    "check",
     "check_321",
+    "configure_logging",
     "copy_repository",
     "expire",
+    "load_policy",
+    "metrics",
+    "recording",
+    "recover_rows",
+    "recover_table",
+    "run_policy",
+    "sandbox_at",
     "temporary_cluster",
 ]

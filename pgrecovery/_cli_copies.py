@@ -9,7 +9,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import _storage_option
+    from .cli import _storage_option, status_options
 
     cp = verbs.add_parser(
         "copy",
@@ -28,6 +28,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     cp.add_argument("--backup", action="append", dest="backups", metavar="ID", help="copy only these backups")
     cp.add_argument("--no-wal", action="store_true", help="do not copy WAL")
     cp.add_argument("--workers", type=int, default=4, help="objects copied at once (default 4)")
+    status_options(cp)
 
     rule = verbs.add_parser(
         "check-321",
@@ -52,20 +53,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from .cli import _emit, _progress, _repo
+    from .cli import _emit, _progress, _repo, recorded
     from .copies import copy_repository
     from .storage import Repository
 
     source = _repo(args)
     target = Repository(args.to, **dict(args.to_storage_option))
-    result = copy_repository(
-        source,
-        target,
-        workers=args.workers,
-        backups=args.backups,
-        wal=not args.no_wal,
-        progress=_progress(args),
-    )
+    from .errors import StorageError
+
+    class _Incomplete(StorageError):
+        pass
+
+    try:
+        with recorded(args, "copy") as run:
+            result = copy_repository(
+                source,
+                target,
+                workers=args.workers,
+                backups=args.backups,
+                wal=not args.no_wal,
+                progress=_progress(args),
+            )
+            run.file_path = target.display_url
+            run.size_bytes = result.bytes_copied
+            if not result.ok:  # recorded as a failure, reported below
+                raise _Incomplete(f"{len(result.conflicts)} conflict(s), {len(result.corrupt)} corrupt object(s)")
+    except _Incomplete:
+        pass
 
     def text() -> str:
         lines = [

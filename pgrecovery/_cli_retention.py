@@ -60,6 +60,9 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pitr-days", type=_count, metavar="D", help="PITR window with --wal (default: --keep-days)")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    from .cli import status_options
+
+    status_options(p)
 
 
 def policy_from(args: argparse.Namespace) -> RetentionPolicy:
@@ -100,10 +103,13 @@ def _text(result: ExpireResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import _progress
+    from .cli import _progress, recorded
     from .retention import expire
 
-    result = expire(_repo(args), policy_from(args), dry_run=args.dry_run, progress=_progress(args))
+    repo = _repo(args)
+    with recorded(args, "expire") as run:
+        result = expire(repo, policy_from(args), dry_run=args.dry_run, progress=_progress(args))
+        run.file_path = repo.display_url
     _emit(args, result.to_dict(), _text(result))
     return EXIT_OK
 

@@ -63,7 +63,49 @@ def _common() -> _Parser:
     )
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (see docs/json.md)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="log lines on stderr as text or one JSON object per line (default: $PGRECOVERY_LOG_FORMAT or text)",
+    )
     return p
+
+
+def status_options(p: argparse.ArgumentParser) -> None:
+    """Options that record a run in the monitoring database's status table (see docs/monitoring.md)."""
+    p.add_argument(
+        "--status-dbname",
+        default=os.environ.get("PGRECOVERY_STATUS_DBNAME"),
+        metavar="CONNINFO",
+        help="record this run in the status table of this monitoring database (default: $PGRECOVERY_STATUS_DBNAME)",
+    )
+    p.add_argument(
+        "--status-table",
+        default=os.environ.get("PGRECOVERY_STATUS_TABLE"),
+        metavar="NAME",
+        help="status table name (default: $PGRECOVERY_STATUS_TABLE or pgrecovery_backup_status)",
+    )
+
+
+def recorded(args: argparse.Namespace, kind: str) -> Any:
+    """A `monitoring.recording` block when a status database is configured, else a plain timer-free block."""
+    import contextlib
+
+    conninfo = getattr(args, "status_dbname", None)
+    if not conninfo:
+        return contextlib.nullcontext(_NoRecord())
+    from .monitoring import DEFAULT_STATUS_TABLE, StatusTable, recording
+
+    return recording(StatusTable(conninfo, getattr(args, "status_table", None) or DEFAULT_STATUS_TABLE), kind)
+
+
+class _NoRecord:
+    backup_id: str | None = None
+    size_bytes: int | None = None
+
+    def note_backup(self, manifest: Any, repo: Any = None) -> None:
+        pass
 
 
 def _dbname(p: argparse.ArgumentParser, help_text: str = "libpq connection string or URI") -> None:
@@ -198,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--with-dependents", action="store_true", help="also delete incremental backups built on it")
     clean = verbs.add_parser("clean", help="remove interrupted backups' leftovers", parents=[common])
     clean.add_argument("--include-in-progress", action="store_true", help="also remove ones that look in progress")
+    for p in (lg, gl, bb, cl, verify):
+        status_options(p)
     for module in _extensions():
         module.add_verbs(verbs, common)
     demo = verbs.add_parser("demo", help="run the demonstration in a sandbox", parents=[common])
@@ -344,14 +388,18 @@ def _cmd_backup(args: argparse.Namespace) -> int:
             label=args.label,
             parent=args.parent,
         )
-        m = base.run(repo, progress=_progress(args))
+        with recorded(args, "base") as run:
+            m = base.run(repo, progress=_progress(args))
+            run.note_backup(m, repo)
         _emit(args, m.to_dict(), lambda: _manifest_text(m))
         return EXIT_OK
     elif args.kind == "globals":
         job = GlobalsBackup(dbname=args.dbname, roles_only=args.roles_only, no_role_passwords=args.no_role_passwords)
     else:
         job = ClusterBackup(dbname=args.dbname, exclude_databases=args.exclude_databases)
-    m = job.run(repo, progress=_progress(args))
+    with recorded(args, args.kind) as run:
+        m = job.run(repo, progress=_progress(args))
+        run.note_backup(m, repo)
     _emit(args, m.to_dict(), lambda: _manifest_text(m))
     return EXIT_OK
 
@@ -546,16 +594,28 @@ def _cmd_contents(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from .errors import VerificationFailed
     from .verify import Verifier
 
-    report = Verifier(_repo(args)).verify(
-        args.id,
-        drill=args.drill,
-        drill_server=args.drill_dbname,
-        source=args.source_dbname,
-        jobs=args.jobs,
-        progress=_progress(args),
-    )
+    class _Failed(VerificationFailed):
+        pass
+
+    try:
+        with recorded(args, "verify") as run:
+            report = Verifier(_repo(args)).verify(
+                args.id,
+                drill=args.drill,
+                drill_server=args.drill_dbname,
+                source=args.source_dbname,
+                jobs=args.jobs,
+                progress=_progress(args),
+            )
+            run.backup_id = report.backup_id
+            if not report.ok:  # recorded as a failure, reported below
+                bad = [f"{c.name}: {c.detail}" for c in report.failures]
+                raise _Failed(f"verification of {report.backup_id} failed: " + "; ".join(bad))
+    except _Failed:
+        pass
 
     def text() -> str:
         lines = [f"backup {report.backup_id}: {'OK' if report.ok else 'FAILED'}"]
@@ -619,7 +679,10 @@ _EXTENSION_VERBS: dict[str, str] = {
     ),
     "copy": "_cli_copies",
     "check-321": "_cli_copies",
+    "check": "_cli_monitoring",
+    "metrics": "_cli_monitoring",
     "expire": "_cli_retention",
+    "run-policy": "_cli_policy",
 }
 
 
@@ -640,11 +703,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code and "wal-fetch" in words:
             return 255  # as restore_command: a usage error must stop recovery, not look like "not archived"
         return code
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from .logs import configure_logging
+
+    try:
+        log_format = getattr(args, "log_format", None) or os.environ.get("PGRECOVERY_LOG_FORMAT") or "text"
+        if log_format not in ("text", "json"):
+            raise ConfigurationError(f"PGRECOVERY_LOG_FORMAT={log_format!r}: use text or json")
+        configure_logging(logging.INFO if getattr(args, "verbose", False) else logging.WARNING, log_format == "json")
+    except ConfigurationError as e:
+        sys.stderr.write(f"pgrecovery: {e}\n")
+        return EXIT_USAGE
     try:
         if args.verb in _VERBS:
             return _VERBS[args.verb](args)

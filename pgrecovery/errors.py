@@ -75,6 +75,10 @@ class VerificationFailed(PgRecoveryError):
     """A verification check failed; the report says which one."""
 
 
+class PolicyLocked(PgRecoveryError):
+    """Another ``run-policy`` holds the policy's lock; the message says which process and since when."""
+
+
 class EncryptionError(PgRecoveryError):
     """An encrypted object cannot be written or read: no key, a bad key, or an object that is not as written."""
 
@@ -102,6 +106,7 @@ __all__ = [
     "ManifestError",
     "MissingDependency",
     "PgRecoveryError",
+    "PolicyLocked",
     "RestoreError",
     "StorageError",
     "TamperedObject",

@@ -377,3 +377,31 @@ def test_bad_option_values_exit_2(capsys: pytest.CaptureFixture[str], url: str, 
         assert len(err.strip().splitlines()) == 1
         assert "Traceback" not in err
     assert cli_json(capsys, "--repo", url, "list")["backups"] == []
+
+
+def test_runs_are_recorded_in_the_status_table(
+    pg: LocalCluster, fresh_db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--status-dbname records each run (success and failure, redacted) where `pgrecovery check` reads it."""
+    repo = str(tmp_path / "repo")
+    status = pg.create_database(unique_name("status"))
+    table = f"runs_{unique_name('t')}"
+    record = ["--status-dbname", status, "--status-table", table]
+    assert main(["backup", "logical", "--repo", repo, "-d", fresh_db, "--json", *record]) == 0
+    backup_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["verify", backup_id, "--repo", repo, *record]) == 0
+    bad = "host=127.0.0.1 port=1 dbname=nowhere password=sekret-do-not-log"
+    assert main(["backup", "logical", "--repo", repo, "-d", bad, *record]) == 1
+    capsys.readouterr()
+    with psycopg.connect(status) as conn:
+        rows = conn.execute(
+            f"select type, status, backup_id, size_bytes, error_text from {table} order by id"
+        ).fetchall()
+    assert [(r[0], r[1]) for r in rows] == [("logical", "success"), ("verify", "success"), ("logical", "failure")]
+    assert rows[0][2] == backup_id
+    assert rows[1][2] == backup_id
+    assert rows[0][3] is not None
+    assert rows[0][3] > 0
+    assert "cannot connect" in rows[2][4]
+    assert "sekret-do-not-log" not in str(rows)
+    assert main(["check", "--repo", repo, "--status-dbname", status, "--status-table", table, "--json"]) != 3

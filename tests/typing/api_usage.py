@@ -39,3 +39,28 @@ def rescue(repo: Repository, cluster: LocalCluster) -> int | None:
     print(whole.seconds)
     one = restore.restore_table("orders", cluster.conninfo("shop"), new_name="orders_before")
     return one.rows
+
+
+def keep_three_copies(primary: Repository, offsite: Repository, nas: Repository) -> bool:
+    from pgrecovery import CopyResult, RetentionPolicy, RuleReport, check_321, copy_repository, expire
+
+    for copy in (nas, offsite):
+        result: CopyResult = copy_repository(primary, copy, workers=4)
+        if not result.ok:
+            print(result.conflicts, result.corrupt)
+    expired = expire(primary, RetentionPolicy.production(), dry_run=True)
+    print(expired.to_dict()["wal_removed"])
+    report: RuleReport = check_321([primary, nas, offsite], sites={offsite.display_url: "eu-west"})
+    return report.holds
+
+
+def watch(repo: Repository, conninfo: str) -> int:
+    from pgrecovery import HealthReport, StatusTable, check, metrics, recording
+
+    table = StatusTable(conninfo)
+    with recording(table, "logical") as run:
+        run.note_backup(LogicalBackup(dbname=conninfo).run(repo), repo)
+    health: HealthReport = check(repo, dbname=conninfo, status_table=table)
+    text: str = metrics(repo, status_table=table)
+    print(text)
+    return health.exit_code
