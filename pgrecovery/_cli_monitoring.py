@@ -26,19 +26,9 @@ def _sources(p: argparse.ArgumentParser) -> None:
         help="the monitored server (libpq string): WAL checks from pg_stat_archiver and archive_status "
         "(default: the newest WAL object in the repository)",
     )
-    p.add_argument(
-        "--status-dbname",
-        default=os.environ.get("PGRECOVERY_STATUS_DBNAME"),
-        metavar="CONNINFO",
-        help="monitoring database holding the status table (default: $PGRECOVERY_STATUS_DBNAME; none: not read)",
-    )
-    p.add_argument(
-        "--status-table",
-        default=os.environ.get("PGRECOVERY_STATUS_TABLE"),
-        metavar="NAME",
-        help="status table name, optionally schema.table (default: $PGRECOVERY_STATUS_TABLE or "
-        "pgrecovery_backup_status)",
-    )
+    from .cli import status_options
+
+    status_options(p, reading=True)
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:

@@ -72,19 +72,21 @@ def _common() -> _Parser:
     return p
 
 
-def status_options(p: argparse.ArgumentParser) -> None:
-    """Options that record a run in the monitoring database's status table (see docs/monitoring.md)."""
+def status_options(p: argparse.ArgumentParser, *, reading: bool = False) -> None:
+    """The monitoring database's status table (see docs/monitoring.md): where runs are recorded, or read from."""
+    what = "read runs from" if reading else "record this run in"
     p.add_argument(
         "--status-dbname",
         default=os.environ.get("PGRECOVERY_STATUS_DBNAME"),
         metavar="CONNINFO",
-        help="record this run in the status table of this monitoring database (default: $PGRECOVERY_STATUS_DBNAME)",
+        help=f"{what} the status table of this monitoring database (default: $PGRECOVERY_STATUS_DBNAME)",
     )
     p.add_argument(
         "--status-table",
         default=os.environ.get("PGRECOVERY_STATUS_TABLE"),
         metavar="NAME",
-        help="status table name (default: $PGRECOVERY_STATUS_TABLE or pgrecovery_backup_status)",
+        help="status table name, optionally schema.table (default: $PGRECOVERY_STATUS_TABLE or "
+        "pgrecovery_backup_status)",
     )
 
 
@@ -682,6 +684,7 @@ _EXTENSION_VERBS: dict[str, str] = {
     "check": "_cli_monitoring",
     "metrics": "_cli_monitoring",
     "expire": "_cli_retention",
+    "rescue": "_cli_rescue",
     "run-policy": "_cli_policy",
 }
 

@@ -1,0 +1,140 @@
+"""CLI verbs for rescuing rows and tables from a point in time: ``rescue rows`` and ``rescue table``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EXIT_OK = 0
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-time", help="timestamp with time zone, e.g. '2026-03-15 14:30:00+00'")
+    target.add_argument("--target-xid", help="a transaction id")
+    target.add_argument("--target-lsn", help="a WAL position, e.g. 0/3000060")
+    target.add_argument("--target-name", help="a restore point name")
+    p.add_argument("--exclusive", action="store_true", help="stop just before the target (time, xid, lsn)")
+    p.add_argument("--backup", metavar="ID", help="base backup to start from (default: chosen for the target)")
+    p.add_argument("--sandbox-db", required=True, metavar="DB", help="the database's name in the sandbox (then)")
+    p.add_argument("--workdir", help="directory for the sandbox (default: the system's temporary directory)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed for the sandbox's recovery")
+
+
+def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
+    from .cli import _Parser
+
+    rescue = verbs.add_parser(
+        "rescue",
+        help="bring back rows or a table as they were at a point in time (through a sandbox recovery)",
+        parents=[common],
+    )
+    kinds = rescue.add_subparsers(dest="rescue_kind", metavar="KIND", parser_class=_Parser)
+    kinds.required = True
+
+    rows = kinds.add_parser(
+        "rows", help="run a SELECT at the target; print the rows or insert them into the live table", parents=[common]
+    )
+    _target_options(rows)
+    rows.add_argument("--query", required=True, metavar="SQL", help="a SELECT run in the sandbox's database")
+    rows.add_argument(
+        "--param", action="append", default=[], dest="params", metavar="VALUE", help="a value for %%s (repeatable)"
+    )
+    rows.add_argument("--into", metavar="CONNINFO", help="the live database to insert the rows into")
+    rows.add_argument("--table", metavar="SCHEMA.TABLE", help="the live table (needs --into)")
+    rows.add_argument(
+        "--on-conflict",
+        choices=["error", "skip"],
+        default="error",
+        help="a row that breaks a unique constraint: fail and insert nothing (default), or skip it",
+    )
+
+    table = kinds.add_parser(
+        "table", help="load a table as it was at the target under a new name in the live database", parents=[common]
+    )
+    table.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
+    _target_options(table)
+    table.add_argument("--into", required=True, metavar="CONNINFO", help="the live database to load the table into")
+    table.add_argument(
+        "--new-name", help="name of the loaded table (default: TABLE_at_YYYYmmddHHMMSS or TABLE_recovered)"
+    )
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from .recovery import RecoveryTarget
+
+    inclusive = not args.exclusive
+    if args.target_time:
+        return RecoveryTarget.time(args.target_time, inclusive=inclusive)
+    if args.target_xid:
+        return RecoveryTarget.xid(args.target_xid, inclusive=inclusive)
+    if args.target_lsn:
+        return RecoveryTarget.lsn(args.target_lsn, inclusive=inclusive)
+    return RecoveryTarget.name(args.target_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rescue_kind == "rows":
+        return _rows(args)
+    return _table(args)
+
+
+def _rows(args: argparse.Namespace) -> int:
+    from .cli import _emit, _repo
+    from .errors import ConfigurationError
+    from .rescue import recover_rows
+
+    if (args.into is None) != (args.table is None):
+        raise ConfigurationError("--into and --table go together: the live database and the table to insert into")
+    res = recover_rows(
+        _repo(args),
+        _target(args),
+        args.query,
+        dbname=args.sandbox_db,
+        params=args.params or None,
+        into=args.into,
+        table=args.table,
+        on_conflict=args.on_conflict,
+        backup_id=args.backup,
+        workdir=args.workdir,
+        timeout=args.timeout,
+    )
+
+    def text() -> str:
+        head = (
+            f"{res.selected} row(s) at {res.target} (backup {res.backup_id}, replayed to {res.recovered_to}; "
+            f"sandbox {res.sandbox_seconds:.1f} s)"
+        )
+        if res.table is not None:
+            return f"{head}: {res.inserted} inserted into {res.table}, {res.skipped} skipped"
+        cells = [list(res.columns)] + [["NULL" if v is None else v for v in r] for r in res.text_rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(res.columns))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+        return "\n".join([head, *lines])
+
+    _emit(args, res.to_dict(), text)
+    return EXIT_OK
+
+
+def _table(args: argparse.Namespace) -> int:
+    from .cli import _emit, _repo
+    from .rescue import recover_table
+
+    res = recover_table(
+        _repo(args),
+        _target(args),
+        args.table,
+        dbname=args.sandbox_db,
+        into=args.into,
+        new_name=args.new_name,
+        backup_id=args.backup,
+        workdir=args.workdir,
+        timeout=args.timeout,
+    )
+    _emit(
+        args,
+        res.to_dict(),
+        f"loaded {res.table} as it was at {res.target} into {res.into} as {res.new_table}: {res.rows} row(s) "
+        f"(backup {res.backup_id}, replayed to {res.recovered_to}; {res.seconds:.1f} s)",
+    )
+    return EXIT_OK
