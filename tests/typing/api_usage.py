@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pgrecovery import (
     BackupManifest,
     LocalCluster,
@@ -64,3 +66,30 @@ def watch(repo: Repository, conninfo: str) -> int:
     text: str = metrics(repo, status_table=table)
     print(text)
     return health.exit_code
+
+
+def undo_a_delete(repo: Repository, live: str, before: datetime) -> int:
+    from pgrecovery import RecoveryTarget, RowRescue, TableRescue, recover_rows, recover_table
+
+    target = RecoveryTarget.time(before)
+    rows: RowRescue = recover_rows(
+        repo,
+        target,
+        "select * from orders where id = any(%s)",
+        dbname="shop",
+        params=[[1, 2]],
+        into=live,
+        table="public.orders",
+        on_conflict="skip",
+    )
+    table: TableRescue = recover_table(repo, target, "public.customers", dbname="shop", into=live)
+    print(table.to_dict())
+    return rows.inserted
+
+
+def scheduled(path: str) -> bool:
+    from pgrecovery import BackupPolicy, PolicyRun, load_policy, run_policy
+
+    policy: BackupPolicy = load_policy(path)
+    run: PolicyRun = run_policy(policy, dry_run=True)
+    return run.ok
