@@ -37,6 +37,9 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--job", action="append", dest="jobs", metavar="NAME", help="only this job (repeatable)")
     p.add_argument("--force", action="store_true", help="run the selected jobs even when they are not due")
+    from .cli import status_options
+
+    status_options(p)
     p.add_argument(
         "--now",
         metavar="TIME",
@@ -106,8 +109,19 @@ def run(args: argparse.Namespace) -> int:
     # The per-job lines are the point of this verb: show them without --verbose (-v adds the jobs not due).
     logging.getLogger("pgrecovery.policy").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     policy = _policy(args)
+    status = None
+    if args.status_dbname:
+        from .monitoring import DEFAULT_STATUS_TABLE, StatusTable
+
+        status = StatusTable(args.status_dbname, args.status_table or DEFAULT_STATUS_TABLE)
     result = run_policy(
-        policy, now=_now(args), dry_run=args.dry_run, state_dir=args.state_dir, jobs=args.jobs, force=args.force
+        policy,
+        now=_now(args),
+        dry_run=args.dry_run,
+        state_dir=args.state_dir,
+        jobs=args.jobs,
+        force=args.force,
+        status_table=status,
     )
     text = _text(result)
     if getattr(args, "json", False) or text:

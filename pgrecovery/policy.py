@@ -40,6 +40,7 @@ import attrs
 from .errors import ConfigurationError, PgRecoveryError, PolicyLocked
 
 if TYPE_CHECKING:
+    from .monitoring import StatusTable
     from .retention import RetentionPolicy
     from .storage import Repository
 
@@ -1135,6 +1136,26 @@ class _Run:
         )
 
 
+def _record_status(table: StatusTable, run: _Run, job: Job, done: JobRun) -> None:
+    from .monitoring import RunRecord
+    from .storage import redact_url
+
+    repo = run.policy.repository.url
+    record = RunRecord(
+        kind=job.kind,
+        status="failure" if done.status == "failed" else "success",
+        backup_id=done.backup_id,
+        file_path=f"{redact_url(repo).rstrip('/')}/backups/{done.backup_id}" if done.backup_id else None,
+        size_bytes=done.detail.get("size") if isinstance(done.detail.get("size"), int) else None,
+        duration_seconds=round(done.seconds or 0.0, 3),
+        error=done.error,
+    )
+    try:
+        table.record(record)
+    except PgRecoveryError as e:
+        log.warning("could not record job %s in the status table: %s", job.name, e)
+
+
 def _summary(kind: str, detail: Mapping[str, Any]) -> str:
     if kind == "copy":
         parts = [
@@ -1274,8 +1295,12 @@ def run_policy(
     state_dir: str | os.PathLike[str] | None = None,
     jobs: Sequence[str] | None = None,
     force: bool = False,
+    status_table: StatusTable | None = None,
 ) -> PolicyRun:
     """Run the jobs of ``policy`` that are due at ``now`` (default: the current time), in the policy's order.
+
+    With ``status_table`` every job that runs is also recorded there (see docs/monitoring.md), so that
+    ``pgrecovery check`` and ``metrics`` see it; a failure to record is logged, never fatal.
 
     ``dry_run`` only says which jobs are due and why (no lock taken, nothing written). ``jobs`` limits the call to
     these job names; ``force`` runs them whether due or not. A failed job is recorded and does not stop the
@@ -1317,6 +1342,8 @@ def run_policy(
                 found.append(planned)
                 continue
             done = run.execute(job, planned)
+            if status_table is not None:
+                _record_status(status_table, run, job, done)
             state.record(done)
             state.save()
             found.append(done)

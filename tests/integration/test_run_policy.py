@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgrecovery import LocalCluster, LogicalRestore, Repository, load_policy, run_policy
+from pgrecovery import LocalCluster, LogicalRestore, Repository, StatusTable, load_policy, run_policy
 from pgrecovery.policy import BackupPolicy
 
 NOW = datetime(2031, 6, 1, 2, 30, tzinfo=UTC)  # after the 02:00 fire time; far from the real clock on purpose
@@ -106,7 +106,8 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(
     at = "02:00"
     """
     policy = make_policy(tmp_path, broken + backup_and_verify(fresh_db, pg))
-    first = run_policy(policy, now=NOW)
+    status = StatusTable(pg.conninfo(db_name), "policy_runs")
+    first = run_policy(policy, now=NOW, status_table=status)
     assert [(j.name, j.status) for j in first.jobs] == [
         ("broken", "failed"),
         ("shop", "succeeded"),
@@ -121,6 +122,13 @@ def test_a_failing_job_is_recorded_and_the_others_still_run(
     assert "no_such_database" in state["jobs"]["broken"]["last_failure"]["error"]
     assert "last_success" not in state["jobs"]["broken"]
     assert [m.database for m in Repository(f"file://{tmp_path}/repo").backups("logical")] == [db_name]
+    # every job that ran is in the status table, where `pgrecovery check` and `metrics` read it
+    recorded = [(r.kind, r.status, r.backup_id) for r in reversed(status.recent())]
+    assert recorded == [
+        ("logical", "failure", None),
+        ("logical", "success", first.jobs[1].backup_id),
+        ("verify", "success", first.jobs[1].backup_id),  # the backup it verified
+    ]
 
     # The next call retries the failed job only (the repository's backup of another database does not count).
     second = run_policy(policy, now=NOW + timedelta(minutes=5))
