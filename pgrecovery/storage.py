@@ -3,6 +3,17 @@
 This module is the only one that talks to fsspec. It knows each protocol's quirks through a small capability
 table and offers writes that state their guarantee: an object is visible under its final name only once it is
 complete and (on local disk) durable, and nothing is overwritten unless the caller says so.
+
+What each object store does (read from s3fs, gcsfs and adlfs, proven against their emulators in tests/storage):
+
+* S3 (s3fs): a small object is one PutObject; a large one a multipart upload that s3fs completes only in
+  ``commit()`` (``close()`` uploads the last part); ``discard()`` aborts it. With ``mode="create"`` / ``"xb"``
+  both carry ``If-None-Match: *``, so a write never replaces an object that appeared meanwhile.
+* Google Cloud Storage (gcsfs): one request for a small object; a resumable upload for a large one, finalised
+  only by ``commit()``; ``discard()`` cancels the session. ``ifGenerationMatch=0`` makes both conditional.
+* Azure Blob (adlfs): blocks are staged as the file fills, and the block list is committed by ``close()`` (adlfs
+  ignores ``autocommit``; its ``commit()``/``discard()`` do nothing). So the writer closes the file only to commit,
+  and an aborted write is closed without its final flush: the staged blocks never become a blob.
 """
 
 from __future__ import annotations
@@ -10,23 +21,34 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
+import logging
 import os
+import random
+import re
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from .errors import AlreadyExists, ConfigurationError, MissingDependency, StorageError
+from .errors import AlreadyExists, ConfigurationError, MissingDependency, PgRecoveryError, StorageError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
     from .manifest import BackupManifest
 
+log = logging.getLogger(__name__)
+
 CHUNK: Final = 1 << 20
+PART_SIZE: Final = 8 << 20  # upload part (S3) / block (Azure) / resumable chunk (GCS) size for large objects
+MIN_PART_SIZE: Final = 5 << 20  # S3's minimum part size
+MAX_PARTS: Final = 10_000  # S3's maximum part count: parts grow so that no object needs more
+_T = TypeVar("_T")
 
 # Which extra provides which protocol (for the "install this" message).
 _EXTRAS: Final[dict[str, str]] = {
@@ -40,21 +62,176 @@ _EXTRAS: Final[dict[str, str]] = {
     "adl": "azure",
 }
 
+# -- capabilities ------------------------------------------------------------------------------------------------
 
-@attrs.frozen
+Finish = Literal["commit", "close"]
+
+
+@attrs.frozen(kw_only=True)
 class Capabilities:
-    """What a protocol guarantees, so that writes can be made safe on each one."""
+    """What a protocol guarantees, so that writes can be made safe on each one.
 
-    local: bool  # a POSIX filesystem on this host: temp + fsync + link/rename + fsync(dir)
-    commit_on_close: bool  # an object store: an upload becomes visible only when completed
+    ``local``: a POSIX filesystem on this host (temp file + fsync + link/rename + fsync of the directory).
+    ``object_store``: an upload becomes visible only when completed; ``finish`` says which call completes it on
+    the driver's file object (``commit`` for s3fs and gcsfs, ``close`` for adlfs). ``conditional``: a write can be
+    made conditional on the name being free (``mode="create"``/``"xb"``), closing the race of exists-then-write.
+    """
 
+    local: bool = False
+    object_store: bool = False
+    finish: Finish = "commit"
+    conditional: bool = False
+
+
+_LOCAL = Capabilities(local=True)
+_MEMORY = Capabilities()
+_S3 = Capabilities(object_store=True, finish="commit", conditional=True)
+_GCS = Capabilities(object_store=True, finish="commit", conditional=True)
+_AZURE = Capabilities(object_store=True, finish="close", conditional=True)
+_OTHER = Capabilities(object_store=True, finish="commit", conditional=False)  # fsspec's contract, unproven here
 
 _CAPS: Final[dict[str, Capabilities]] = {
-    "file": Capabilities(local=True, commit_on_close=False),
-    "local": Capabilities(local=True, commit_on_close=False),
-    "memory": Capabilities(local=False, commit_on_close=False),
+    "file": _LOCAL,
+    "local": _LOCAL,
+    "memory": _MEMORY,
+    "s3": _S3,
+    "s3a": _S3,
+    "gs": _GCS,
+    "gcs": _GCS,
+    "az": _AZURE,
+    "abfs": _AZURE,
+    "abfss": _AZURE,
 }
-_OBJECT_STORE = Capabilities(local=False, commit_on_close=True)
+_CACHED_LISTINGS: Final = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+
+# -- retries -----------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often and how patiently a storage operation is retried after a transient error.
+
+    At most ``attempts`` tries; before try *n* (n >= 2) a pause of ``base_delay * 2**(n-2)`` seconds, capped at
+    ``max_delay``, of which a random half is jitter (so that parallel workers do not retry in step). The drivers
+    retry single requests themselves; this policy wraps whole operations (a listing, an existence check, a read, a
+    delete, the completion of an upload) and only errors that `is_transient` accepts.
+    """
+
+    attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    base_delay: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    max_delay: float = attrs.field(default=8.0, validator=attrs.validators.ge(0))
+
+    def delay(self, attempt: int) -> float:
+        """The pause before try ``attempt + 1`` (``attempt`` counts from 1)."""
+        step = min(self.max_delay, self.base_delay * float(2 ** (attempt - 1)))
+        return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not cryptography
+
+
+# errno values that drivers use for throttling, busy servers and broken connections (s3fs maps SlowDown, 503 and
+# 409 to EBUSY and 500 to EREMOTEIO).
+_TRANSIENT_ERRNO: Final = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ECONNREFUSED,
+        errno.EPIPE,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        getattr(errno, "EREMOTEIO", 121),
+    }
+)
+_TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+# Connection-level exception classes of the drivers' HTTP stacks, by name (importing them would load the drivers).
+_TRANSIENT_NAMES: Final = frozenset(
+    {
+        # aiohttp (s3fs, gcsfs, adlfs)
+        "ClientConnectionError",
+        "ClientOSError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ClientConnectorError",
+        # botocore (s3fs)
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+        # azure-core (adlfs)
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "IncompleteReadError",
+        # google-auth / requests (gcsfs)
+        "TransportError",
+        "ChunkedEncodingError",
+    }
+)
+_PERMANENT: Final = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is worth retrying: throttling, a 5xx answer, a dropped connection.
+
+    Missing objects, refusals (permission, precondition) and pgrecovery's own errors are never transient.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, PgRecoveryError) or isinstance(current, _PERMANENT):  # noqa: SIM101
+            return False
+        if isinstance(current, ConnectionError | TimeoutError):
+            return True
+        if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNO:
+            return True
+        if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(current).__mro__):
+            return True
+        for attr in ("status_code", "status", "code"):
+            value = getattr(current, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value in _TRANSIENT_STATUS:
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# -- secrets in messages -----------------------------------------------------------------------------------------
+
+_SECRET_OPTION = re.compile(r"key|secret|token|password|passwd|credential|sas|connection_string|signature", re.I)
+_SECRET_TEXT = [
+    re.compile(r"(AccountKey=)[^;\s'\"]+", re.I),
+    re.compile(r"(SharedAccessSignature=)[^;\s'\"]+", re.I),
+    re.compile(r"([?&](?:sig|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|access_token)=)[^&\s'\"]+"),
+    re.compile(r"(\bSignature=)[^&,;\s'\"]+"),
+]
+
+
+def _secret_values(options: dict[str, Any]) -> list[str]:
+    """String values of storage options that look like credentials (for scrubbing them out of messages)."""
+    found: list[str] = []
+    for name, value in options.items():
+        if isinstance(value, dict):
+            found += _secret_values(value)
+        elif isinstance(value, str) and len(value) >= 6 and _SECRET_OPTION.search(name):
+            found.append(value)
+            if name.lower().endswith("connection_string"):
+                found += [m.group(2) for m in re.finditer(r"(AccountKey|SharedAccessSignature)=([^;]+)", value)]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(text: str, secrets_: list[str] | tuple[str, ...] = ()) -> str:
+    """``text`` with credential-looking parts (account keys, signatures, the given values) replaced by ``***``."""
+    for value in secrets_:
+        if value:
+            text = text.replace(value, "***")
+    for pattern in _SECRET_TEXT:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+# -- writers -----------------------------------------------------------------------------------------------------
 
 
 @attrs.frozen(kw_only=True)
@@ -194,29 +371,206 @@ class _BufferWriter(_HashingWriter):
         self._parts.clear()
 
 
-class _UploadWriter(_HashingWriter):
-    """Object stores: a (multipart) upload that is completed on commit and aborted otherwise."""
+class _ObjectWriter(_HashingWriter):
+    """Object stores: one conditional PUT for a small object, a multipart/resumable/block upload for a large one.
 
-    def __init__(self, key: str, fs: AbstractFileSystem, path: str) -> None:
+    Bytes are buffered until they reach the repository's part size. If the writer is committed before that, the
+    object goes in a single request (retried as a whole on a transient error: the data is still here). Otherwise
+    the driver's upload starts and takes the bytes as they come; parts grow after `MAX_PARTS` / 10 of them so
+    that S3's part limit is never reached. Nothing is visible under the key before `commit` completes the upload;
+    `abort` (or an error) cancels it.
+    """
+
+    def __init__(self, key: str, repo: Repository, path: str, overwrite: bool) -> None:
         super().__init__(key)
-        self._file = fs.open(path, "wb", autocommit=False)
+        self._repo, self._path, self._overwrite = repo, path, overwrite
+        self._conditional = repo.capabilities.conditional and not overwrite
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._file: Any = None
+        self._sent = 0
 
+    # -- writing -------------------------------------------------------------------------------------------
     def _write_raw(self, data: bytes) -> None:
-        self._file.write(data)
+        if self._file is None:
+            self._buffer.append(bytes(data))
+            self._buffered += len(data)
+            if self._buffered >= self._repo.part_size:
+                self._start_upload()
+        else:
+            self._feed(data)
 
-    def commit(self) -> StoredObject:
+    def _start_upload(self) -> None:
+        mode = "xb" if self._conditional else "wb"
+        fs, path, part = self._repo.fs, self._path, self._repo.part_size
+        # fs._open, not fs.open: open() also files an autocommit=False file into fs.transaction, a process-wide
+        # queue that nothing would ever empty (and that a `with fs.transaction` elsewhere would commit).
+        self._file = self._repo._retry(
+            "start an upload of", self.key, lambda: fs._open(path, mode, block_size=part, autocommit=False)
+        )
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        view = memoryview(data)
         try:
-            self._file.close()
-            self._file.commit()
+            for start in range(0, len(view), CHUNK):
+                piece = view[start : start + CHUNK]
+                self._file.write(piece)
+                self._sent += len(piece)
+                # Parts of part_size up to a tenth of S3's part limit, then each part 1/1000 of what was sent:
+                # 1,000 + 1,000 * ln(size / (1,000 * part_size)) parts, fewer than 10,000 up to 5 TiB.
+                self._file.blocksize = max(self._repo.part_size, self._sent // (MAX_PARTS // 10))
+        except Exception as e:
+            raise self._repo._failure("upload", self.key, e) from e
+
+    # -- completing ----------------------------------------------------------------------------------------
+    def commit(self) -> StoredObject:
+        if self._done:
+            raise StorageError(f"write of {self.key!r} was already finished")
+        try:
+            if self._file is None:
+                self._put_whole()
+            else:
+                self._complete_upload()
         except BaseException:
             self.abort()
             raise
         return self._result()
 
+    def _put_whole(self) -> None:
+        data = b"".join(self._buffer)
+        mode = "create" if self._conditional else "overwrite"
+        fs, path = self._repo.fs, self._path
+        caps = self._repo.capabilities
+
+        def put() -> None:
+            if caps.conditional:  # s3fs, gcsfs and adlfs take mode= (create: If-None-Match / ifGenerationMatch=0)
+                fs.pipe_file(path, data, mode=mode)
+                return
+            f = fs._open(path, "wb", autocommit=False)
+            try:
+                f.write(data)
+                f.close()
+                f.commit()
+            except BaseException:
+                _cancel(f)
+                raise
+
+        try:
+            self._repo._retry("store", self.key, put, confirm=self._landed)
+        except AlreadyExists:
+            if self._repo.capabilities.finish != "close" or self._repo.exists(self.key):
+                raise
+            # Azure: blocks staged by an aborted upload of this name make an "uncommitted blob", which Put Blob's
+            # If-None-Match counts as existing (Azurite does) while nothing is visible. Committing a block list
+            # under the same condition is not refused: go that way.
+            self._start_upload()
+            self._complete_upload()
+        self._buffer.clear()
+
+    def _complete_upload(self) -> None:
+        f = self._file
+        try:
+            f.close()  # S3: the last part; GCS: all but the final chunk; Azure: the block list (the commit)
+        except FileExistsError:
+            raise AlreadyExists(
+                f"refusing to overwrite {self.key!r}: it appeared in {self._repo.display_url} during the write"
+            ) from None
+        except Exception as e:
+            if not (is_transient(e) and self._landed()):
+                raise self._repo._failure("upload", self.key, e) from e
+        if self._repo.capabilities.finish == "commit":
+            self._repo._retry("complete the upload of", self.key, f.commit, confirm=self._landed)
+        self._file = None
+
+    def _landed(self) -> bool:
+        """After a lost answer: is exactly what we wrote stored under the key (our own attempt succeeded)?"""
+        try:
+            with contextlib.suppress(Exception):
+                self._repo.fs.invalidate_cache(self._path)
+            return self._repo.digest(self.key) == (self._size, self._hash.hexdigest())
+        except PgRecoveryError:
+            return False
+
     def abort(self) -> None:
         self._done = True
-        with contextlib.suppress(Exception):
-            self._file.discard()
+        self._buffer.clear()
+        if self._file is not None:
+            _cancel(self._file)
+            self._file = None
+
+    def __del__(self) -> None:
+        # Dropped without commit or abort: the driver's own finaliser would close its file, and adlfs completes an
+        # upload on close. Neuter it here, without network calls (a finaliser must not block); the unfinished
+        # upload stays invisible (see docs/repository.md for how each store eventually drops it).
+        f = getattr(self, "_file", None)
+        if f is not None and not getattr(self, "_done", True):
+            with contextlib.suppress(Exception):
+                f.forced = True
+                f.closed = True
+
+
+def _cancel(f: Any) -> None:
+    """Cancel a driver's upload without completing it (and without letting its finaliser complete it later)."""
+    with contextlib.suppress(Exception):
+        f.discard()  # S3: abort the multipart upload; GCS: cancel the resumable session; Azure: nothing
+    # close() of an un-forced file flushes, and adlfs commits its blocks on that flush: mark it forced first.
+    with contextlib.suppress(Exception):
+        f.forced = True
+        f.close()
+    with contextlib.suppress(Exception):
+        f.closed = True
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+
+
+class _RetryingReader(io.RawIOBase):
+    """A driver's read-only file whose reads are retried on transient errors.
+
+    fsspec's buffered files move their position only after a successful fetch, so a failed read can be repeated.
+    """
+
+    def __init__(self, f: Any, repo: Repository, key: str) -> None:
+        super().__init__()
+        self._f, self._repo, self._key = f, repo, key
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._f.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+    def read(self, size: int | None = -1) -> bytes:
+        n = -1 if size is None else size
+        return bytes(self._repo._retry("read", self._key, lambda: self._f.read(n)))
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._f.close()
+        super().close()
+
+
+# -- local durability helpers ------------------------------------------------------------------------------------
 
 
 def _fsync_dir(path: str) -> None:
@@ -252,6 +606,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+# -- the repository ----------------------------------------------------------------------------------------------
+
+
 @attrs.define(init=False, repr=False, eq=False)
 class Repository:
     """A place where backups and WAL live: a URL (plus fsspec storage options) or a filesystem and a root.
@@ -260,7 +617,10 @@ class Repository:
     >>> repo = Repository("s3://bucket/prefix", endpoint_url="http://...")     # doctest: +SKIP
     >>> repo = Repository(fs=fsspec.filesystem("memory"), root="/r")           # doctest: +SKIP
 
-    Storage options (keys, tokens) are passed to fsspec and never shown in ``repr``, logs or manifests.
+    Storage options (keys, tokens) are passed to fsspec and never shown in ``repr``, logs, errors or manifests;
+    they can also come from the environment (``FSSPEC_S3_KEY``, ``FSSPEC_GCS_TOKEN``, ... see docs/repository.md).
+    ``retry_policy`` says how transient storage errors are retried; ``part_size`` is the upload part size for
+    large objects on object stores (at least 5 MiB).
     """
 
     url: str
@@ -268,6 +628,9 @@ class Repository:
     root: str
     protocol: str
     capabilities: Capabilities
+    retry_policy: RetryPolicy
+    part_size: int
+    _secrets: tuple[str, ...]
 
     def __init__(
         self,
@@ -275,8 +638,12 @@ class Repository:
         *,
         fs: AbstractFileSystem | None = None,
         root: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        part_size: int = PART_SIZE,
         **storage_options: Any,
     ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ConfigurationError(f"part_size must be at least {MIN_PART_SIZE} bytes (5 MiB), not {part_size}")
         if fs is not None:
             if url is not None or storage_options:
                 raise ConfigurationError("give either a URL (with storage options) or fs=, not both")
@@ -294,7 +661,10 @@ class Repository:
             self.url = url
         self.fs = fs
         self.protocol = protocol
-        self.capabilities = _CAPS.get(protocol, _OBJECT_STORE)
+        self.capabilities = _CAPS.get(protocol, _OTHER)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.part_size = part_size
+        self._secrets = tuple(_secret_values(dict(getattr(fs, "storage_options", {}) or {})))
         if self.capabilities.local:
             root_path = os.path.abspath(root_path)
             if os.path.exists(root_path) and not os.path.isdir(root_path):
@@ -308,6 +678,60 @@ class Repository:
     def display_url(self) -> str:
         """The repository's URL with any credentials removed: safe to log and to put in JSON output."""
         return redact_url(self.url)
+
+    # -- errors and retries --------------------------------------------------------------------------------
+    def _reason(self, e: BaseException) -> str:
+        return scrub(_reason(e), self._secrets)
+
+    def _failure(self, what: str, key: str, e: BaseException, attempts: int = 1) -> StorageError:
+        if isinstance(e, StorageError):
+            return e
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return StorageError(f"cannot {what} {key!r} in {self.display_url}{tries}: {self._reason(e)}")
+
+    def _retry(self, what: str, key: str, op: Callable[[], _T], *, confirm: Callable[[], bool] | None = None) -> _T:
+        """``op()``, retried on transient errors; a lasting error becomes a `StorageError` naming key and repo.
+
+        ``confirm`` (for writes): after a transient failure, a retry that meets "already exists" asks it whether
+        the first attempt landed after all (its answer was lost) before calling that a conflict.
+        ``FileNotFoundError`` passes through for the caller to interpret.
+        """
+        policy = self.retry_policy
+        failed_before = False
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                return op()
+            except PgRecoveryError:
+                raise
+            except FileNotFoundError as e:
+                if confirm is None:
+                    raise
+                if failed_before and confirm():
+                    return None  # type: ignore[return-value]  # writes return nothing of interest
+                raise self._failure(what, key, e, attempt) from e
+            except FileExistsError:
+                if failed_before and confirm is not None and confirm():
+                    return None  # type: ignore[return-value]
+                raise AlreadyExists(
+                    f"refusing to overwrite {key!r}: it appeared in {self.display_url} during the write"
+                ) from None
+            except Exception as e:
+                if not is_transient(e) or attempt == policy.attempts:
+                    raise self._failure(what, key, e, attempt) from e
+                failed_before = True
+                pause = policy.delay(attempt)
+                log.info(
+                    "%s %s in %s: %s; retrying in %.2f s (attempt %d of %d)",
+                    what, key, self.display_url, self._reason(e), pause, attempt + 1, policy.attempts,
+                )  # fmt: skip
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fresh(self, path: str) -> None:
+        """Drop the driver's cached listings: another process may have written since (archive_command does)."""
+        if not self.capabilities.local:
+            with contextlib.suppress(Exception):
+                self.fs.invalidate_cache(path)
 
     # -- paths ---------------------------------------------------------------------------------------------
     def path(self, key: str) -> str:
@@ -326,21 +750,22 @@ class Repository:
         """A streaming writer that hashes as it goes. Use as a context manager, or call commit()/abort().
 
         The object appears under ``key`` only when committed; on local disk it is fsynced (file and directory)
-        first. With ``overwrite=False`` an existing object makes this raise `AlreadyExists`.
+        first. With ``overwrite=False`` an existing object makes this (or, if it appears meanwhile, the commit)
+        raise `AlreadyExists`.
         """
         path = self.path(key)
         try:
             if self.capabilities.local:
                 return _LocalWriter(key, path, overwrite)
-            if not overwrite and self.fs.exists(path):
-                raise AlreadyExists(f"refusing to overwrite {key!r}: it is already in the repository")
-            if self.capabilities.commit_on_close:
-                return _UploadWriter(key, self.fs, path)
-            return _BufferWriter(key, self.fs, path)
         except AlreadyExists:
             raise
         except OSError as e:
-            raise StorageError(f"cannot write {key!r} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot write {key!r} in {self.display_url}: {self._reason(e)}") from e
+        if not overwrite and self.exists(key):
+            raise AlreadyExists(f"refusing to overwrite {key!r}: it is already in the repository")
+        if self.capabilities.object_store:
+            return _ObjectWriter(key, self, path, overwrite)
+        return _BufferWriter(key, self.fs, path)
 
     def put_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject:
         w = self.writer(key, overwrite=overwrite)
@@ -353,16 +778,22 @@ class Repository:
 
     # -- reads ---------------------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
-        """A readable binary stream of ``key``."""
+        """A readable binary stream of ``key`` (on object stores: 8 MiB read-ahead, reads retried)."""
         path = self.path(key)
         try:
             if self.capabilities.local:
                 return open(path, "rb", buffering=CHUNK)
-            return self.fs.open(path, "rb", block_size=8 * CHUNK, cache_type="readahead")  # type: ignore[no-any-return]
+            self._fresh(path)
+            f = self._retry(
+                "read",
+                key,
+                lambda: self.fs.open(path, "rb", block_size=self.part_size, cache_type="readahead"),
+            )
         except FileNotFoundError:
             raise StorageError(f"{key!r} is missing from {self.display_url}") from None
         except OSError as e:
-            raise StorageError(f"cannot read {key!r} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot read {key!r} in {self.display_url}: {self._reason(e)}") from e
+        return _RetryingReader(f, self, key)  # type: ignore[return-value]  # io.RawIOBase is a binary stream
 
     def read_bytes(self, key: str) -> bytes:
         with self.open(key) as f:
@@ -386,27 +817,38 @@ class Repository:
         try:
             if self.capabilities.local:
                 return os.path.exists(path)
-            return bool(self.fs.exists(path))
+            self._fresh(path)
+            return bool(self._retry("check", key, lambda: self.fs.exists(path)))
         except OSError as e:
-            raise StorageError(f"cannot check {key!r} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot check {key!r} in {self.display_url}: {self._reason(e)}") from e
 
     def size(self, key: str) -> int:
+        path = self.path(key)
         try:
-            return int(self.fs.size(self.path(key)))
+            if self.capabilities.local:
+                return os.path.getsize(path)
+            self._fresh(path)
+            return int(self._retry("check", key, lambda: self.fs.size(path)))
         except FileNotFoundError:
             raise StorageError(f"{key!r} is missing from {self.display_url}") from None
+        except OSError as e:
+            raise StorageError(f"cannot check {key!r} in {self.display_url}: {self._reason(e)}") from e
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        """Every key below ``prefix`` (recursively), sorted. Temporary files of unfinished writes are skipped."""
+        """Every key below ``prefix`` (recursively), sorted. Temporary files of unfinished writes are skipped.
+
+        Object store listings come in pages (1,000 keys on S3, 5,000 on Azure); the drivers follow them all.
+        """
         base = self.path(prefix) if prefix else self.root
         try:
             if self.capabilities.local and not os.path.isdir(base):
                 return []
-            found = self.fs.find(base)
+            self._fresh(base)
+            found = self._retry("list", prefix or "/", lambda: self.fs.find(base))
         except FileNotFoundError:
             return []
         except OSError as e:
-            raise StorageError(f"cannot list {prefix or '/'} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot list {prefix or '/'} in {self.display_url}: {self._reason(e)}") from e
         root = self.fs._strip_protocol(self.root).rstrip("/") + "/"
         keys = []
         for p in found:
@@ -423,36 +865,46 @@ class Repository:
         try:
             if self.capabilities.local:
                 return sorted(os.listdir(base)) if os.path.isdir(base) else []
-            entries = self.fs.ls(base, detail=False)
+            self._fresh(base)
+            entries = self._retry("list", prefix, lambda: self.fs.ls(base, detail=False))
         except FileNotFoundError:
             return []
         except OSError as e:
-            raise StorageError(f"cannot list {prefix} in {self.display_url}: {_reason(e)}") from e
-        return sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries})
+            raise StorageError(f"cannot list {prefix} in {self.display_url}: {self._reason(e)}") from e
+        return sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
 
     # -- deletes -------------------------------------------------------------------------------------------
     def delete(self, key: str) -> None:
+        path = self.path(key)
         try:
-            self.fs.rm_file(self.path(key))
+            self._retry("delete", key, lambda: self.fs.rm_file(path))
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StorageError(f"cannot delete {key!r} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot delete {key!r} in {self.display_url}: {self._reason(e)}") from e
+        self._fresh(path)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Delete every object under ``prefix``."""
+        """Delete every object under ``prefix`` (object stores: batched deletes, retried)."""
         path = self.path(prefix)
         try:
             if self.capabilities.local:
                 import shutil
 
                 shutil.rmtree(path, ignore_errors=False)
-            elif self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
+                return
+            paths = [self.path(k) for k in self.list_keys(prefix)]
+            if paths:
+                try:
+                    self._retry("delete", f"{prefix}/", lambda: self.fs.rm(paths))
+                except FileNotFoundError:  # a retry after a partial success: delete what is left one by one
+                    for key in self.list_keys(prefix):
+                        self.delete(key)
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StorageError(f"cannot delete {prefix!r} in {self.display_url}: {_reason(e)}") from e
+            raise StorageError(f"cannot delete {prefix!r} in {self.display_url}: {self._reason(e)}") from e
+        self._fresh(path)
 
     # -- backups (see catalog.py) ---------------------------------------------------------------------------
     def backups(self, kind: str | None = None) -> list[BackupManifest]:
@@ -488,7 +940,8 @@ def _reason(e: BaseException) -> str:
         return f"permission denied ({e.filename or e})"
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return "no space left on device"
-    return str(e) or type(e).__name__
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text and not isinstance(e, OSError) else text or type(e).__name__
 
 
 def _open_fs(url: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str]:
@@ -499,6 +952,9 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str
         if scheme and len(scheme) > 1:  # "s3:bucket" and the like; a Windows drive letter is one char
             raise ConfigurationError(f"repository URL {redact_url(url)!r} lacks '://': write {scheme}://...")
         url = os.path.abspath(url)
+    if scheme in _CACHED_LISTINGS:
+        # Listings must be fresh: other processes (archive_command) write into the same repository.
+        options = {"use_listings_cache": False, **options}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
@@ -511,7 +967,7 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str
                 f"unknown storage protocol {scheme!r} in repository URL {redact_url(url)!r}: "
                 "use file://, s3://, gs://, az:// or another fsspec protocol"
             ) from None
-        raise ConfigurationError(f"bad repository URL {redact_url(url)!r}: {e}") from None
+        raise ConfigurationError(f"bad repository URL {redact_url(url)!r}: {scrub(str(e))}") from None
     except TypeError as e:
-        raise ConfigurationError(f"bad storage option for {scheme}://: {e}") from None
+        raise ConfigurationError(f"bad storage option for {scheme}://: {scrub(str(e))}") from None
     return fs, str(path)
