@@ -58,7 +58,7 @@ def _copy(args: argparse.Namespace) -> int:
     from .storage import Repository
 
     source = _repo(args)
-    target = Repository(args.to, **dict(args.to_storage_option))
+    target = Repository(args.to, encryption=source.encryption, **dict(args.to_storage_option))
     from .errors import StorageError
 
     class _Incomplete(StorageError):
@@ -108,7 +108,8 @@ def _check_321(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--site expects URL=SITE, got {item!r}")
         sites[redact_url(url)] = site
     options = dict(getattr(args, "storage_option", None) or [])
-    repos = [_repo(args), *(Repository(u, **options) for u in args.copies)]
+    primary = _repo(args)
+    repos = [primary, *(Repository(u, encryption=primary.encryption, **options) for u in args.copies)]
     report = check_321(repos, sites=sites, count_production=not args.no_production)
 
     def text() -> str:

@@ -120,9 +120,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _repo(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Repository:
+    from .cli import encryption_key
     from .storage import Repository
 
-    return Repository(_url(args), **{**(extra or {}), **_options(args)})
+    key_file = getattr(args, "encryption_key_file", None)
+    if key_file:  # the prefetcher this may start reads the same key
+        os.environ["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
+    return Repository(_url(args), encryption=encryption_key(args), **{**(extra or {}), **_options(args)})
 
 
 def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs: Any) -> WalArchiver:
@@ -136,7 +140,9 @@ def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs
 
 
 def _fail(verb: str, e: BaseException) -> None:
-    text = " ".join(str(e).split()) or type(e).__name__
+    from .logs import redact  # PostgreSQL copies this line into its log: no secret a driver echoed goes there
+
+    text = redact(" ".join(str(e).split())) or type(e).__name__
     sys.stderr.write(f"pgrecovery: {verb}: {text}\n")
 
 

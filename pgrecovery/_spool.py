@@ -195,6 +195,29 @@ def take_prefetched(name: str, dest: str, spool: str, tag: str) -> bool:
     return True
 
 
+def remove_stale_temps(dest: str) -> list[str]:
+    """Remove the temporary files that interrupted deliveries to ``dest`` left beside it; returns their names.
+
+    A killed restore_command (SIGKILL, or the SIGTERM PostgreSQL sends its process group at shutdown) cannot
+    clean up, and nobody else would: PostgreSQL ignores dot files in pg_wal. It runs one restore_command at a time
+    for a destination, so such a file is never one being written.
+    """
+    directory, base = os.path.split(dest)
+    prefix = f".{base}."
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    return [
+        n
+        for n in names
+        if n.startswith(prefix)
+        and n.endswith(".tmp")
+        and len(n) == len(prefix) + 12
+        and _unlink(os.path.join(directory, n))
+    ]
+
+
 def note_wanted(spool: str, name: str) -> None:
     """Record the segment restore_command just asked for, so that a running prefetcher works ahead of it."""
     directory = ensure_dir(prefetch_dir(spool))
@@ -416,7 +439,7 @@ def _fast_args(argv: Sequence[str]) -> tuple[str, dict[str, str], list[str], set
     pos: list[str] = []
     it = iter(argv[1:])
     for arg in it:
-        if arg in ("--repo", "--spool"):
+        if arg in ("--repo", "--spool", "--encryption-key-file"):  # a key file changes no spool decision
             value = next(it, None)
             if value is None:
                 return None
@@ -454,6 +477,7 @@ def fast_command(argv: Sequence[str]) -> int | None:
         if verb == "wal-fetch" and len(pos) == 2:
             name, dest = pos[0], os.path.abspath(pos[1])
             spool = opts.get("--spool") or default_spool(dest)
+            remove_stale_temps(dest)
             if not take_prefetched(name, dest, spool, repo_tag(url)):
                 return None
             if "--no-prefetch" not in flags:

@@ -13,12 +13,21 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import attrs
 
-from .errors import AlreadyExists, BackupNotFound, ConfigurationError, ManifestError, StorageError
+from .errors import (
+    AlreadyExists,
+    BackupNotFound,
+    ConfigurationError,
+    EncryptionError,
+    ManifestError,
+    StorageError,
+    TamperedObject,
+)
 from .manifest import BackupManifest
 from .storage import Repository
 
@@ -38,13 +47,21 @@ def data_key(backup_id: str, name: str) -> str:
     return f"{BACKUPS}/{backup_id}/data/{name}"
 
 
-def claim_backup_id(repo: Repository, kind: str, now: datetime | None = None) -> str:
-    """A new id that sorts by time (``20261124T101500Z-logical``), claimed by a no-clobber marker."""
+def claim_backup_id(
+    repo: Repository, kind: str, now: datetime | None = None, *, needs: Sequence[str] | None = None
+) -> str:
+    """A new id that sorts by time (``20261124T101500Z-logical``), claimed by a no-clobber marker.
+
+    ``needs``: the backups this one will take files from (an incremental backup's parent). The marker records
+    them, so that `expire` and `delete` leave them alone while this backup is in progress.
+    """
     now = (now or datetime.now(UTC)).astimezone(UTC)
     base = f"{now:%Y%m%dT%H%M%SZ}-{kind}"
-    marker = json.dumps(
-        {"kind": kind, "host": socket.gethostname(), "pid": os.getpid(), "started_at": now.isoformat()}
-    ).encode()
+    info: dict[str, Any] = {"kind": kind, "host": socket.gethostname(), "pid": os.getpid()}
+    info["started_at"] = now.isoformat()
+    if needs is not None:
+        info["needs"] = list(needs)
+    marker = json.dumps(info).encode()
     for n in range(1000):
         backup_id = base if n == 0 else f"{base}-{n}"
         try:
@@ -55,9 +72,35 @@ def claim_backup_id(repo: Repository, kind: str, now: datetime | None = None) ->
     raise StorageError(f"cannot find a free backup id for {base} in {repo.display_url}")
 
 
-def finish_backup(repo: Repository, manifest: BackupManifest) -> None:
-    """Write the manifest, which makes the backup complete. The started marker stays: it holds the id's claim."""
+def finish_backup(repo: Repository, manifest: BackupManifest) -> BackupManifest:
+    """Write the manifest, which makes the backup complete. The started marker stays: it holds the id's claim.
+
+    In an encrypted repository the manifest records which key (its id, never the key) encrypted the backup."""
+    if repo.encryption is not None and manifest.encryption is None:
+        manifest = attrs.evolve(manifest, encryption=repo.encryption_info())
     repo.put_bytes(manifest_key(manifest.id), manifest.to_json().encode())
+    return manifest
+
+
+def needs_of(m: BackupManifest) -> list[str]:
+    """The other backups whose files ``m`` takes (an incremental backup's parent and the ones it takes from)."""
+    if m.physical is None:
+        return []
+    wanted = {x.source for x in m.physical.members}
+    if m.physical.parent is not None:
+        wanted.add(m.physical.parent)
+    wanted.discard(m.id)
+    return sorted(wanted)
+
+
+def gone(repo: Repository, backup_ids: Sequence[str]) -> list[str]:
+    """Those of ``backup_ids`` that are no longer complete: manifest deleted, or marked by `expire` (which
+    writes ``expired.json`` before it deletes the manifest)."""
+    return [
+        b
+        for b in backup_ids
+        if not repo.exists(manifest_key(b)) or repo.exists(f"{BACKUPS}/{b}/expired.json")  # retention.EXPIRED
+    ]
 
 
 def abandon_backup(repo: Repository, backup_id: str) -> None:
@@ -72,14 +115,22 @@ def abandon_backup(repo: Repository, backup_id: str) -> None:
 def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
     try:
         text = repo.read_bytes(manifest_key(backup_id))
+    except EncryptionError:
+        raise  # no key, the wrong key, or a tampered manifest: say that, not "not found"
     except StorageError:
         raise BackupNotFound(
             f"no complete backup {backup_id!r} in {repo.display_url}: run `pgrecovery list` to see the ids"
         ) from None
     try:
-        return BackupManifest.from_json(text)
+        m = BackupManifest.from_json(text)
     except ManifestError as e:
         raise ManifestError(f"backup {backup_id}: {e}") from None
+    if m.id != backup_id:  # moved or swapped: its files are another backup's, never silently use them
+        raise ManifestError(
+            f"{manifest_key(backup_id)} is the manifest of backup {m.id}, not of {backup_id}: it was moved or "
+            "swapped; put it back under its own backup (or delete the backup)"
+        )
+    return m
 
 
 def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManifest]:
@@ -90,7 +141,7 @@ def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManife
             continue
         try:
             m = read_manifest(repo, backup_id)
-        except ManifestError as e:
+        except (ManifestError, TamperedObject) as e:
             log.warning("skipping backup %s: %s", backup_id, e)
             continue
         if kind is None or m.kind == kind:
@@ -133,6 +184,13 @@ def delete_backup(repo: Repository, backup_id: str, *, with_dependents: bool = F
             f"backup {m.id} holds files that incremental backup(s) {', '.join(x.id for x in needing)} rely on: "
             "delete those first, or delete with their dependents (with_dependents=True, CLI --with-dependents)"
         )
+    for busy in leftovers(repo):
+        used = [v.id for v in [*needing, m] if busy.reason == "in progress" and v.id in (busy.needs or ())]
+        if used:
+            raise ConfigurationError(
+                f"backup {used[0]} holds files that backup {busy.id}, in progress (pid {busy.pid} on {busy.host} "
+                f"since {busy.started_at.isoformat() if busy.started_at else '?'}), takes: wait until it has finished"
+            )
     deleted = []
     for victim in [*needing, m]:
         repo.delete(manifest_key(victim.id))
@@ -150,6 +208,7 @@ class Leftover:
     pid: int | None
     started_at: datetime | None
     reason: str
+    needs: tuple[str, ...] | None = None  # backups it takes files from (None: not recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,14 +226,17 @@ def leftovers(repo: Repository) -> list[Leftover]:
     for backup_id in repo.children(BACKUPS):
         if repo.exists(manifest_key(backup_id)):
             continue
-        host = pid = started = None
+        host = pid = started = needs = None
         try:
             info = json.loads(repo.read_bytes(f"{BACKUPS}/{backup_id}/{STARTED}"))
             host, pid = info.get("host"), info.get("pid")
+            if isinstance(info.get("needs"), list):
+                needs = tuple(str(x) for x in info["needs"])
             started = datetime.fromisoformat(info["started_at"])
         except (StorageError, ValueError, KeyError, TypeError):
             pass
-        out.append(Leftover(id=backup_id, host=host, pid=pid, started_at=started, reason=_why(host, pid, started)))
+        why = _why(host, pid, started)
+        out.append(Leftover(id=backup_id, host=host, pid=pid, started_at=started, reason=why, needs=needs))
     return out
 
 

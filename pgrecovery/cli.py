@@ -64,6 +64,13 @@ def _common() -> _Parser:
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON (see docs/json.md)")
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log progress details")
     p.add_argument(
+        "--encryption-key-file",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="the repository's encryption key (default: $PGRECOVERY_ENCRYPTION_KEY_FILE or "
+        "$PGRECOVERY_ENCRYPTION_KEY; none: not encrypted; see docs/encryption.md)",
+    )
+    p.add_argument(
         "--log-format",
         choices=["text", "json"],
         default=argparse.SUPPRESS,
@@ -309,7 +316,22 @@ def _repo(args: argparse.Namespace) -> Any:
     url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
     if not url:
         raise ConfigurationError("no repository: pass --repo URL or set PGRECOVERY_REPO")
-    return Repository(url, **dict(getattr(args, "storage_option", []) or []))
+    return Repository(url, encryption=encryption_key(args), **dict(getattr(args, "storage_option", []) or []))
+
+
+def encryption_key(args: argparse.Namespace) -> Any:
+    """The repository key from --encryption-key-file or the environment (None: the repository is not encrypted).
+    Only imported when one is configured, so that the plain path stays free of the cryptography package."""
+    file = getattr(args, "encryption_key_file", None)
+    if (
+        not file
+        and not os.environ.get("PGRECOVERY_ENCRYPTION_KEY_FILE")
+        and not os.environ.get("PGRECOVERY_ENCRYPTION_KEY")
+    ):
+        return None
+    from .crypto import EncryptionKey
+
+    return EncryptionKey.from_environment(file)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -641,11 +663,16 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 def _cmd_clean(args: argparse.Namespace) -> int:
     from .catalog import clean_leftovers
 
-    removed = clean_leftovers(_repo(args), include_in_progress=args.include_in_progress)
+    repo = _repo(args)
+    removed = clean_leftovers(repo, include_in_progress=args.include_in_progress)
+    temps = repo.stale_temp_files()  # left by writes killed mid-way (an hour old at least)
+    for key in temps:
+        repo.remove_temp_file(key)
+    lines = [f"removed {x.id} ({x.reason})" for x in removed] + [f"removed temporary file {k}" for k in temps]
     _emit(
         args,
-        {"removed": [x.to_dict() for x in removed]},
-        "\n".join(f"removed {x.id} ({x.reason})" for x in removed) or "nothing to clean",
+        {"removed": [x.to_dict() for x in removed], "temporary_files": temps},
+        "\n".join(lines) or "nothing to clean",
     )
     return EXIT_OK
 

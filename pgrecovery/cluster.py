@@ -53,7 +53,8 @@ def _quote_setting(value: object) -> str:
         return "on" if value else "off"
     if isinstance(value, int | float):
         return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    # PostgreSQL's configuration parser reads backslash escapes inside quotes: double them, as ALTER SYSTEM does
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _absolute(path: str | os.PathLike[str]) -> Path:

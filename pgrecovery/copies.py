@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .catalog import BACKUPS, MANIFEST, STARTED, manifest_key
+from .catalog import BACKUPS, MANIFEST, STARTED, gone, manifest_key, needs_of
 from .errors import AlreadyExists, ChecksumMismatch, ConfigurationError, StorageError
 from .progress import Meter, ProgressCallback
 
@@ -104,8 +104,9 @@ def copy_repository(
         job.pool = pool
         if wal:
             job.copy_wal()
-        wanted = set(backups) if backups is not None else None
-        for m in source.backups():
+        listed = source.backups()
+        wanted = _with_needs(set(backups), listed) if backups is not None else None
+        for m in listed:  # oldest first: what an incremental backup takes files from arrives before it
             if wanted is None or m.id in wanted:
                 job.copy_backup(m)
     job.meter.finish()
@@ -194,9 +195,16 @@ class _Copy:
         if not all(list(self.pool.map(lambda j: self._copy_object(*j), jobs))):
             log.warning("backup %s not completed in %s (see the errors above)", m.id, self.target.display_url)
             return
+        missing = gone(self.target, needs_of(m))
+        if missing:
+            self._conflict(f"{manifest_key(m.id)}: backup {missing[0]}, which it takes files from, is incomplete there")
+            return
         try:
             self.target.put_bytes(manifest_key(m.id), manifest_bytes)
         except AlreadyExists:
+            if self.target.read_bytes(manifest_key(m.id)) == manifest_bytes:  # another copy finished it first
+                self.backups_present.append(m.id)
+                return
             self._conflict(f"{manifest_key(m.id)}: appeared in the target during the copy")
             return
         self.backups_copied.append(m.id)
@@ -220,6 +228,7 @@ class _Copy:
             "pid": os.getpid(),
             "started_at": datetime.now(UTC).isoformat(),
             "copy_of": self.source.display_url,
+            "needs": needs_of(m),  # expire and delete there keep these while the copy runs
         }
         self.target.put_bytes(key, json.dumps(marker).encode(), overwrite=True)
         return True
@@ -279,6 +288,19 @@ class _Copy:
         with self._lock:
             self.conflicts.append(what)
         log.error("copy conflict: %s (left as it is)", what)
+
+
+def _with_needs(ids: set[str], listed: Sequence[BackupManifest]) -> set[str]:
+    """``ids`` and, transitively, every backup they take files from."""
+    by_id = {m.id: m for m in listed}
+    todo, out = list(ids), set(ids)
+    while todo:
+        m = by_id.get(todo.pop())
+        for dep in needs_of(m) if m is not None else []:
+            if dep not in out:
+                out.add(dep)
+                todo.append(dep)
+    return out
 
 
 def _same_place(a: Repository, b: Repository) -> bool:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .storage import ObjectWriter, StoredObject
 
 ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY"
+FILE_ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY_FILE"
 KEY_FILE_OPTION: Final = "--encryption-key-file"
 KEY_SIZE: Final = 32
 MAGIC: Final = b"PGRE"
@@ -79,6 +80,7 @@ class EncryptionKey:
 
     _material: bytes = attrs.field(alias="material")
     source: str = attrs.field(default="given in code", kw_only=True)  # where it came from, for messages
+    file: str | None = attrs.field(default=None, kw_only=True)  # the key file it was read from, if any
 
     @_material.validator
     def _check(self, _: object, value: bytes) -> None:
@@ -127,6 +129,21 @@ class EncryptionKey:
         return cls.from_text(value, source=f"environment variable {var}")
 
     @classmethod
+    def from_environment(cls, file: str | os.PathLike[str] | None = None) -> EncryptionKey | None:
+        """The key a command line or a scheduled job should use: ``file`` when given, else the file named by
+        ``PGRECOVERY_ENCRYPTION_KEY_FILE``, else ``PGRECOVERY_ENCRYPTION_KEY``; None when none is set (the
+        repository is not encrypted). Both variables at once is refused: it is not clear which key is meant."""
+        explicit = file is not None  # an explicit file (--encryption-key-file) wins over both variables
+        file = file or os.environ.get(FILE_ENV_VAR) or None
+        if file is not None and not explicit and os.environ.get(ENV_VAR, "").strip():
+            raise ConfigurationError(f"both {ENV_VAR} and {FILE_ENV_VAR} are set: keep one of them")
+        if file is not None:
+            return cls.from_file(file)
+        if os.environ.get(ENV_VAR, "").strip():
+            return cls.from_env()
+        return None
+
+    @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> EncryptionKey:
         """The key in file ``path`` (base64 or hex, surrounding whitespace ignored).
 
@@ -165,7 +182,7 @@ class EncryptionKey:
             raise ConfigurationError(
                 f"encryption key file {name} is not text: write the key as base64 or hex of {KEY_SIZE} bytes"
             ) from None
-        return cls.from_text(text, source=f"key file {name}")
+        return cls(_decode(text, f"key file {name}"), source=f"key file {name}", file=os.path.abspath(name))
 
     # -- export ---------------------------------------------------------------------------------------------
     def to_base64(self) -> str:

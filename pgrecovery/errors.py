@@ -8,7 +8,18 @@ from __future__ import annotations
 
 
 class PgRecoveryError(Exception):
-    """Base of every error pgrecovery raises on purpose."""
+    """Base of every error pgrecovery raises on purpose.
+
+    Its message is redacted when the error is made (passwords, keys, tokens, URL passwords become ``***``), so
+    that no secret a driver or a tool echoed reaches ``str()``, ``repr()``, a log line or the command's stderr.
+    """
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            from .logs import redact
+
+            args = (redact(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigurationError(PgRecoveryError):

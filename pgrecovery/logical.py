@@ -40,6 +40,11 @@ _BIG_MEMBER: Final = 32 << 20  # directory-format members at least this big are 
 _EXT: Final = {"custom": ".pgdump", "plain": ".sql", "tar": ".tar"}
 
 
+def _at_least_one(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name} must be a whole number of 1 or more, not {value!r}")
+
+
 def _names(value: str | Iterable[str]) -> tuple[str, ...]:
     """A tuple of names; a single string is one name (not its characters)."""
     return (value,) if isinstance(value, str) else tuple(value)
@@ -114,7 +119,7 @@ class LogicalBackup:
     compression: Compression = "zstd"
     level: int | None = None
     threads: int = 0
-    jobs: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    jobs: int = attrs.field(default=1, validator=_at_least_one)
     schemas: Sequence[str] = attrs.field(default=(), converter=_names)
     exclude_schemas: Sequence[str] = attrs.field(default=(), converter=_names)
     tables: Sequence[str] = attrs.field(default=(), converter=_names)
@@ -186,7 +191,7 @@ class LogicalBackup:
                 summary=summary,
                 pgrecovery_version=__version__,
             )
-            finish_backup(repo, manifest)
+            manifest = finish_backup(repo, manifest)
         return manifest
 
     def _command(self, pg_dump: pgtools.PgTool, conninfo: str, fmt: str, output: str | None) -> list[str]:
@@ -365,7 +370,7 @@ class GlobalsBackup:
                 options={k: v for k, v in attrs.asdict(self).items() if k != "dbname" and v},
                 pgrecovery_version=__version__,
             )
-            finish_backup(repo, manifest)
+            manifest = finish_backup(repo, manifest)
         return manifest
 
 
@@ -469,7 +474,7 @@ class ClusterBackup:
                 options={"exclude_databases": list(self.exclude_databases)} if self.exclude_databases else {},
                 pgrecovery_version=__version__,
             )
-            finish_backup(repo, manifest)
+            manifest = finish_backup(repo, manifest)
         return manifest
 
 

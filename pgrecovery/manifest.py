@@ -7,6 +7,7 @@ and ``schema_version`` goes up when a reader of the old version could not unders
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -18,6 +19,9 @@ from .codec import CODECS, Codec
 from .errors import ManifestError
 
 SCHEMA_VERSION: Final = 1
+# The stored JSON carries the sha256 of its own content, so that a changed byte anywhere in a manifest (a name,
+# a time, a count: fields no other check covers) is detected when it is read.
+CHECKSUM_FIELD: Final = "manifest_sha256"
 
 
 def _utc(value: datetime | str) -> datetime:
@@ -126,6 +130,7 @@ class BackupManifest:
     summary: ContentSummary | None = None
     physical: PhysicalInfo | None = None
     pgrecovery_version: str = ""
+    encryption: dict[str, str] | None = None  # {"cipher", "format", "key_id"} when the repository encrypts
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -161,7 +166,10 @@ class BackupManifest:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The stored form: `to_dict` plus ``manifest_sha256``, the sha256 of that content."""
+        data = self.to_dict()
+        data[CHECKSUM_FIELD] = _content_digest(data)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BackupManifest:
@@ -195,4 +203,31 @@ class BackupManifest:
             raise ManifestError(f"manifest is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise ManifestError("manifest is not a JSON object")
+        version = data.get("schema_version")
+        if not (isinstance(version, int) and version > SCHEMA_VERSION):  # a newer one: from_dict says upgrade
+            _check_own_digest(data)
         return cls.from_dict(data)
+
+
+def _content_digest(data: dict[str, Any]) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_own_digest(data: dict[str, Any]) -> None:
+    """Remove ``manifest_sha256`` from ``data`` and raise `ManifestError` unless it matches the rest.
+
+    A manifest without one (written before it existed) is accepted, unless a key one character away from it
+    is there instead: that is the field itself, damaged.
+    """
+    stated = data.pop(CHECKSUM_FIELD, None)
+    if stated is None:
+        for key in data:
+            if len(key) == len(CHECKSUM_FIELD) and sum(a != b for a, b in zip(key, CHECKSUM_FIELD, strict=True)) == 1:
+                raise ManifestError(f"manifest has {key!r} where {CHECKSUM_FIELD!r} belongs: it is damaged")
+        return
+    if stated != _content_digest(data):
+        raise ManifestError(
+            f"manifest content does not match its {CHECKSUM_FIELD}: it is damaged; "
+            "restore it from a copy of the repository (or delete the backup)"
+        )

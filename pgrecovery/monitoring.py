@@ -715,27 +715,8 @@ def _newest_wal(repo: Repository) -> tuple[str, datetime] | None:
 
 
 def _modified(repo: Repository, key: str) -> datetime:
-    """When an object was stored. (Repository has no such call yet: local files by stat, others by fsspec info.)"""
-    from .errors import StorageError
-
-    local = repo.local_path(key)
-    try:
-        if local is not None:
-            return datetime.fromtimestamp(os.stat(local).st_mtime, UTC)
-        info = repo.fs.info(repo.path(key))
-    except OSError as e:
-        raise StorageError(f"cannot read when {key} was stored in {repo.display_url}: {e}") from None
-    for field in ("LastModified", "last_modified", "updated", "mtime", "modified", "creation_time", "timeCreated"):
-        value = info.get(field)
-        if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=UTC)
-        if isinstance(value, int | float):
-            return datetime.fromtimestamp(value, UTC)
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    raise StorageError(f"{repo.display_url} does not say when {key} was stored: check WAL with --dbname instead")
+    """When an object was stored."""
+    return repo.modified(key)
 
 
 # -- checks ------------------------------------------------------------------------------------------------------

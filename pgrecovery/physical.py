@@ -29,7 +29,7 @@ import attrs
 from . import __version__, pgtools
 from ._pgdb import now_utc, server_info
 from ._stream import fd_reader, pump, widen_pipe
-from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup
+from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup, gone
 from .codec import SUFFIX, Codec, check_codec, check_level, compressor
 from .errors import BackupError, ConfigurationError, DatabaseError, ToolFailed
 from .manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
@@ -47,6 +47,12 @@ SKIP_FILES: Final = frozenset(
     {"postmaster.pid", "postmaster.opts", "backup_label", "tablespace_map", "pg_internal.init", "backup_manifest"}
 )
 SKIP_TOP: Final = frozenset({"pgrecovery_spool", "recovery.signal", "standby.signal"})
+
+
+def _at_least_one(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    """attrs validator: a count of 1 or more (`ConfigurationError` otherwise, like every bad input)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{attribute.name} must be a whole number of 1 or more, not {value!r}")
 
 
 @attrs.frozen
@@ -168,7 +174,7 @@ class BaseBackup:
     pgdata: str | None = None
     compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
     level: int | None = 1
-    workers: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    workers: int = attrs.field(default=2, validator=_at_least_one)
     fast_checkpoint: bool = True
     label: str = "pgrecovery"
     parent: str | None = None
@@ -184,7 +190,10 @@ class BaseBackup:
         started = now_utc()
         self._check_archiving()
         parent = self._parent(repo)
-        backup_id = claim_backup_id(repo, "base", started)
+        needs: list[str] = []
+        if parent is not None and parent.physical is not None:
+            needs = sorted({parent.id} | {x.source for x in parent.physical.members})
+        backup_id = claim_backup_id(repo, "base", started, needs=needs)  # expire and delete keep what it needs
         try:
             if self.method == "local":
                 files, physical = self._local(repo, backup_id, Meter("backup", progress), parent)
@@ -207,7 +216,13 @@ class BaseBackup:
                 physical=physical,
                 pgrecovery_version=__version__,
             )
-            finish_backup(repo, manifest)
+            missing = gone(repo, needs)
+            if missing:  # an expire or delete that began before our claim was visible
+                raise BackupError(
+                    f"base backup {backup_id} takes files from backup {missing[0]}, which was deleted or expired "
+                    "while it ran: take it again (on another parent, or a full backup)"
+                )
+            manifest = finish_backup(repo, manifest)
         except BaseException as e:
             abandon_backup(repo, backup_id)
             if isinstance(e, ToolFailed):
@@ -541,10 +556,14 @@ def restore_files(
     phys = manifest.physical
     if phys is None:
         raise ConfigurationError(f"backup {manifest.id} is a {manifest.kind} backup, not a base backup")
+    odd = [oid for oid in phys.tablespaces if not oid.isdigit()]
+    if odd:  # it names a link under pg_tblspc: anything but an OID could point it elsewhere
+        raise BackupError(f"backup {manifest.id}: tablespace {odd[0]!r} is not an OID: the manifest is not as written")
     spaces = {oid: Path((tablespace_map or {}).get(oid, loc)) for oid, loc in phys.tablespaces.items()}
     for loc in spaces.values():
         if not delta and loc.exists() and any(loc.iterdir()):
             raise ConfigurationError(f"tablespace directory {loc} is not empty: remap it or empty it first")
+    small = _read_small_files(repo, manifest)  # checked before anything is written
     roots = {"": pgdata, **{f"tblspc/{oid}/": loc for oid, loc in spaces.items()}}
     expected = {m.path: m for m in phys.members}
     meter = Meter("restore", progress, total=manifest.raw_size)
@@ -603,16 +622,35 @@ def restore_files(
     with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), 4))) as pool:
         for fut in [pool.submit(extract, source, f) for source, f in jobs]:
             fut.result()
-    for role in ("backup_label", "tablespace_map"):
-        entry = next((f for f in manifest.files if f.role == role), None)
-        if entry is not None:
-            data = repo.read_bytes(f"backups/{manifest.id}/{entry.path}")
-            if role == "tablespace_map":  # the server recreates pg_tblspc links from it: give it the new places
-                lines = [ln.split(" ", 1) for ln in data.decode().splitlines() if ln.strip()]
-                data = "".join(f"{oid} {spaces.get(oid, Path(old))}\n" for oid, old in lines).encode()
-            (pgdata / role).write_bytes(data)
+    for role, data in small.items():
+        if role == "tablespace_map":  # the server recreates pg_tblspc links from it: give it the new places
+            lines = [ln.split(" ", 1) for ln in data.decode().splitlines() if ln.strip()]
+            data = "".join(f"{oid} {spaces.get(oid, Path(old))}\n" for oid, old in lines).encode()
+        (pgdata / role).write_bytes(data)
     meter.finish()
     return written[0]
+
+
+def _read_small_files(repo: Repository, manifest: BackupManifest) -> dict[str, bytes]:
+    """The backup's backup_label and tablespace_map, checked against the manifest (size and sha256)."""
+    import hashlib
+
+    from .errors import ChecksumMismatch
+
+    out = {}
+    for role in ("backup_label", "tablespace_map"):
+        entry = next((f for f in manifest.files if f.role == role), None)
+        if entry is None:
+            continue
+        key = f"backups/{manifest.id}/{entry.path}"
+        data = repo.read_bytes(key)
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise ChecksumMismatch(
+                f"{key} is corrupt: {len(data)} bytes with another sha256 than the manifest's ({entry.size} bytes); "
+                "restore from another backup or repository copy"
+            )
+        out[role] = data
+    return out
 
 
 def _delta_prepare(pgdata: Path, roots: dict[str, Path], phys: PhysicalInfo, place: Callable[[str], Path]) -> set[str]:

@@ -511,9 +511,11 @@ class RepositoryRef:
         return redact_url(self.url)
 
     def open(self) -> Repository:
+        from .crypto import EncryptionKey
         from .storage import Repository
 
-        return Repository(self.url, **self.storage_options)
+        # the key of an encrypted repository comes from the environment (never from the policy file)
+        return Repository(self.url, encryption=EncryptionKey.from_environment(), **self.storage_options)
 
 
 @attrs.frozen(kw_only=True)

@@ -21,14 +21,34 @@ from typing import Any, Literal
 
 import attrs
 
+from ._walnames import HistoryEntry, history_name, parse_lsn
 from .cluster import LocalCluster, default_run_as, free_port
-from .errors import AlreadyExists, ClusterError, ConfigurationError, PgRecoveryError, TargetUnreachable, WalGap
+from .errors import (
+    AlreadyExists,
+    ClusterError,
+    ConfigurationError,
+    PgRecoveryError,
+    RestoreError,
+    TargetUnreachable,
+    WalGap,
+)
 from .manifest import BackupManifest, PhysicalInfo
 from .physical import chown_tree, lsn_value, restore_files, wal_file_name
 from .progress import ProgressCallback
 from .storage import Repository
 
 log = logging.getLogger(__name__)
+
+_TARGET_SETTINGS = (
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+    "recovery_target_inclusive",
+    "recovery_target_timeline",
+    "recovery_target_action",
+)
 
 TargetKind = Literal["time", "xid", "name", "lsn", "immediate", "latest"]
 Action = Literal["promote", "pause", "shutdown"]
@@ -42,8 +62,31 @@ def _restored_wal(cluster: LocalCluster) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _major(server_version: str) -> int | None:
+    """The major version in a manifest's ``server_version`` ("15.18 (Debian ...)" -> 15), None if unknown."""
+    found = re.match(r"\s*(\d+)", server_version)
+    return int(found.group(1)) if found else None
+
+
+def _remove_partial(target: Path, created: bool) -> None:
+    """Best effort: remove ``target`` (we created it) or what was written into it (it was empty)."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    for child in list(target.iterdir()) if target.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def _aware(when: datetime | str) -> datetime:
-    dt = datetime.fromisoformat(when.strip()) if isinstance(when, str) else when
+    try:
+        dt = datetime.fromisoformat(when.strip()) if isinstance(when, str) else when
+    except ValueError:
+        raise ConfigurationError(
+            f"target time {when!r} is not a timestamp: write it as '2026-03-15 14:30:00+00' (ISO 8601, with a zone)"
+        ) from None
     if dt.tzinfo is None:
         raise ConfigurationError(f"target time {when!s} has no time zone: add one, e.g. '+00' or 'Z'")
     return dt.astimezone(UTC)
@@ -201,6 +244,7 @@ class RecoveryPlan:
         self.repo = repo
         self.target = target or RecoveryTarget.latest()
         self.python = python
+        self._histories: dict[int, list[HistoryEntry] | None] = {}  # timeline -> its archived history, read once
         self.backup = self._choose(backup_id)
 
     # -- choosing and validating -------------------------------------------------------------------------------
@@ -208,11 +252,23 @@ class RecoveryPlan:
         if backup_id is not None:
             m = self.repo.get(backup_id, "base")
             self._check_before_target(m)
+            if not self._on_target_timeline(m):
+                raise TargetUnreachable(
+                    f"backup {m.id} (timeline {self._phys(m).timeline}) is not on the history of target timeline "
+                    f"{self.target.timeline}: choose a backup of that timeline or its ancestors"
+                )
             return m
         backups = [m for m in self.repo.backups("base") if m.physical is not None]
         if not backups:
             raise TargetUnreachable(f"no base backup in {self.repo.display_url}: take one with BaseBackup first")
         t = self.target
+        on_history = [m for m in backups if self._on_target_timeline(m)]
+        if not on_history:
+            raise TargetUnreachable(
+                f"no base backup in {self.repo.display_url} lies on the history of target timeline {t.timeline} "
+                "(each was taken on another timeline, or after that timeline branched off): choose another timeline"
+            )
+        backups = on_history
         if t.kind in ("latest", "immediate"):
             return backups[-1]
         if t.kind == "name":
@@ -229,6 +285,40 @@ class RecoveryPlan:
     def _phys(self, m: BackupManifest) -> PhysicalInfo:
         assert m.physical is not None
         return m.physical
+
+    def _history(self, timeline: int) -> list[HistoryEntry] | None:
+        """``timeline``'s history entries as archived (None when its history file is not in the archive)."""
+        if timeline not in self._histories:
+            from .wal import WalArchiver
+
+            archiver = WalArchiver(self.repo)
+            if timeline > 1 and not archiver.objects(history_name(timeline)):
+                self._histories[timeline] = None
+            else:  # a damaged history file raises: never follow another timeline than the archive says
+                self._histories[timeline] = archiver.history(timeline)
+        return self._histories[timeline]
+
+    def _target_timeline(self, m: BackupManifest) -> int:
+        """The timeline recovery from ``m`` follows: the target's number, the backup's own for ``current``, and for
+        ``latest`` the last of the consecutive history files after the backup's timeline (PostgreSQL's rule)."""
+        wanted = self.target.timeline
+        if wanted.isdigit():
+            return int(wanted)
+        tli = self._phys(m).timeline
+        while wanted == "latest" and self._history(tli + 1) is not None:
+            tli += 1
+        return tli
+
+    def _on_target_timeline(self, m: BackupManifest) -> bool:
+        """Whether recovery from ``m`` can follow the target's timeline: the backup's timeline must be in that
+        timeline's history and must not have branched off before the backup ended (else PostgreSQL refuses it)."""
+        phys, target_tli = self._phys(m), self._target_timeline(m)
+        if target_tli == phys.timeline:
+            return True
+        switch = next(
+            (e.switch_lsn for e in self._history(target_tli) or [] if e.parent_timeline == phys.timeline), None
+        )
+        return switch is not None and lsn_value(phys.stop_lsn) <= parse_lsn(switch)
 
     def _end_point(self, m: BackupManifest) -> str:
         t = self.target
@@ -271,10 +361,17 @@ class RecoveryPlan:
             last = wal_file_name(phys.timeline, t.value, phys.wal_segment_size)
         elif t.kind == "immediate":
             last = phys.stop_wal
-        follow = {"latest": None, "current": phys.timeline}.get(t.timeline)
-        if t.timeline.isdigit():
-            follow = int(t.timeline)
-        if last is not None and follow is not None:
+        # along the timeline recovery will follow ("latest" resolved now: the segment holding an LSN on a newer
+        # timeline is not on the backup's, and the backup's timeline may end before it)
+        follow = self._target_timeline(self.backup)
+        if t.timeline == "latest":  # a newer timeline whose history file is gone would be passed over silently
+            for tli in archiver.timelines():
+                if tli > follow and not archiver.objects(history_name(tli)):
+                    raise WalGap(
+                        f"{history_name(tli)} is missing from {self.repo.display_url}: timeline {tli} holds WAL that "
+                        f"recovery cannot follow without it; put the file back, or choose target timeline {follow}"
+                    )
+        if last is not None:
             last = f"{follow:08X}{last[8:]}"
         missing = archiver.missing(phys.start_wal, last, timeline=follow)
         if missing:
@@ -325,19 +422,55 @@ class RecoveryPlan:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
-        for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
-            (target / leftover).unlink(missing_ok=True)
-        cluster = LocalCluster(data_dir=target, run_as=who)
-        conf: dict[str, object] = {"restore_command": restore_command(self.repo.url, self.python)}
-        conf.update(self.target.settings())
-        conf.update(settings or {})
-        cluster.configure(**conf)
-        (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
-        spaces = [Path((tablespace_map or {}).get(o, loc)) for o, loc in self._phys(self.backup).tablespaces.items()]
-        chown_tree([target, *spaces], who)
+        created = not target.exists()
+        try:
+            target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigurationError(
+                f"cannot create {target}: {e.strerror or e}: choose a writable directory"
+            ) from None
+        try:
+            restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
+            for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
+                (target / leftover).unlink(missing_ok=True)
+            cluster = LocalCluster(data_dir=target, run_as=who)
+            # a backup of a cluster that was itself recovered carries that recovery's target in postgresql.auto.conf:
+            # drop every recovery_target* setting first, or PostgreSQL sees two targets (or stops at the old one)
+            conf: dict[str, object | None] = dict.fromkeys(_TARGET_SETTINGS)
+            conf["restore_command"] = restore_command(self.repo.url, self.python, key_file=self._key_file())
+            conf.update(self.target.settings())
+            conf.update(settings or {})
+            cluster.configure(**conf)
+            (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
+            spaces = [
+                Path((tablespace_map or {}).get(o, loc)) for o, loc in self._phys(self.backup).tablespaces.items()
+            ]
+            chown_tree([target, *spaces], who)
+        except BaseException as e:
+            if not delta:  # a half-restored data directory must not be mistaken for a restored one: remove it
+                _remove_partial(target, created)
+            if isinstance(e, OSError):
+                raise RestoreError(
+                    f"restoring backup {self.backup.id} into {target} failed: {e.strerror or e}"
+                    + (f" ({e.filename})" if e.filename else "")
+                    + ("" if delta else "; what was written is removed")
+                    + ": free space there or choose another directory"
+                ) from None
+            raise
         return target
+
+    def _key_file(self) -> str | None:
+        """How the recovering server's restore_command gets an encrypted repository's key: its file's path on the
+        command line, or (a key from the environment) the same variable, which the server inherits."""
+        key = self.repo.encryption
+        if key is None or key.file is not None:
+            return None if key is None else key.file
+        if os.environ.get("PGRECOVERY_ENCRYPTION_KEY", "").strip():
+            return None
+        raise ConfigurationError(
+            f"the repository is encrypted with a key {key.source}: the recovering server's restore_command cannot "
+            "get it; use a key file (EncryptionKey.from_file, --encryption-key-file) or PGRECOVERY_ENCRYPTION_KEY"
+        )
 
     def run(
         self,
@@ -369,6 +502,11 @@ class RecoveryPlan:
             steps.append(IncidentStep(at=datetime.now(UTC), step=what, detail=detail))
 
         step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
+        major = _major(self.backup.server_version)
+        if major is not None:  # before anything is written: this host must have the backup's server programs
+            from .pgtools import find_tool
+
+            find_tool("pg_ctl", major=major)
         t0 = time.monotonic()
         if restore:
             self.restore(
@@ -382,7 +520,7 @@ class RecoveryPlan:
             step("restore", f"base backup {self.backup.id} restored into {Path(pgdata).absolute()}")
         restored = time.monotonic() - t0
         t1 = time.monotonic()
-        cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port())
+        cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port(), major=major)
         action = self.target.action if self.target.kind != "latest" else "promote"
         try:
             cluster.start(timeout=int(timeout))
@@ -496,4 +634,5 @@ class RecoveryPlan:
                 f"the archive ends before {self.target.describe()}: recovery from {self.backup.id} replayed "
                 f"everything archived without reaching it{log}"
             )
-        return TargetUnreachable(f"recovery to {self.target.describe()} failed{log}")
+        sep = "" if log.startswith("\n") else ": "
+        return TargetUnreachable(f"recovery to {self.target.describe()} failed{sep}{log}")

@@ -394,7 +394,8 @@ class LogicalRestore:
                 qualified = sql.Identifier(schema, final).as_string(conn)
                 row = conn.execute("select to_regclass(%s)", (qualified,)).fetchone()
         except psycopg.Error as e:
-            raise DatabaseError(f"cannot connect to {pgtools.describe(dbname)}: {e}") from None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatabaseError(f"cannot connect to {pgtools.describe(dbname)}: {first}") from None
         if row and row[0] is not None and definition:
             raise RestoreError(
                 f"table {schema}.{final} already exists in {pgtools.describe(dbname)}: drop or rename it, or "

@@ -377,6 +377,11 @@ def plan_expire(
         else:
             keep(bases[0].id, f"start of the {window.days}-day PITR window (oldest base backup)")
 
+    for busy in in_progress:  # an incremental backup being written takes files from these
+        for dep in busy.needs or ():
+            if dep in by_id:
+                keep(dep, f"needed by backup {busy.id}, in progress")
+
     todo = list(reasons)
     while todo:  # whatever a kept incremental backup is built on is kept, transitively
         m = by_id[todo.pop()]
@@ -550,9 +555,24 @@ def expire(
         return ExpireResult(
             plan=plan, dry_run=True, deleted=tuple(d.id for d in victims), resumed=tuple(unlisted), wal_removed=wal
         )
+    for d in plan.kept:  # an expire interrupted before it could spare a backup left its marker
+        if repo.exists(expired_marker_key(d.id)):
+            repo.delete(expired_marker_key(d.id))
     marker = json.dumps({"expired_at": now.isoformat(), "policy": policy.name}).encode()
-    for d in victims:  # newest first: incremental backups leave the listing before what they are built on
+    for d in victims:
         repo.put_bytes(expired_marker_key(d.id), marker, overwrite=True)
+    # A backup that started since the scan may build on a victim: look again now that the markers are there (a
+    # backup that starts later sees them and refuses to finish on an expired parent), and spare what it needs.
+    seen = {x.id for x in busy}
+    again = [x for x in leftovers(repo) if x.reason == "in progress" and x.id not in unlisted and x.id not in seen]
+    if again:  # planning with more backups in progress only keeps more
+        plan = plan_expire(complete, policy, now, in_progress=[*busy, *again], unreadable=unreadable)
+        still = set(plan.expired_ids)
+        for d in victims:
+            if d.id not in still:
+                repo.delete(expired_marker_key(d.id))
+        victims = [d for d in victims if d.id in still]
+    for d in victims:  # newest first: incremental backups leave the listing before what they are built on
         repo.delete(manifest_key(d.id))
     meter = Meter("expire", progress, total=len(unlisted) + len(victims))
     for backup_id in [*unlisted, *(d.id for d in victims)]:

@@ -29,6 +29,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -40,7 +41,10 @@ from .errors import AlreadyExists, ConfigurationError, MissingDependency, PgReco
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
+    from .copies import CopyResult
+    from .crypto import EncryptionKey
     from .manifest import BackupManifest
+    from .progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +495,7 @@ class _ObjectWriter(_HashingWriter):
         try:
             with contextlib.suppress(Exception):
                 self._repo.fs.invalidate_cache(self._path)
-            return self._repo.digest(self.key) == (self._size, self._hash.hexdigest())
+            return self._repo._stored_digest(self.key) == (self._size, self._hash.hexdigest())
         except PgRecoveryError:
             return False
 
@@ -573,6 +577,29 @@ class _RetryingReader(io.RawIOBase):
 # -- local durability helpers ------------------------------------------------------------------------------------
 
 
+def _digest_stream(f: BinaryIO) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    while data := f.read(4 * CHUNK):
+        h.update(data)
+        size += len(data)
+    return size, h.hexdigest()
+
+
+def _modified_of(info: dict[str, Any], key: str, where: str) -> datetime:
+    """The last-modified time in a driver's info() (s3fs: LastModified, gcsfs: updated, adlfs: last_modified)."""
+    for name in ("LastModified", "last_modified", "updated", "mtime", "modified", "creation_time", "timeCreated"):
+        value = info.get(name)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, str) and value:
+            with contextlib.suppress(ValueError):
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    raise StorageError(f"{where} does not say when {key!r} was stored")
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -630,6 +657,7 @@ class Repository:
     capabilities: Capabilities
     retry_policy: RetryPolicy
     part_size: int
+    encryption: EncryptionKey | None
     _secrets: tuple[str, ...]
 
     def __init__(
@@ -640,6 +668,7 @@ class Repository:
         root: str | None = None,
         retry_policy: RetryPolicy | None = None,
         part_size: int = PART_SIZE,
+        encryption: EncryptionKey | None = None,
         **storage_options: Any,
     ) -> None:
         if part_size < MIN_PART_SIZE:
@@ -664,6 +693,7 @@ class Repository:
         self.capabilities = _CAPS.get(protocol, _OTHER)
         self.retry_policy = retry_policy or RetryPolicy()
         self.part_size = part_size
+        self.encryption = encryption
         self._secrets = tuple(_secret_values(dict(getattr(fs, "storage_options", {}) or {})))
         if self.capabilities.local:
             root_path = os.path.abspath(root_path)
@@ -672,7 +702,17 @@ class Repository:
         self.root = root_path.rstrip("/") or "/"
 
     def __repr__(self) -> str:
-        return f"Repository({redact_url(self.url)!r})"
+        key = f", encryption key id {self.encryption.key_id}" if self.encryption is not None else ""
+        return f"Repository({redact_url(self.url)!r}{key})"
+
+    def encryption_info(self) -> dict[str, str] | None:
+        """What a manifest records about the repository's encryption: the cipher, the format and the key's id
+        (never the key)."""
+        if self.encryption is None:
+            return None
+        from .crypto import VERSION
+
+        return {"cipher": "aes-256-gcm", "format": str(VERSION), "key_id": self.encryption.key_id}
 
     @property
     def display_url(self) -> str:
@@ -742,8 +782,9 @@ class Repository:
         return f"{self.root.rstrip('/')}/{key}"
 
     def local_path(self, key: str) -> Path | None:
-        """A local path to read ``key`` directly, when the repository is on this host's filesystem."""
-        return Path(self.path(key)) if self.capabilities.local else None
+        """A local path to read ``key`` directly, when the repository is on this host's filesystem (and the object
+        is stored as written: not in an encrypted repository)."""
+        return Path(self.path(key)) if self.capabilities.local and self.encryption is None else None
 
     # -- writes --------------------------------------------------------------------------------------------
     def writer(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
@@ -751,8 +792,17 @@ class Repository:
 
         The object appears under ``key`` only when committed; on local disk it is fsynced (file and directory)
         first. With ``overwrite=False`` an existing object makes this (or, if it appears meanwhile, the commit)
-        raise `AlreadyExists`.
+        raise `AlreadyExists`. In an encrypted repository the bytes are encrypted on the way (see
+        docs/encryption.md); the size and sha256 returned are those of what was written (the plaintext).
         """
+        raw = self._raw_writer(key, overwrite=overwrite)
+        if self.encryption is None:
+            return raw
+        from .crypto import EncryptingWriter
+
+        return EncryptingWriter(raw, self.encryption)
+
+    def _raw_writer(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
         path = self.path(key)
         try:
             if self.capabilities.local:
@@ -778,7 +828,17 @@ class Repository:
 
     # -- reads ---------------------------------------------------------------------------------------------
     def open(self, key: str) -> BinaryIO:
-        """A readable binary stream of ``key`` (on object stores: 8 MiB read-ahead, reads retried)."""
+        """A readable binary stream of ``key`` (on object stores: 8 MiB read-ahead, reads retried).
+
+        In an encrypted repository every record is authenticated before any of its bytes is returned
+        (`TamperedObject`, `WrongKey`); an object that is not encrypted there is refused, and an encrypted one
+        read without a key names the key id it needs.
+        """
+        from .crypto import open_decrypted
+
+        return open_decrypted(self._open_raw(key), self.encryption, name=f"{key!r} in {self.display_url}")
+
+    def _open_raw(self, key: str) -> BinaryIO:
         path = self.path(key)
         try:
             if self.capabilities.local:
@@ -805,12 +865,15 @@ class Repository:
                 yield data
 
     def digest(self, key: str) -> tuple[int, str]:
-        """(size, sha256) of the stored bytes of ``key``, read back from storage."""
-        h, size = hashlib.sha256(), 0
-        for data in self.iter_chunks(key, 4 * CHUNK):
-            h.update(data)
-            size += len(data)
-        return size, h.hexdigest()
+        """(size, sha256) of the bytes of ``key`` as written (decrypted and authenticated in an encrypted
+        repository), read back from storage."""
+        with self.open(key) as f:
+            return _digest_stream(f)
+
+    def _stored_digest(self, key: str) -> tuple[int, str]:
+        """(size, sha256) of the bytes stored under ``key``, as they are (ciphertext when encrypted)."""
+        with self._open_raw(key) as f:
+            return _digest_stream(f)
 
     def exists(self, key: str) -> bool:
         path = self.path(key)
@@ -823,6 +886,30 @@ class Repository:
             raise StorageError(f"cannot check {key!r} in {self.display_url}: {self._reason(e)}") from e
 
     def size(self, key: str) -> int:
+        """The size of ``key`` as written (in an encrypted repository: the plaintext's, from the stored size)."""
+        stored = self.stored_size(key)
+        if self.encryption is None:
+            return stored
+        from .crypto import plaintext_size
+
+        return plaintext_size(stored)
+
+    def modified(self, key: str) -> datetime:
+        """When ``key`` was stored (its modification time on disk, its last-modified time on object stores)."""
+        path = self.path(key)
+        try:
+            if self.capabilities.local:
+                return datetime.fromtimestamp(os.path.getmtime(path), UTC)
+            self._fresh(path)
+            info = self._retry("check", key, lambda: self.fs.info(path))
+        except FileNotFoundError:
+            raise StorageError(f"{key!r} is missing from {self.display_url}") from None
+        except OSError as e:
+            raise StorageError(f"cannot check {key!r} in {self.display_url}: {self._reason(e)}") from e
+        return _modified_of(info, key, self.display_url)
+
+    def stored_size(self, key: str) -> int:
+        """The number of bytes stored under ``key`` (ciphertext in an encrypted repository)."""
         path = self.path(key)
         try:
             if self.capabilities.local:
@@ -841,7 +928,7 @@ class Repository:
         """
         base = self.path(prefix) if prefix else self.root
         try:
-            if self.capabilities.local and not os.path.isdir(base):
+            if self.capabilities.local and not _local_dir(base):
                 return []
             self._fresh(base)
             found = self._retry("list", prefix or "/", lambda: self.fs.find(base))
@@ -864,7 +951,7 @@ class Repository:
         base = self.path(prefix)
         try:
             if self.capabilities.local:
-                return sorted(os.listdir(base)) if os.path.isdir(base) else []
+                return sorted(os.listdir(base)) if _local_dir(base) else []
             self._fresh(base)
             entries = self._retry("list", prefix, lambda: self.fs.ls(base, detail=False))
         except FileNotFoundError:
@@ -872,6 +959,28 @@ class Repository:
         except OSError as e:
             raise StorageError(f"cannot list {prefix} in {self.display_url}: {self._reason(e)}") from e
         return sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
+
+    def stale_temp_files(self, older_than: float = 3600.0) -> list[str]:
+        """Temporary files that writes killed mid-way left in a local repository (``.<name>.<hex>.tmp``, older
+        than ``older_than`` seconds, so never one being written). Object stores keep unfinished uploads out of
+        sight instead (see docs/repository.md for how each store drops them)."""
+        if not self.capabilities.local or not os.path.isdir(self.root):
+            return []
+        cutoff = time.time() - older_than
+        found = []
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = os.path.join(directory, name)
+                if _is_temp(name) and _mtime(path) < cutoff:
+                    found.append(os.path.relpath(path, self.root).replace(os.sep, "/"))
+        return sorted(found)
+
+    def remove_temp_file(self, key: str) -> None:
+        """Delete one of `stale_temp_files` (keys that `path` would refuse: they start with a dot)."""
+        if not _is_temp(key) or ".." in key.split("/"):
+            raise ConfigurationError(f"{key!r} is not a temporary file of this repository")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.root, key))
 
     # -- deletes -------------------------------------------------------------------------------------------
     def delete(self, key: str) -> None:
@@ -928,6 +1037,31 @@ class Repository:
         from .catalog import delete_backup
 
         return delete_backup(self, backup_id, with_dependents=with_dependents)
+
+    def copy_to(self, other: Repository, *, workers: int = 4, progress: ProgressCallback | None = None) -> CopyResult:
+        """Copy the backups and WAL that ``other`` lacks (see `pgrecovery.copies.copy_repository`): checked against
+        their recorded checksums, manifests last, safe to interrupt and to rerun."""
+        from .copies import copy_repository
+
+        return copy_repository(self, other, workers=workers, progress=progress)
+
+
+def _local_dir(path: str) -> bool:
+    """Whether a local directory exists. Unlike `os.path.isdir`, a directory that cannot be looked at (no
+    permission) raises instead of reading as absent: a repository we may not read is not an empty one."""
+    import stat
+
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return float("inf")  # gone meanwhile: not stale
 
 
 def _is_temp(key: str) -> bool:

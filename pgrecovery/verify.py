@@ -184,8 +184,18 @@ class Verifier:
     # -- checks ------------------------------------------------------------------------------------------------
     def _checksums(self, m: BackupManifest) -> tuple[Status, str]:
         bad = []
-        for f in m.files:
-            key = f"backups/{m.id}/{f.path}"
+        files = [(m.id, f) for f in m.files]
+        if m.physical is not None:  # an incremental backup: the bundles it takes from earlier backups count too
+            wanted = {(x.source, x.bundle) for x in m.physical.members if x.source != m.id}
+            for source in sorted({s for s, _ in wanted}):
+                try:
+                    earlier = self.repo.get(source, "base")
+                except PgRecoveryError as e:
+                    bad.append(f"backup {source}, which holds files of this one, is not available: {e}")
+                    continue
+                files += [(source, f) for f in earlier.files if (source, f.role) in wanted]
+        for owner, f in files:
+            key = f"backups/{owner}/{f.path}"
             try:
                 size, digest = self.repo.digest(key)
             except PgRecoveryError as e:
@@ -197,7 +207,10 @@ class Verifier:
                 bad.append(f"{key}: sha256 differs from the manifest")
         if bad:
             return "fail", "; ".join(bad)
-        return "pass", f"{len(m.files)} file(s), {m.size} bytes match the manifest"
+        extra = len(files) - len(m.files)
+        return "pass", f"{len(m.files)} file(s), {m.size} bytes match the manifest" + (
+            f"; {extra} file(s) it takes from earlier backups match theirs" if extra else ""
+        )
 
     def _readable(self, m: BackupManifest) -> tuple[Status, str]:
         entries = LogicalRestore(self.repo, m.id, workdir=self.workdir).list_contents()

@@ -184,9 +184,17 @@ def _entry(python: str | None, fast: bool) -> str:
 
 
 def archive_command(
-    repo_url: str, python: str | None = None, *, spool_dir: str | None = None, fast: bool = True
+    repo_url: str,
+    python: str | None = None,
+    *,
+    spool_dir: str | None = None,
+    fast: bool = True,
+    key_file: str | None = None,
 ) -> str:
     """The ``archive_command`` setting that archives into ``repo_url`` with this interpreter (``sys.executable``).
+
+    ``key_file``: an encrypted repository's key file (its path goes on the command line, never the key; or set
+    ``PGRECOVERY_ENCRYPTION_KEY_FILE`` / ``PGRECOVERY_ENCRYPTION_KEY`` in the server's environment instead).
 
     With ``fast`` (the default) the command runs ``pgrecovery/_spool.py`` under ``python -S``: a file that an
     earlier call already archived ahead costs Python's bare start-up and a stat; anything else is handed to the
@@ -194,7 +202,8 @@ def archive_command(
     given through the server's environment (``FSSPEC_*`` variables), not the URL.
     """
     spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
-    return f"{_entry(python, fast)} wal-push --repo {_q(repo_url)}{spool} %p"
+    key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
+    return f"{_entry(python, fast)} wal-push --repo {_q(repo_url)}{spool}{key} %p"
 
 
 def restore_command(
@@ -204,6 +213,7 @@ def restore_command(
     spool_dir: str | None = None,
     prefetch: bool = True,
     fast: bool = True,
+    key_file: str | None = None,
 ) -> str:
     """The ``restore_command`` setting that fetches from ``repo_url`` (exit 1 only when a file is not archived).
 
@@ -211,7 +221,8 @@ def restore_command(
     """
     spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
     no_prefetch = "" if prefetch else " --no-prefetch"
-    return f"{_entry(python, fast)} wal-fetch --repo {_q(repo_url)}{spool}{no_prefetch} %f %p"
+    key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
+    return f"{_entry(python, fast)} wal-fetch --repo {_q(repo_url)}{spool}{no_prefetch}{key} %f %p"
 
 
 # -- the archiver ----------------------------------------------------------------------------------------------
@@ -523,7 +534,8 @@ class WalArchiver:
         """Check that every segment from ``first_segment`` to the newest archived one is present.
 
         ``first_segment`` defaults to the oldest archived segment. With ``check_digests`` each segment is also
-        downloaded and checked against its sha256 (reported in ``corrupt``).
+        downloaded and checked against its sha256 (reported in ``corrupt``). The history file of every archived
+        timeline after the first is expected too (reported in ``missing``).
         """
         if first_segment is None:
             first_segment = self._oldest_segment(timeline)
@@ -546,6 +558,10 @@ class WalArchiver:
                     except ChecksumMismatch:
                         corrupt.append(name)
                         break
+        for other in self.timelines():  # a timeline holding WAL without its history file cannot be followed
+            history = _walnames.history_name(other)
+            if other > 1 and history not in index_cache.setdefault(other, self.index(other)):
+                missing.append(history)
         return WalVerifyReport(
             first=_walnames.segment_name(self._owner(lineage, start), start, self.segment_size),
             last=_walnames.segment_name(self._owner(lineage, end), end, self.segment_size),
@@ -591,6 +607,8 @@ class WalArchiver:
             raise ConfigurationError(f"{name!r} is not a WAL file name: wal-fetch expects %f then %p")
         dest_abs = os.path.abspath(dest)
         spool = self.spool_for(dest_abs)
+        with contextlib.suppress(OSError):
+            _spool.remove_stale_temps(dest_abs)  # left by a delivery that was killed
         taken = False
         with contextlib.suppress(OSError):
             taken = _spool.take_prefetched(name, dest_abs, spool, self._tag)

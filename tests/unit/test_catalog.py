@@ -94,3 +94,24 @@ def test_damaged_manifest_is_skipped_in_listing(repo: Repository) -> None:
     bad = complete(repo, T0 + timedelta(minutes=1))
     repo.put_bytes(f"backups/{bad.id}/manifest.json", b"{not json", overwrite=True)
     assert [m.id for m in repo.backups()] == [good.id]
+
+
+def test_clean_removes_temporary_files_of_killed_writes(repo: Repository, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    import time
+
+    from pgrecovery.cli import main
+
+    repo.put_bytes("wal/00000001/000000010000000000000001-x.zst", b"kept")
+    old = Path(repo.root) / "wal" / "00000001" / ".000000010000000000000002-y.zst.0badc0de.tmp"
+    fresh = old.with_name(".000000010000000000000003-z.zst.0badc0df.tmp")
+    old.write_bytes(b"half a segment")
+    fresh.write_bytes(b"being written right now")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert repo.stale_temp_files() == ["wal/00000001/" + old.name]
+    assert main(["clean", "--repo", repo.root, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["temporary_files"] == ["wal/00000001/" + old.name]
+    assert not old.exists()
+    assert fresh.exists()  # may be a write in progress
+    assert repo.read_bytes("wal/00000001/000000010000000000000001-x.zst") == b"kept"

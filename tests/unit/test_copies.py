@@ -229,3 +229,21 @@ def test_cli_check_321_exit_codes(source: Repository, tmp_path: Path, capsys: py
     assert main(args) == 0
     assert "3-2-1 rule holds" in capsys.readouterr().out
     assert main(["check-321", "--repo", source.root, "--site", "nonsense"]) == 2
+
+
+def test_copy_between_encrypted_repositories_reencrypts(tmp_path: Path) -> None:
+    from pgrecovery.crypto import EncryptionKey
+
+    source = Repository(str(tmp_path / "source"), encryption=EncryptionKey.generate())
+    for day in range(2):
+        backup(source, T0 + timedelta(days=day))
+    wal(source, 1)
+    other_key = EncryptionKey.generate()
+    target = Repository(str(tmp_path / "copy"), encryption=other_key)
+    result = copy_repository(source, target)
+    assert result.ok
+    assert snapshot(target) == snapshot(source)  # the same content, read through each repository's key
+    assert [m.encryption["key_id"] for m in target.backups() if m.encryption] == [source.encryption.key_id] * 2  # type: ignore[union-attr]
+    first = f"backups/{result.backups_copied[0]}/data/part0"
+    assert target._stored_digest(first) != source._stored_digest(first)  # encrypted anew, with the other key
+    assert target.read_bytes(first) == source.read_bytes(first)

@@ -155,18 +155,26 @@ class _BytesWriter:
 
 @pytest.mark.parametrize("scheme", ["file", "memory"])
 def test_through_a_repository(key: EncryptionKey, tmp_path: Path, scheme: str) -> None:
-    repo = Repository(f"file://{tmp_path}/r" if scheme == "file" else f"memory://r-{uuid.uuid4().hex}")
+    url = f"file://{tmp_path}/r" if scheme == "file" else f"memory://r-{uuid.uuid4().hex}"
+    repo = Repository(url, encryption=key)
     data = payload(3 * RECORD_SIZE + 5)
-    w = EncryptingWriter(repo.writer("backups/b1/data/dump.zst"), key)
-    w.write(data)
-    obj = w.commit()
-    assert obj.sha256 == hashlib.sha256(data).hexdigest()
-    assert w.stored is not None
-    assert repo.digest("backups/b1/data/dump.zst") == (w.stored.size, w.stored.sha256)
-    assert w.stored.size == encrypted_size(len(data))
-    assert data[:1000] not in repo.read_bytes("backups/b1/data/dump.zst")
-    with DecryptingReader(repo.open("backups/b1/data/dump.zst"), key, name="backups/b1/data/dump.zst") as r:
-        assert r.read() == data
+    obj = repo.put_bytes("backups/b1/data/dump.zst", data)
+    assert (obj.size, obj.sha256) == (len(data), hashlib.sha256(data).hexdigest())  # what was written
+    assert repo.digest("backups/b1/data/dump.zst") == (obj.size, obj.sha256)
+    assert repo.size("backups/b1/data/dump.zst") == len(data)
+    assert repo.stored_size("backups/b1/data/dump.zst") == encrypted_size(len(data))
+    assert repo.local_path("backups/b1/data/dump.zst") is None  # never read around the decryption
+    assert repo.read_bytes("backups/b1/data/dump.zst") == data
+    stored = Repository(url)  # the same objects, seen without the key
+    with pytest.raises(EncryptionError, match=f"encrypted \\(key id {key.key_id}\\)"):
+        stored.read_bytes("backups/b1/data/dump.zst")
+    with pytest.raises(WrongKey):
+        Repository(url, encryption=EncryptionKey.generate()).read_bytes("backups/b1/data/dump.zst")
+    Repository(url).put_bytes("planted", b"plain bytes")
+    with pytest.raises(EncryptionError, match="not encrypted although a key was given"):
+        repo.read_bytes("planted")
+    assert key.key_id in repr(repo)
+    assert key.to_base64() not in repr(repo)
 
 
 def test_aborted_write_stores_nothing(key: EncryptionKey) -> None:
