@@ -43,7 +43,13 @@ def directory_archive(
         wanted = [f for f in files if f.role.startswith("dump/") and (not only_toc or f.role == "dump/toc.dat")]
 
         def one(f: FileEntry) -> None:
-            materialise(repo, entry_key(backup_id, f), f, root / f.role.split("/", 1)[1])
+            member = f.role.split("/", 1)[1]
+            if not member or "/" in member or member in (".", "..") or "\0" in member:  # pg_dump's are flat names
+                raise RestoreError(
+                    f"backup {backup_id}: refusing member {member!r}: the path escapes the dump's directory "
+                    "(the manifest is not as pgrecovery wrote it)"
+                )
+            materialise(repo, entry_key(backup_id, f), f, root / member)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             for fut in [pool.submit(one, f) for f in wanted]:
