@@ -249,7 +249,10 @@ class _Copy:
             return False
         h, size = hashlib.sha256(), 0
         held: list[bytes] | None = [] if check_whole is not None else None
-        writer = self.target.writer(key)
+        try:
+            writer = self.target.writer(key)
+        except AlreadyExists:  # another copier wrote it since the check above; objects never change
+            return True
         try:
             with self.source.open(key) as f:
                 while data := f.read(CHUNK):
