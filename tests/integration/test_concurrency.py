@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 from test_crash_sweep import FINGERPRINT, Checker, _fake_pgdata, cli, run
-from test_pitr import _owned_tmpdir, _wait_archived
 
 from pgrecovery import (
     BackupError,

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pitr import _owned_tmpdir, _wait_archived
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, Verifier
 from pgrecovery import _spool as spool_mod

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_pitr import _owned_tmpdir, _wait_archived
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import (
     BaseBackup,

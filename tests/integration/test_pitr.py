@@ -5,9 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import pwd
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import (
     BackupNotFound,
@@ -32,28 +32,6 @@ from pgrecovery.copies import copy_repository
 from pgrecovery.wal import archive_command
 
 ROWS = "select count(*), coalesce(min(i), 0), coalesce(max(i), 0) from t"
-
-
-def _owned_tmpdir(prefix: str) -> Path:
-    """A directory the server's OS user can use (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
-def _wait_archived(pg: LocalCluster, timeout: float = 60) -> None:
-    """Switch WAL and wait until the archiver has sent everything up to the switch."""
-    (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last, failed = pg.query("select last_archived_wal, last_failed_wal from pg_stat_archiver")[0]
-        if last is not None and last >= wal:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"WAL {wal} was not archived in time (last failed: {failed})")
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -37,6 +35,8 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import (
     BaseBackup,
@@ -374,27 +374,6 @@ def _plan(rng: random.Random, extra: int) -> list[str]:
 
 
 # -- helpers for clusters owned by the server's OS user ---------------------------------------------------------
-
-
-def _owned_tmpdir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
-def _wait_archived(pg: LocalCluster, timeout: float = 120) -> None:
-    """Switch WAL and wait until the archiver has sent everything up to the switch."""
-    (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last, failed = pg.query("select last_archived_wal, last_failed_wal from pg_stat_archiver")[0]
-        if last is not None and last >= wal:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"WAL {wal} was not archived in time (last failed: {failed})")
 
 
 # -- the oracle ------------------------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC
@@ -15,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import (
     BaseBackup,
@@ -35,27 +35,6 @@ from pgrecovery.wal import archive_command
 
 ORDERS = "select id, o::text from orders o order by id"
 AUDIT = "select a::text from {} a order by id"
-
-
-def _owned_tmpdir(prefix: str) -> Path:
-    """A directory the server's OS user can use (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
-def _wait_archived(pg: LocalCluster, timeout: float = 60) -> None:
-    (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        (last,) = pg.query("select last_archived_wal from pg_stat_archiver")[0]
-        if last is not None and last >= wal:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"WAL {wal} was not archived in time")
 
 
 def _repo_files(root: Path) -> set[str]:

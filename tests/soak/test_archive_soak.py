@@ -24,7 +24,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import owned_tmpdir as _owned_tmpdir
 
 from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository, pgtools
 from pgrecovery.wal import WalArchiver, archive_command, timeline_dir
@@ -59,15 +59,6 @@ select (select count(*) from pgbench_accounts), (select sum(abalance) from pgben
        (select count(*) from pgbench_history), (select coalesce(sum(delta), 0) from pgbench_history),
        (select coalesce(sum(aid), 0) from pgbench_history)
 """
-
-
-def _owned_tmpdir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
 
 
 def _give(path: Path) -> None:

@@ -18,7 +18,6 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import contextlib
-import pwd
 import shutil
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pgtesting import owned_tmpdir as _postgres_dir
 from storage_backends import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
@@ -215,16 +215,6 @@ def fake_gcs(emulator_dir: Path) -> Iterator[Server]:
 
 
 # -- backends ------------------------------------------------------------------------------------------------------
-
-
-def _postgres_dir(prefix: str) -> Path:
-    """A directory the server's OS user can write (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
 
 
 def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
