@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pgrecovery import LocalCluster
@@ -33,3 +36,48 @@ def wait_archived(pg: LocalCluster, timeout: float = 120) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"WAL {wal} was not archived in time (last failed: {failed})")
+
+
+class Archiving:
+    """A throwaway cluster archiving into its own file:// repository, plus scratch data directories for the
+    recoveries a test runs (stopped and removed with it)."""
+
+    def __init__(self, prefix: str) -> None:
+        from pgrecovery import Repository
+        from pgrecovery.wal import archive_command
+
+        self.root = owned_tmpdir(f"{prefix}-repo-")
+        self.url = f"file://{self.root}"
+        self.repo = Repository(self.url)
+        self.pg = LocalCluster.temporary(
+            settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(self.url)}
+        )
+        self.prefix = prefix
+        self.made: list[Path] = []
+
+    def pgdata(self) -> Path:
+        """A data directory path (not yet created) in a new directory the server's user owns."""
+        base = owned_tmpdir(f"{self.prefix}-")
+        self.made.append(base)
+        return base / "data"
+
+    def close(self) -> None:
+        for base in self.made:
+            cluster = LocalCluster(data_dir=base / "data")
+            if cluster.is_running():
+                cluster.stop(mode="immediate")
+            shutil.rmtree(base, ignore_errors=True)
+        self.pg.destroy()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def archiving_cluster(prefix: str) -> Iterator[Archiving]:
+    """`Archiving`, started, with a table ``t (i int primary key, note text)``; removed afterwards."""
+    ctx = Archiving(prefix)
+    try:
+        ctx.pg.start()
+        ctx.pg.execute("create table t (i int primary key, note text)")
+        yield ctx
+    finally:
+        ctx.close()

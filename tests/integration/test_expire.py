@@ -3,13 +3,12 @@ what a policy keeps still recovers, to a point in time and in a verification dri
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -23,31 +22,15 @@ from pgrecovery import (
     Verifier,
     expire,
 )
-from pgrecovery.wal import WalArchiver, archive_command
+from pgrecovery.wal import WalArchiver
 
 FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
 
 
 @pytest.fixture
 def archiving() -> Iterator[dict[str, Any]]:
-    root = _owned_tmpdir("pgrecovery-expire-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
-    made: list[Path] = []
-    try:
-        pg.start()
-        pg.execute("create table t (i int primary key, note text)")
-        yield {"pg": pg, "repo": Repository(url), "made": made}
-    finally:
-        for base in made:
-            c = LocalCluster(data_dir=base / "data")
-            if c.is_running():
-                c.stop(mode="immediate")
-            shutil.rmtree(base, ignore_errors=True)
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+    with archiving_cluster("pgrecovery-expire") as ctx:
+        yield {"pg": ctx.pg, "repo": ctx.repo, "made": ctx.made}
 
 
 def _insert(pg: LocalCluster, start: int, count: int, switch: bool = False) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -26,7 +27,6 @@ from pgrecovery import (
     Verifier,
 )
 from pgrecovery.catalog import leftovers
-from pgrecovery.wal import archive_command
 
 FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
 
@@ -34,24 +34,8 @@ FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::
 @pytest.fixture
 def archiving() -> Iterator[dict[str, Any]]:
     """A fresh cluster archiving into its own repository (function scope: these tests change timelines)."""
-    root = _owned_tmpdir("pgrecovery-phys-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
-    made: list[Path] = []
-    try:
-        pg.start()
-        pg.execute("create table t (i int primary key, note text)")
-        yield {"pg": pg, "repo": Repository(url), "url": url, "made": made}
-    finally:
-        for base in made:
-            c = LocalCluster(data_dir=base / "data")
-            if c.is_running():
-                c.stop(mode="immediate")
-            shutil.rmtree(base, ignore_errors=True)
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+    with archiving_cluster("pgrecovery-phys") as ctx:
+        yield {"pg": ctx.pg, "repo": ctx.repo, "url": ctx.url, "made": ctx.made}
 
 
 def _pgdata(ctx: dict[str, Any]) -> Path:
