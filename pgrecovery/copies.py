@@ -29,6 +29,7 @@ import attrs
 from .catalog import BACKUPS, MANIFEST, STARTED, gone, manifest_key, needs_of
 from .errors import AlreadyExists, ChecksumMismatch, ConfigurationError, StorageError
 from .progress import Meter, ProgressCallback
+from .storage import _EXTRAS as _PROVIDERS
 
 if TYPE_CHECKING:
     from .manifest import BackupManifest
@@ -317,19 +318,8 @@ def _endpoint(repo: Repository) -> str:
 
 # -- the 3-2-1 rule ----------------------------------------------------------------------------------------------
 
-_KIND: Final[dict[str, str]] = {
-    "file": "disk",
-    "local": "disk",
-    "memory": "memory",
-    "s3": "s3",
-    "s3a": "s3",
-    "gs": "gcs",
-    "gcs": "gcs",
-    "az": "azure",
-    "abfs": "azure",
-    "abfss": "azure",
-    "adl": "azure",
-}
+# The kind of storage behind each protocol: local disk, memory, or the provider (whose name is also its extra's).
+_KIND: Final[dict[str, str]] = {"file": "disk", "local": "disk", "memory": "memory", **_PROVIDERS}
 PRODUCTION_SITE: Final = "production"
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 
 from . import _walnames
-from .catalog import BACKUPS, Leftover, leftovers, manifest_key, read_manifest
+from .catalog import BACKUPS, Leftover, leftovers, manifest_key, needs_of, read_manifest
 from .errors import BackupNotFound, ConfigurationError, ManifestError
 from .manifest import BackupManifest
 from .progress import Meter, ProgressCallback
@@ -237,17 +237,6 @@ def _is_full(m: BackupManifest) -> bool:
     return m.physical is None or m.physical.parent is None
 
 
-def _needs(m: BackupManifest) -> list[str]:
-    """Backups whose files ``m`` needs (an incremental backup's parent and every ancestor it reads from)."""
-    if m.physical is None:
-        return []
-    wanted = {x.source for x in m.physical.members}
-    if m.physical.parent is not None:
-        wanted.add(m.physical.parent)
-    wanted.discard(m.id)
-    return sorted(wanted)
-
-
 def _root(m: BackupManifest, by_id: dict[str, BackupManifest]) -> str | None:
     """The full backup at the start of ``m``'s chain; None when a link is missing."""
     seen = set()
@@ -385,7 +374,7 @@ def plan_expire(
     todo = list(reasons)
     while todo:  # whatever a kept incremental backup is built on is kept, transitively
         m = by_id[todo.pop()]
-        for dep in _needs(m):
+        for dep in needs_of(m):
             if dep in by_id:
                 first = dep not in reasons
                 keep(dep, f"needed by incremental backup {m.id}")
