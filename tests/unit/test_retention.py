@@ -25,7 +25,7 @@ from pgrecovery import (
     retention,
 )
 from pgrecovery._walnames import history_name, segment_name, segment_number
-from pgrecovery.catalog import Leftover, finish_backup, manifest_key
+from pgrecovery.catalog import Leftover, finish_backup, manifest_key, needs_of
 from pgrecovery.cli import _common
 from pgrecovery.manifest import MemberEntry, PhysicalInfo
 from pgrecovery.retention import ExpirePlan, plan_expire
@@ -454,7 +454,7 @@ def test_an_interrupted_expire_never_lists_half_deleted_backups_and_a_rerun_fini
         if key.endswith("/manifest.json"):
             listed = set(ids(self.backups()))
             for backup_id in listed:
-                assert set(retention._needs(by_id[backup_id])) <= listed
+                assert set(needs_of(by_id[backup_id])) <= listed
 
     monkeypatch.setattr(Repository, "delete", checked_delete)
 
