@@ -42,6 +42,11 @@ class AlreadyExists(StorageError):
     """An object is already stored under that name; pgrecovery never overwrites silently."""
 
 
+class NotStored(StorageError):
+    """A write finished without error, but reading the storage back does not show the object as written (missing,
+    or another size or digest): the filesystem dropped or damaged it. Nothing is reported stored in that case."""
+
+
 class ChecksumMismatch(StorageError):
     """Stored bytes differ from what the manifest recorded (size or sha256)."""
 
