@@ -36,7 +36,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from .errors import AlreadyExists, ConfigurationError, MissingDependency, PgRecoveryError, StorageError
+from .errors import (
+    AlreadyExists,
+    ConfigurationError,
+    MissingDependency,
+    NotStored,
+    PgRecoveryError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -79,12 +86,16 @@ class Capabilities:
     ``object_store``: an upload becomes visible only when completed; ``finish`` says which call completes it on
     the driver's file object (``commit`` for s3fs and gcsfs, ``close`` for adlfs). ``conditional``: a write can be
     made conditional on the name being free (``mode="create"``/``"xb"``), closing the race of exists-then-write.
+    ``staged``: nothing is known of the filesystem; a write goes to a hidden temporary name, is published under
+    its own name, and is reported stored only once the storage shows it there with the size written (and the
+    digest, read back, up to the repository's part size).
     """
 
     local: bool = False
     object_store: bool = False
     finish: Finish = "commit"
     conditional: bool = False
+    staged: bool = False
 
 
 _LOCAL = Capabilities(local=True)
@@ -92,20 +103,65 @@ _MEMORY = Capabilities()
 _S3 = Capabilities(object_store=True, finish="commit", conditional=True)
 _GCS = Capabilities(object_store=True, finish="commit", conditional=True)
 _AZURE = Capabilities(object_store=True, finish="close", conditional=True)
-_OTHER = Capabilities(object_store=True, finish="commit", conditional=False)  # fsspec's contract, unproven here
+# Any other filesystem: writes staged under a temporary name, published, then confirmed by reading the storage back
+# (see `_StagedWriter`). Nothing is assumed of it that fsspec's public API does not promise.
+_OTHER = Capabilities(staged=True)
 
-_CAPS: Final[dict[str, Capabilities]] = {
-    "file": _LOCAL,
-    "local": _LOCAL,
-    "memory": _MEMORY,
-    "s3": _S3,
-    "s3a": _S3,
-    "gs": _GCS,
-    "gcs": _GCS,
-    "az": _AZURE,
-    "abfs": _AZURE,
-    "abfss": _AZURE,
+# protocol -> (capabilities, the package whose implementation those were proven with)
+_CAPS: Final[dict[str, tuple[Capabilities, str]]] = {
+    "file": (_LOCAL, "fsspec.implementations.local"),
+    "local": (_LOCAL, "fsspec.implementations.local"),
+    "memory": (_MEMORY, "fsspec.implementations.memory"),
+    "s3": (_S3, "s3fs"),
+    "s3a": (_S3, "s3fs"),
+    "gs": (_GCS, "gcsfs"),
+    "gcs": (_GCS, "gcsfs"),
+    "az": (_AZURE, "adlfs"),
+    "abfs": (_AZURE, "adlfs"),
+    "abfss": (_AZURE, "adlfs"),
 }
+# The methods whose behaviour the table describes: a subclass that overrides any of them elsewhere is not the
+# implementation that was proven, and gets the safe default instead.
+_PROVEN_METHODS: Final = ("open", "_open", "pipe_file", "info", "exists", "ls", "find", "rm_file")
+
+
+def capabilities_of(fs: AbstractFileSystem) -> Capabilities:
+    """The capabilities pgrecovery relies on for ``fs``: from the table when ``fs`` is one of the implementations
+    it was proven with (or a subclass that changes none of the methods used), the safe default otherwise."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    entry = next((_CAPS[p] for p in protocols if p in _CAPS), None)
+    if entry is None:
+        return _OTHER
+    caps, package = entry
+    for name in _PROVEN_METHODS:
+        owner = next((c for c in type(fs).__mro__ if name in vars(c)), None)
+        module = getattr(owner, "__module__", "") or ""
+        if not (module == package or module.startswith(package + ".") or module in ("fsspec.spec", "fsspec.asyn")):
+            return _OTHER
+    return caps
+
+
+def _check_usable(fs: AbstractFileSystem) -> None:
+    """Refuse, at `Repository` construction, a filesystem on which no write could ever be confirmed: one that can
+    neither open files (fsspec's base class would hand back a file that stores nothing) nor describe them."""
+    from fsspec import AbstractFileSystem as Base
+
+    def own(name: str) -> bool:
+        method = getattr(fs, name, None)  # through the instance: wrappers may delegate by attribute lookup
+        return method is not None and getattr(method, "__func__", None) is not getattr(Base, name)
+
+    name = type(fs).__name__
+    if not (own("open") or own("_open")):
+        raise ConfigurationError(
+            f"filesystem {name} implements neither open() nor _open(): pgrecovery cannot write to it"
+        )
+    if not (own("info") or own("ls")):
+        raise ConfigurationError(
+            f"filesystem {name} implements neither info() nor ls(): pgrecovery could not confirm that a write "
+            "was stored, so it refuses to use it"
+        )
+
+
 _CACHED_LISTINGS: Final = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 # -- retries -----------------------------------------------------------------------------------------------------
@@ -407,10 +463,8 @@ class _ObjectWriter(_HashingWriter):
     def _start_upload(self) -> None:
         mode = "xb" if self._conditional else "wb"
         fs, path, part = self._repo.fs, self._path, self._repo.part_size
-        # fs._open, not fs.open: open() also files an autocommit=False file into fs.transaction, a process-wide
-        # queue that nothing would ever empty (and that a `with fs.transaction` elsewhere would commit).
         self._file = self._repo._retry(
-            "start an upload of", self.key, lambda: fs._open(path, mode, block_size=part, autocommit=False)
+            "start an upload of", self.key, lambda: _open_uncommitted(fs, path, mode, block_size=part)
         )
         data = b"".join(self._buffer)
         self._buffer.clear()
@@ -448,20 +502,9 @@ class _ObjectWriter(_HashingWriter):
         data = b"".join(self._buffer)
         mode = "create" if self._conditional else "overwrite"
         fs, path = self._repo.fs, self._path
-        caps = self._repo.capabilities
 
-        def put() -> None:
-            if caps.conditional:  # s3fs, gcsfs and adlfs take mode= (create: If-None-Match / ifGenerationMatch=0)
-                fs.pipe_file(path, data, mode=mode)
-                return
-            f = fs._open(path, "wb", autocommit=False)
-            try:
-                f.write(data)
-                f.close()
-                f.commit()
-            except BaseException:
-                _cancel(f)
-                raise
+        def put() -> None:  # s3fs, gcsfs and adlfs take mode= (create: If-None-Match / ifGenerationMatch=0)
+            fs.pipe_file(path, data, mode=mode)
 
         try:
             self._repo._retry("store", self.key, put, confirm=self._landed)
@@ -527,6 +570,161 @@ def _cancel(f: Any) -> None:
         f.close()
     with contextlib.suppress(Exception):
         f.closed = True
+
+
+def _open_uncommitted(fs: AbstractFileSystem, path: str, mode: str, **kwargs: Any) -> Any:
+    """``fs.open(path, mode, autocommit=False)``: a driver file whose upload completes only on ``commit()``.
+
+    fsspec's `open` also files such a file into ``fs.transaction``, a process-wide queue that nothing would empty
+    (and that a ``with fs.transaction`` elsewhere would commit): take it out again, since we commit it ourselves.
+    """
+    f = fs.open(path, mode, autocommit=False, **kwargs)
+    with contextlib.suppress(Exception):
+        fs.transaction.files.remove(f)
+    return f
+
+
+class _StagedWriter(_HashingWriter):
+    """Any filesystem pgrecovery knows nothing about: staged, published, then confirmed from the storage itself.
+
+    Bytes go through the filesystem's public ``open()`` to a hidden temporary name beside the target
+    (``.<name>.<hex>.tmp``, which listings skip), so an interrupted write never shows under the key. On commit the
+    staged object must be seen with the size written (and, up to the repository's part size, read back with the
+    same sha256) before it is published with ``mv`` (or, where the filesystem cannot move, copied and the copy
+    checked the same way); then the key itself must be seen with that size. Any shortfall is `NotStored`: a
+    filesystem that drops or damages a write is never reported as having stored it. Without ``overwrite`` an
+    existing key is refused when the writer starts and again just before publishing (not atomically: unknown
+    filesystems offer no conditional write).
+    """
+
+    def __init__(self, key: str, repo: Repository, path: str, overwrite: bool) -> None:
+        super().__init__(key)
+        self._repo, self._path, self._overwrite = repo, path, overwrite
+        directory, _, name = path.rpartition("/")
+        self._tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp" if directory else f".{name}.tmp"
+        repo._ensure_directory(directory)
+        self._file: Any = repo._retry("start a write of", key, lambda: repo.fs.open(self._tmp, "wb"))
+
+    def _write_raw(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except Exception as e:
+            raise self._repo._failure("write", self.key, e) from e
+
+    def commit(self) -> StoredObject:
+        if self._done:
+            raise StorageError(f"write of {self.key!r} was already finished")
+        repo, fs = self._repo, self._repo.fs
+        try:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except Exception as e:
+                raise repo._failure("write", self.key, e) from e
+            self._confirm(self._tmp, read_back=True)
+            if not self._overwrite and repo.exists(self.key):
+                raise AlreadyExists(
+                    f"refusing to overwrite {self.key!r}: it appeared in {repo.display_url} during the write"
+                )
+            try:
+                repo._retry("publish", self.key, lambda: fs.mv(self._tmp, self._path), confirm=self._published)
+            except StorageError as e:
+                if not isinstance(e.__cause__, NotImplementedError):
+                    raise
+                self._copy_into_place()
+            self._confirm(self._path, read_back=False)
+        except BaseException:
+            self.abort()
+            raise
+        self._remove_tmp()  # a move that copied leaves it behind
+        return self._result()
+
+    def _published(self) -> bool:
+        """After a move whose answer was lost: did it happen (the key holds what was written)?"""
+        try:
+            self._confirm(self._path, read_back=True)
+        except PgRecoveryError:
+            return False
+        return True
+
+    def _copy_into_place(self) -> None:
+        """For a filesystem that cannot move: copy the staged object under its key, and check the copy.
+
+        A copy that fails part way is removed: closing a half-written file would publish it on many filesystems,
+        and a WAL object under its final name counts as archived.
+        """
+        repo, fs = self._repo, self._repo.fs
+
+        def copy() -> None:
+            dst = fs.open(self._path, "wb")
+            try:
+                with fs.open(self._tmp, "rb") as src:
+                    while data := src.read(CHUNK):
+                        dst.write(data)
+            except BaseException:
+                _cancel(dst)
+                self._remove_final()
+                raise
+            dst.close()
+
+        try:
+            repo._retry("publish", self.key, copy)
+            self._confirm(self._path, read_back=True)
+        except BaseException:
+            self._remove_final()
+            raise
+
+    def _remove_final(self) -> None:
+        """Take back a failed copy under the key (checked free before it started); say so if that fails too."""
+        repo = self._repo
+        try:
+            repo._retry("remove the failed copy of", self.key, lambda: repo.fs.rm_file(self._path))
+        except FileNotFoundError:
+            return
+        except StorageError as e:
+            raise NotStored(
+                f"a copy of {self.key!r} failed part way and could not be removed ({e}): delete that object "
+                "before anything reads it"
+            ) from None
+
+    def _confirm(self, path: str, *, read_back: bool) -> None:
+        """Raise `NotStored` unless ``path`` is stored with what was written."""
+        repo = self._repo
+        with contextlib.suppress(Exception):
+            repo.fs.invalidate_cache(path)
+        where = f"{self.key!r} in {repo.display_url}"
+        try:
+            info = repo._retry("check", self.key, lambda: repo.fs.info(path))
+        except FileNotFoundError:
+            raise NotStored(
+                f"{where} is missing after a write that raised no error: the filesystem dropped it"
+            ) from None
+        size = info.get("size") if isinstance(info, dict) else None
+        if not isinstance(size, int):
+            raise NotStored(f"{where}: the filesystem does not report the size of what it stored, so the write "
+                            "cannot be confirmed")  # fmt: skip
+        if size != self._size:
+            raise NotStored(f"{where} holds {size} bytes after a write of {self._size}: the filesystem lost data")
+        if read_back and self._size <= repo.part_size:
+            try:
+                stored = repo._retry("read back", self.key, lambda: repo.fs.cat_file(path))
+            except FileNotFoundError:
+                raise NotStored(f"{where} cannot be read back after its write") from None
+            if hashlib.sha256(stored).hexdigest() != self._hash.hexdigest():
+                raise NotStored(f"{where} reads back other bytes than were written: the filesystem damaged them")
+
+    def _remove_tmp(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._repo.fs.exists(self._tmp):
+                self._repo.fs.rm_file(self._tmp)
+
+    def abort(self) -> None:
+        self._done = True
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            self._file = None
+        self._remove_tmp()
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -648,6 +846,12 @@ class Repository:
     they can also come from the environment (``FSSPEC_S3_KEY``, ``FSSPEC_GCS_TOKEN``, ... see docs/repository.md).
     ``retry_policy`` says how transient storage errors are retried; ``part_size`` is the upload part size for
     large objects on object stores (at least 5 MiB).
+
+    Any fsspec filesystem works. The local filesystem, memory, s3fs, gcsfs and adlfs get writes built on what
+    each is known to guarantee (see `Capabilities`); any other filesystem, including wrappers such as
+    ``DirFileSystem`` and subclasses that override how files are opened, gets staged writes that are reported
+    stored only once the storage shows them as written (`NotStored` otherwise). ``capabilities`` declares a
+    wrapper's guarantees instead (say, an instrumented s3fs); declare only what the filesystem really does.
     """
 
     url: str
@@ -659,6 +863,7 @@ class Repository:
     part_size: int
     encryption: EncryptionKey | None
     _secrets: tuple[str, ...]
+    _directories: set[str]
 
     def __init__(
         self,
@@ -669,6 +874,7 @@ class Repository:
         retry_policy: RetryPolicy | None = None,
         part_size: int = PART_SIZE,
         encryption: EncryptionKey | None = None,
+        capabilities: Capabilities | None = None,
         **storage_options: Any,
     ) -> None:
         if part_size < MIN_PART_SIZE:
@@ -676,6 +882,12 @@ class Repository:
         if fs is not None:
             if url is not None or storage_options:
                 raise ConfigurationError("give either a URL (with storage options) or fs=, not both")
+            from fsspec import AbstractFileSystem as Base
+
+            if not isinstance(fs, Base):
+                raise ConfigurationError(
+                    f"fs= takes an fsspec filesystem (AbstractFileSystem), not {type(fs).__name__}"
+                )
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             root_path = fs._strip_protocol(root or "")
             self.url = f"{protocol}://{root_path.lstrip('/')}" if protocol != "file" else root_path
@@ -690,16 +902,20 @@ class Repository:
             self.url = url
         self.fs = fs
         self.protocol = protocol
-        self.capabilities = _CAPS.get(protocol, _OTHER)
+        self.capabilities = capabilities or capabilities_of(fs)
+        if self.capabilities.staged:
+            _check_usable(fs)
         self.retry_policy = retry_policy or RetryPolicy()
         self.part_size = part_size
         self.encryption = encryption
         self._secrets = tuple(_secret_values(dict(getattr(fs, "storage_options", {}) or {})))
+        self._directories = set()
         if self.capabilities.local:
             root_path = os.path.abspath(root_path)
             if os.path.exists(root_path) and not os.path.isdir(root_path):
                 raise ConfigurationError(f"repository path {root_path!r} exists and is not a directory")
-        self.root = root_path.rstrip("/") or "/"
+        # A filesystem of relative paths (a DirFileSystem, say) has its top at "", not "/".
+        self.root = root_path.rstrip("/") or ("" if self.capabilities.staged and not root_path else "/")
 
     def __repr__(self) -> str:
         key = f", encryption key id {self.encryption.key_id}" if self.encryption is not None else ""
@@ -767,6 +983,18 @@ class Repository:
                 time.sleep(pause)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _ensure_directory(self, directory: str) -> None:
+        """Make ``directory`` (and its parents) where a filesystem needs directories before files (SFTP, WebDAV, a
+        local filesystem without auto_mkdir); remembered, so each costs one call per repository object."""
+        if not directory or directory in self._directories:
+            return
+        try:
+            self._retry("create the directory of", directory, lambda: self.fs.makedirs(directory, exist_ok=True))
+        except StorageError as e:
+            if not isinstance(e.__cause__, NotImplementedError):  # a filesystem without directories needs none
+                raise
+        self._directories.add(directory)
+
     def _fresh(self, path: str) -> None:
         """Drop the driver's cached listings: another process may have written since (archive_command does)."""
         if not self.capabilities.local:
@@ -779,7 +1007,7 @@ class Repository:
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ConfigurationError(f"invalid repository key {key!r}")
-        return f"{self.root.rstrip('/')}/{key}"
+        return f"{self.root.rstrip('/')}/{key}" if self.root else key
 
     def local_path(self, key: str) -> Path | None:
         """A local path to read ``key`` directly, when the repository is on this host's filesystem (and the object
@@ -813,6 +1041,8 @@ class Repository:
             raise StorageError(f"cannot write {key!r} in {self.display_url}: {self._reason(e)}") from e
         if not overwrite and self.exists(key):
             raise AlreadyExists(f"refusing to overwrite {key!r}: it is already in the repository")
+        if self.capabilities.staged:
+            return _StagedWriter(key, self, path, overwrite)
         if self.capabilities.object_store:
             return _ObjectWriter(key, self, path, overwrite)
         return _BufferWriter(key, self.fs, path)
@@ -936,7 +1166,7 @@ class Repository:
             return []
         except OSError as e:
             raise StorageError(f"cannot list {prefix or '/'} in {self.display_url}: {self._reason(e)}") from e
-        root = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+        root = self.fs._strip_protocol(self.root).rstrip("/") + "/" if self.root else ""
         keys = []
         for p in found:
             p = self.fs._strip_protocol(p)
@@ -998,9 +1228,7 @@ class Repository:
         path = self.path(prefix)
         try:
             if self.capabilities.local:
-                import shutil
-
-                shutil.rmtree(path, ignore_errors=False)
+                _remove_tree(path)
                 return
             paths = [self.path(k) for k in self.list_keys(prefix)]
             if paths:
@@ -1055,6 +1283,28 @@ def _local_dir(path: str) -> bool:
         return stat.S_ISDIR(os.stat(path).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def _remove_tree(path: str) -> None:
+    """``rm -r`` that another process may be doing at the same moment (two `expire` runs, say): what the other
+    removed first is not an error, and a directory that gained an entry meanwhile (a marker another process
+    rewrote) is emptied again. The goal, nothing left, is what counts."""
+    import shutil
+
+    def gone_is_fine(_func: object, _path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+
+    for attempt in range(1, 11):
+        try:
+            shutil.rmtree(path, onerror=gone_is_fine)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == 10:
+                raise
+            time.sleep(0.01 * attempt)
 
 
 def _mtime(path: str) -> float:

@@ -17,15 +17,28 @@ from storage_backends import PART_SIZE, Backend
 
 from pgrecovery import Repository, StorageError
 from pgrecovery import _walnames as wn
-from pgrecovery.storage import RetryPolicy
+from pgrecovery.storage import RetryPolicy, capabilities_of
 from pgrecovery.wal import WalArchiver
 
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.002, max_delay=0.02)
 
 
-def _flaky(backend: Backend, prefix: str, plan: FaultPlan) -> Repository:
-    fs = FlakyFileSystem(backend.fs(), plan)
-    return Repository(fs=fs, root=f"{backend.bucket}/{prefix}", retry_policy=FAST_RETRY, part_size=PART_SIZE)
+@pytest.fixture(params=["declared", "staged"])
+def writes(request: pytest.FixtureRequest) -> str:
+    """How the wrapped store is written: as the object store it wraps (its capabilities declared, so the
+    multipart / conditional-PUT writer runs), or as any unknown filesystem (staged, published, confirmed)."""
+    return str(request.param)
+
+
+def _flaky(backend: Backend, prefix: str, plan: FaultPlan, writes: str) -> Repository:
+    inner = backend.fs()
+    fs = FlakyFileSystem(inner, plan)
+    declared = capabilities_of(inner) if writes == "declared" else None
+    repo = Repository(
+        fs=fs, root=f"{backend.bucket}/{prefix}", retry_policy=FAST_RETRY, part_size=PART_SIZE, capabilities=declared
+    )
+    assert repo.capabilities.staged == (writes == "staged")
+    return repo
 
 
 def _segments(directory: Path, count: int, large: set[int]) -> list[Path]:
@@ -46,10 +59,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_wal_archiving_under_faults_loses_nothing(object_store: Backend, tmp_path: Path) -> None:
+def test_wal_archiving_under_faults_loses_nothing(object_store: Backend, writes: str, tmp_path: Path) -> None:
     prefix = f"faults-{uuid.uuid4().hex[:8]}"
     plan = FaultPlan(rate=0.2, lost_rate=0.3, cut_rate=0.05, seed=sum(map(ord, object_store.name)))
-    flaky = WalArchiver(_flaky(object_store, prefix, plan), spool_dir=tmp_path / "spool", parallel=1)
+    flaky = WalArchiver(_flaky(object_store, prefix, plan, writes), spool_dir=tmp_path / "spool", parallel=1)
     clean = WalArchiver(object_store.repo(prefix))
     paths = _segments(tmp_path / "pg_wal", 30, large={5, 12, 20, 27})
 
@@ -90,10 +103,10 @@ def test_wal_archiving_under_faults_loses_nothing(object_store: Backend, tmp_pat
     assert plan.total("before") > 0
 
 
-def test_a_lasting_failure_names_the_key_and_repository(object_store: Backend) -> None:
+def test_a_lasting_failure_names_the_key_and_repository(object_store: Backend, writes: str) -> None:
     prefix = f"down-{uuid.uuid4().hex[:8]}"
     plan = FaultPlan(rate=1.0, lost_rate=0, cut_rate=0)
-    repo = _flaky(object_store, prefix, plan)
+    repo = _flaky(object_store, prefix, plan, writes)
     with pytest.raises(StorageError) as caught:
         repo.put_bytes("wal/00000001/x", b"data")
     text = str(caught.value)
