@@ -26,7 +26,7 @@ import attrs
 
 from . import _walnames
 from .catalog import BACKUPS, Leftover, leftovers, manifest_key, needs_of, read_manifest
-from .errors import BackupNotFound, ConfigurationError, ManifestError
+from .errors import BackupNotFound, ConfigurationError, ManifestError, StorageError
 from .manifest import BackupManifest
 from .progress import Meter, ProgressCallback
 
@@ -548,8 +548,16 @@ def expire(
         if repo.exists(expired_marker_key(d.id)):
             repo.delete(expired_marker_key(d.id))
     marker = json.dumps({"expired_at": now.isoformat(), "policy": policy.name}).encode()
+    marked = []
     for d in victims:
-        repo.put_bytes(expired_marker_key(d.id), marker, overwrite=True)
+        try:
+            repo.put_bytes(expired_marker_key(d.id), marker, overwrite=True)
+        except StorageError:
+            if repo.exists(manifest_key(d.id)):
+                raise
+            continue  # another expire (or delete) took it meanwhile: it is gone, which is the goal
+        marked.append(d)
+    victims = marked
     # A backup that started since the scan may build on a victim: look again now that the markers are there (a
     # backup that starts later sees them and refuses to finish on an expired parent), and spare what it needs.
     seen = {x.id for x in busy}
