@@ -377,9 +377,12 @@ class _LocalWriter(_HashingWriter):
 
     def _write_raw(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise StorageError(f"cannot write {self.key!r}: {_reason(e)}") from e
 
     def commit(self) -> StoredObject:
         try:
@@ -397,8 +400,10 @@ class _LocalWriter(_HashingWriter):
                     ) from None
                 os.unlink(self._tmp)
             _fsync_dir(os.path.dirname(self._path))
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            if isinstance(e, OSError):  # the directory vanished (removed meanwhile), no space, no permission
+                raise StorageError(f"cannot store {self.key!r}: {_reason(e)}") from e
             raise
         return self._result()
 

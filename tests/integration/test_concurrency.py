@@ -13,11 +13,13 @@ other operation (a real CLI process) runs while the server is in backup mode.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from pgrecovery import (
     BackupError,
     BaseBackup,
     LocalCluster,
+    LogicalBackup,
     RecoveryPlan,
     RecoveryTarget,
     Repository,
@@ -351,6 +354,35 @@ def test_two_expires_at_once(cluster: LocalCluster, repo: Repository) -> None:
     checker = Checker(repo)
     checker.listed_backups()
     checker.wal_verify_clean()
+
+
+@contextlib.contextmanager
+def _cpu_hogs(count: int = 2) -> Iterator[None]:
+    """Busy loops beside the test, one per core: the machine as loaded as the one where the race showed."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_two_expires_at_once_under_load(cluster: LocalCluster, repo: Repository) -> None:
+    """The race once seen 1 time in 885 ('Directory not empty' when both expires delete the same backup), made
+    likely: many backups to delete, both runs started together, every round with the cores busy."""
+    db = cluster.create_database("expire_race")
+    cluster.execute("create table r (i int)", dbname="expire_race")
+    cmd = cli(repo.url, "expire", "--keep-last", "1", "--json")
+    with _cpu_hogs():
+        for _round in range(4):
+            for _ in range(5):
+                LogicalBackup(dbname=db).run(repo)
+            newest = repo.backups()[-1].id
+            results = _together(cmd, cmd)
+            assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+            assert [m.id for m in repo.backups()] == [newest]
+            assert sorted(p.name for p in (Path(repo.root) / "backups").iterdir()) == [newest]
 
 
 # -- archivers --------------------------------------------------------------------------------------------------
