@@ -790,7 +790,16 @@ def _digest_stream(f: BinaryIO) -> tuple[int, str]:
 
 def _modified_of(info: dict[str, Any], key: str, where: str) -> datetime:
     """The last-modified time in a driver's info() (s3fs: LastModified, gcsfs: updated, adlfs: last_modified)."""
-    for name in ("LastModified", "last_modified", "updated", "mtime", "modified", "creation_time", "timeCreated"):
+    for name in (
+        "LastModified",
+        "last_modified",
+        "updated",
+        "mtime",
+        "modified",
+        "creation_time",
+        "timeCreated",
+        "created",
+    ):
         value = info.get(name)
         if isinstance(value, datetime):
             return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -1196,26 +1205,50 @@ class Repository:
         return sorted({str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
 
     def stale_temp_files(self, older_than: float = 3600.0) -> list[str]:
-        """Temporary files that writes killed mid-way left in a local repository (``.<name>.<hex>.tmp``, older
-        than ``older_than`` seconds, so never one being written). Object stores keep unfinished uploads out of
-        sight instead (see docs/repository.md for how each store drops them)."""
-        if not self.capabilities.local or not os.path.isdir(self.root):
-            return []
+        """Temporary files that writes killed mid-way left behind (``.<name>.<hex>.tmp``, older than
+        ``older_than`` seconds, so never one being written): on local disk and on filesystems that get staged
+        writes. Object stores keep unfinished uploads out of sight instead (see docs/repository.md for how each
+        store drops them)."""
         cutoff = time.time() - older_than
         found = []
-        for directory, _dirs, files in os.walk(self.root):
-            for name in files:
-                path = os.path.join(directory, name)
-                if _is_temp(name) and _mtime(path) < cutoff:
-                    found.append(os.path.relpath(path, self.root).replace(os.sep, "/"))
+        if self.capabilities.local:
+            if not os.path.isdir(self.root):
+                return []
+            for directory, _dirs, files in os.walk(self.root):
+                for name in files:
+                    path = os.path.join(directory, name)
+                    if _is_temp(name) and _mtime(path) < cutoff:
+                        found.append(os.path.relpath(path, self.root).replace(os.sep, "/"))
+            return sorted(found)
+        if not self.capabilities.staged:
+            return []
+        try:
+            self._fresh(self.root)
+            entries = self._retry("list", "/", lambda: self.fs.find(self.root, detail=True))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StorageError(f"cannot list {self.display_url}: {self._reason(e)}") from e
+        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/" if self.root else ""
+        for path, info in dict(entries).items():
+            key = self.fs._strip_protocol(path)[len(prefix) :]
+            if _is_temp(key):
+                with contextlib.suppress(StorageError):
+                    if _modified_of(info, key, self.display_url).timestamp() < cutoff:
+                        found.append(key)
         return sorted(found)
 
     def remove_temp_file(self, key: str) -> None:
         """Delete one of `stale_temp_files` (keys that `path` would refuse: they start with a dot)."""
         if not _is_temp(key) or ".." in key.split("/"):
             raise ConfigurationError(f"{key!r} is not a temporary file of this repository")
+        if self.capabilities.local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.root, key))
+            return
+        path = f"{self.root.rstrip('/')}/{key}" if self.root else key
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.root, key))
+            self._retry("delete", key, lambda: self.fs.rm_file(path))
 
     # -- deletes -------------------------------------------------------------------------------------------
     def delete(self, key: str) -> None:

@@ -206,3 +206,16 @@ def test_a_filesystem_that_cannot_confirm_a_write_is_refused_up_front() -> None:
         Repository(fs=Nothing(), root="/r")
     with pytest.raises(ConfigurationError, match="takes an fsspec filesystem"):
         Repository(fs=object(), root="/r")  # type: ignore[arg-type]
+
+
+def test_clean_finds_what_a_killed_staged_write_left() -> None:
+    repo = _wrapped(None)
+    repo.put_bytes("kept", b"k")
+    left = f"{repo.root}/wal/.seg.0badc0de.tmp"  # what a writer killed before publishing leaves
+    repo.fs.pipe_file(left, b"half")
+    assert repo.list_keys() == ["kept"]
+    assert repo.stale_temp_files() == []  # too young: it might be a write under way
+    assert repo.stale_temp_files(older_than=-1) == ["wal/.seg.0badc0de.tmp"]
+    repo.remove_temp_file("wal/.seg.0badc0de.tmp")
+    assert repo.stale_temp_files(older_than=-1) == []
+    assert repo.read_bytes("kept") == b"k"
