@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import attrs
@@ -90,3 +91,59 @@ def drop_database(conninfo: str, name: str) -> None:
 
     with psycopg.connect(maintenance(conninfo), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# Indexes PostgreSQL will not use: a failed or interrupted CREATE INDEX CONCURRENTLY, a partitioned index created
+# ON ONLY its table whose partitions are not all attached, a DROP INDEX CONCURRENTLY under way. Temporary
+# relations (other sessions' own) are left out: no restored copy has them.
+_INVALID_INDEXES = (
+    "select format('%I.%I', n.nspname, c.relname) from pg_index x join pg_class c on c.oid = x.indexrelid "
+    "join pg_namespace n on n.oid = c.relnamespace "
+    "where not x.indisvalid and c.relpersistence <> 't' and n.nspname <> 'pg_catalog' order by 1"
+)
+
+
+def invalid_indexes(conninfo: str) -> tuple[str, ...]:
+    """The invalid indexes of one database, as ``schema.name`` (quoted where SQL needs it), sorted."""
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=15) as conn:
+        return tuple(str(r[0]) for r in conn.execute(_INVALID_INDEXES).fetchall())
+
+
+def invalid_indexes_by_database(
+    conninfo: str, databases: Sequence[str] | None = None
+) -> dict[str, tuple[str, ...]] | None:
+    """`invalid_indexes` of ``databases`` (default: every database of the server that accepts connections), keyed
+    by database name: the record a backup keeps so that a restore drill can tell faithful copies from damage.
+
+    Best effort, as the record is: a database that cannot be read (a pg_hba rule, dropped meanwhile) is left out,
+    and a server that cannot be asked at all gives None (not recorded).
+    """
+    import psycopg
+
+    try:
+        if databases is None:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=15) as conn:
+                rows = conn.execute("select datname from pg_database where datallowconn order by 1").fetchall()
+            databases = [str(r[0]) for r in rows]
+    except psycopg.Error:
+        return None
+    out: dict[str, tuple[str, ...]] = {}
+    for name in databases:
+        try:
+            out[name] = invalid_indexes(pgtools.with_dbname(conninfo, name))
+        except psycopg.Error:
+            continue
+    return out
+
+
+def merge_index_records(
+    *records: dict[str, tuple[str, ...]] | None,
+) -> dict[str, tuple[str, ...]] | None:
+    """Records taken at several moments of one backup, merged: an index invalid at any of them counts as invalid."""
+    known = [r for r in records if r is not None]
+    if not known:
+        return None
+    names = sorted({db for r in known for db in r})
+    return {db: tuple(sorted({i for r in known for i in r.get(db, ())})) for db in names}

@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("id", nargs="?", default="latest")
     verify.add_argument("--drill", action="store_true", help="restore it into a sandbox and count rows")
     verify.add_argument("--drill-dbname", help="run the drill on this server instead of a sandbox cluster")
+    verify.add_argument(
+        "--drill-port", metavar="PORT|LOW-HIGH", help="the port, or range of ports, the drill's sandbox server may use"
+    )
     verify.add_argument("--source-dbname", help="compare row counts with this database (default: the recorded source)")
     verify.add_argument("-j", "--jobs", type=int, default=1)
     delete = verbs.add_parser("delete", help="delete a backup", parents=[common])
@@ -618,15 +621,17 @@ def _cmd_contents(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from .cluster import parse_ports
     from .errors import VerificationFailed
     from .verify import Verifier
 
     class _Failed(VerificationFailed):
         pass
 
+    ports = parse_ports(args.drill_port) if args.drill_port is not None else None
     try:
         with recorded(args, "verify") as run:
-            report = Verifier(_repo(args)).verify(
+            report = Verifier(_repo(args), ports=ports).verify(
                 args.id,
                 drill=args.drill,
                 drill_server=args.drill_dbname,

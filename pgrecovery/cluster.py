@@ -12,7 +12,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +30,67 @@ def default_run_as() -> str | None:
     return os.environ.get("PGRECOVERY_RUN_AS", "postgres") if os.getuid() == 0 else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def port_choice(value: int | Iterable[int] | None) -> tuple[int, ...] | None:
+    """The ports a server may listen on: one port, or several (``range(55000, 55100)``); None: any free port.
+
+    Raises `ConfigurationError` for an empty choice or a number that is not a TCP port.
+    """
+    if value is None:
+        return None
+    ports = (value,) if isinstance(value, int) else tuple(value)
+    if not ports:
+        raise ConfigurationError("the port range is empty: give at least one port")
+    for p in ports:
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
+            raise ConfigurationError(f"{p!r} is not a TCP port: use a number from 1 to 65535")
+    return ports
+
+
+def parse_ports(text: str) -> range:
+    """``"5432"`` or ``"55000-55099"`` (both ends included) as a range of ports; `ConfigurationError` otherwise."""
+    low, dash, high = text.strip().partition("-")
+    try:
+        first = int(low)
+        last = int(high) if dash else first
+    except ValueError:
+        raise ConfigurationError(
+            f"{text!r} is not a port or a port range: use PORT or LOW-HIGH (55000-55099)"
+        ) from None
+    if last < first:
+        raise ConfigurationError(f"port range {text!r} ends before it starts: use LOW-HIGH, the lower port first")
+    ports = range(first, last + 1)
+    port_choice(ports)
+    return ports
+
+
+def describe_ports(ports: Sequence[int]) -> str:
+    """``55000-55099`` for a contiguous range, else the ports themselves (the first few)."""
+    if len(ports) > 1 and list(ports) == list(range(ports[0], ports[0] + len(ports))):
+        return f"{ports[0]}-{ports[-1]}"
+    shown = ", ".join(str(p) for p in ports[:5])
+    return shown + (f" and {len(ports) - 5} more" if len(ports) > 5 else "")
+
+
+def free_port(ports: Sequence[int] | None = None) -> int:
+    """A port nothing listens on at 127.0.0.1: any (the system's choice), or the first free one of ``ports``.
+
+    Raises `ClusterError` when every one of ``ports`` is taken.
+    """
+    if ports is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    count = f"all {len(ports)} are" if len(ports) > 1 else "it is"
+    raise ClusterError(
+        f"no free port for a PostgreSQL server in {describe_ports(ports)} ({count} in use): give more ports or free one"
+    )
 
 
 def _owner_ids(user: str | None) -> tuple[int, int] | None:
@@ -71,13 +128,21 @@ class LocalCluster:
     """
 
     data_dir: Path = attrs.field(converter=_absolute)
-    port: int = attrs.field(factory=free_port)
+    port: int = 0  # 0: a free one (of ``ports`` when given), chosen when the object is made
     host: str = "127.0.0.1"
     superuser: str = "postgres"
     run_as: str | None = attrs.field(factory=default_run_as)
     major: int | None = None
     log_file: Path | None = None
     owns_parent: bool = False  # remove the data directory's parent too on destroy() (temporary clusters)
+    # The ports the server may use (one, or a range): where it starts, and moves to when its port is taken
+    ports: tuple[int, ...] | None = attrs.field(default=None, converter=port_choice, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.port:
+            self.port = free_port(self.ports)
+        elif self.ports is not None and self.port not in self.ports:
+            raise ConfigurationError(f"port {self.port} is not one of the allowed ports {describe_ports(self.ports)}")
 
     # -- creation --------------------------------------------------------------------------------------------
     @classmethod
@@ -89,16 +154,28 @@ class LocalCluster:
         run_as: str | None = None,
         major: int | None = None,
         parent: str | os.PathLike[str] | None = None,
+        ports: int | Iterable[int] | None = None,
     ) -> LocalCluster:
-        """initdb a fresh cluster in a new temporary directory (not started; use it as a context manager)."""
+        """initdb a fresh cluster in a new temporary directory (not started; use it as a context manager).
+
+        ``ports``: the port, or ports, it may listen on (default: any free one).
+        """
+        allowed = port_choice(ports)
         who = run_as if run_as is not None else default_run_as()
         base = Path(tempfile.mkdtemp(prefix="pgrecovery-", dir=parent))
         ids = _owner_ids(who)
         if ids:
             os.chown(base, *ids)
         base.chmod(0o700)
-        cluster = cls(data_dir=base / "data", run_as=who, major=major, log_file=base / "server.log", owns_parent=True)
         try:
+            cluster = cls(
+                data_dir=base / "data",
+                run_as=who,
+                major=major,
+                log_file=base / "server.log",
+                owns_parent=True,
+                ports=allowed,
+            )
             cluster.init(checksums=checksums, settings=settings)
         except BaseException:
             shutil.rmtree(base, ignore_errors=True)
@@ -197,7 +274,7 @@ class LocalCluster:
                 break
             except ClusterError as e:
                 if attempt < 2 and "Address already in use" in str(e):
-                    self.port = free_port()
+                    self.port = free_port(self.ports)
                     continue
                 raise
         self.wait_ready(timeout=timeout)

@@ -22,7 +22,7 @@ import attrs
 
 from . import __version__, pgtools
 from ._archive import read_toc
-from ._pgdb import ServerInfo, now_utc, server_info
+from ._pgdb import ServerInfo, invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from ._stream import fd_reader, pump, upload_file, widen_pipe
 from ._toc import summarize
 from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup
@@ -162,6 +162,9 @@ class LogicalBackup:
         started = now_utc()
         backup_id = claim_backup_id(repo, "logical", started)
         with _attempt(repo, backup_id, self.dbname):
+            # pg_dump reads the catalog at its snapshot, between these two records: an index invalid at either
+            # is recorded as invalid (a restore drill tells a faithful copy of it from damage)
+            invalid_before = invalid_indexes_by_database(self.dbname, [info.database])
             meter = Meter("backup", progress)
             summary: ContentSummary | None
             if self.format == "directory":
@@ -190,6 +193,9 @@ class LogicalBackup:
                 options=self.options(),
                 summary=summary,
                 pgrecovery_version=__version__,
+                invalid_indexes=merge_index_records(
+                    invalid_before, invalid_indexes_by_database(self.dbname, [info.database])
+                ),
             )
             manifest = finish_backup(repo, manifest)
         return manifest

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -43,6 +43,14 @@ def _files(value: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
+
+
+def _index_record(value: Mapping[str, Iterable[str]] | None) -> dict[str, tuple[str, ...]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or any(isinstance(names, str | bytes) for names in value.values()):
+        raise TypeError("invalid_indexes must map database names to lists of index names")
+    return {str(db): tuple(str(i) for i in names) for db, names in value.items()}
 
 
 @attrs.frozen(kw_only=True)
@@ -131,6 +139,9 @@ class BackupManifest:
     physical: PhysicalInfo | None = None
     pgrecovery_version: str = ""
     encryption: dict[str, str] | None = None  # {"cipher", "format", "key_id"} when the repository encrypts
+    # Indexes that were invalid in the source when the backup was taken, as "schema.name" lists keyed by database
+    # name: a restore drill tells a faithful copy of them from damage. None: not recorded (older backups).
+    invalid_indexes: dict[str, tuple[str, ...]] | None = attrs.field(default=None, converter=_index_record)
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -27,7 +27,7 @@ from typing import IO, Any, Final, Literal
 import attrs
 
 from . import __version__, pgtools
-from ._pgdb import now_utc, server_info
+from ._pgdb import invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from ._stream import fd_reader, pump, widen_pipe
 from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup, gone
 from .codec import SUFFIX, Codec, check_codec, check_level, compressor
@@ -196,10 +196,12 @@ class BaseBackup:
         backup_id = claim_backup_id(repo, "base", started, needs=needs)  # expire and delete keep what it needs
         try:
             if self.method == "local":
-                files, physical = self._local(repo, backup_id, Meter("backup", progress), parent)
+                files, physical, invalid = self._local(repo, backup_id, Meter("backup", progress), parent)
                 tool = f"PostgreSQL {info.version} (pg_backup_start/pg_backup_stop)"
-            else:
+            else:  # pg_basebackup stops the backup by itself: record the invalid indexes on both sides of it
+                before = invalid_indexes_by_database(self.dbname)
                 files, physical, tool = self._stream(repo, backup_id, Meter("backup", progress))
+                invalid = merge_index_records(before, invalid_indexes_by_database(self.dbname))
             manifest = BackupManifest(
                 id=backup_id,
                 kind="base",
@@ -215,6 +217,7 @@ class BaseBackup:
                 options={"method": self.method, "workers": self.workers, "fast_checkpoint": self.fast_checkpoint},
                 physical=physical,
                 pgrecovery_version=__version__,
+                invalid_indexes=invalid,
             )
             missing = gone(repo, needs)
             if missing:  # an expire or delete that began before our claim was visible
@@ -256,7 +259,7 @@ class BaseBackup:
     # -- local method ----------------------------------------------------------------------------------------
     def _local(
         self, repo: Repository, backup_id: str, meter: Meter, parent: BackupManifest | None
-    ) -> tuple[list[FileEntry], PhysicalInfo]:
+    ) -> tuple[list[FileEntry], PhysicalInfo, dict[str, tuple[str, ...]] | None]:
         import psycopg
 
         try:
@@ -300,6 +303,8 @@ class BaseBackup:
             dirs, found = scan_data_directory(pgdata, spaces)
             meter.total = sum(f.size for f in found)
             files, members = self._write_bundles(repo, backup_id, assign(found, self.workers), meter, known)
+            # The catalog as the restored copy will have it is the one at the stop: invalid indexes now are there
+            invalid = invalid_indexes_by_database(self.dbname)
             # Stop without the server's own wait (it polls the archiver once a second); we wait below for the last
             # segment to be in *this* repository, which is the guarantee that matters.
             stop_fn = "pg_backup_stop(false)" if version >= 150000 else "pg_stop_backup(false, false)"
@@ -333,7 +338,7 @@ class BaseBackup:
             directories=dirs,
             members=members,
         )
-        return files, physical
+        return files, physical, invalid
 
     def _wait_archived(self, repo: Repository, conn: Any, wal: str) -> None:
         """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``."""

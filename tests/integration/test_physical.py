@@ -165,8 +165,9 @@ def test_stream_method_restores_and_verifies(archiving: dict[str, Any]) -> None:
 
     report = Verifier(repo).verify(m.id, drill=True)
     assert report.ok, report.to_dict()
-    assert [c.name for c in report.checks] == ["checksums", "restore-drill"]
+    assert [c.name for c in report.checks] == ["checksums", "restore-drill", "row-counts"]
     assert "pg_verifybackup: files match" in report.checks[1].detail
+    assert report.checks[2].status == "warn"  # the source has more rows than at the backup: a warning, not a failure
 
 
 def test_damaged_bundle_fails_verification(archiving: dict[str, Any]) -> None:
