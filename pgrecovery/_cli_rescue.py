@@ -17,7 +17,11 @@ def _target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclusive", action="store_true", help="stop just before the target (time, xid, lsn)")
     p.add_argument("--backup", metavar="ID", help="base backup to start from (default: chosen for the target)")
     p.add_argument("--sandbox-db", required=True, metavar="DB", help="the database's name in the sandbox (then)")
-    p.add_argument("--workdir", help="directory for the sandbox (default: the system's temporary directory)")
+    p.add_argument(
+        "--workdir",
+        help="a writable directory for the sandbox, with room for a copy of the cluster, that the server's OS user "
+        "can reach (default: the system's temporary directory)",
+    )
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for the sandbox's recovery")
 
 
@@ -61,16 +65,9 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from .recovery import RecoveryTarget
+    from .cli import recovery_target
 
-    inclusive = not args.exclusive
-    if args.target_time:
-        return RecoveryTarget.time(args.target_time, inclusive=inclusive)
-    if args.target_xid:
-        return RecoveryTarget.xid(args.target_xid, inclusive=inclusive)
-    if args.target_lsn:
-        return RecoveryTarget.lsn(args.target_lsn, inclusive=inclusive)
-    return RecoveryTarget.name(args.target_name)
+    return recovery_target(args, latest_allowed=False)  # argparse makes one of the options required
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,10 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import ConfigurationError, PgRecoveryError
+
+if TYPE_CHECKING:
+    from .recovery import Action, RecoveryTarget
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _EXIT_FOR: list[tuple[type[BaseException], int]] = [
@@ -219,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--standby", action="store_true", help="write standby.signal instead of recovery.signal")
     rb.add_argument("--run", action="store_true", help="start the server and wait until the target is reached")
     rb.add_argument(
-        "--no-archive", action="store_true", help="archive_mode = off in the restored cluster (drills, sandboxes)"
+        "--no-archive",
+        action="store_true",
+        help="archive_mode = off in the restored cluster, for a copy to look at (default: it keeps the backup's "
+        "archiving and archives its new timeline into the repository, as a replacement server should)",
     )
     rt = rkinds.add_parser("table", help="recover one table from a logical backup", parents=[common])
     rt.add_argument("id", help="backup id or 'latest'")
@@ -282,7 +288,7 @@ def _progress(args: argparse.Namespace, *, every: float = 10.0) -> Any:
     from .progress import Progress, human_bytes
 
     tty = sys.stderr.isatty()
-    last = [0.0]
+    last = [-float("inf")]  # the first event is always shown (monotonic time may start near 0 at boot)
 
     def describe(p: Progress) -> str:
         text = f"{human_bytes(p.done)}"
@@ -494,31 +500,68 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         verify_first=not args.no_verify_first,
         progress=_progress(args),
     )
-    _emit(
-        args,
-        res.to_dict(),
-        f"restored {res.backup_id} into {res.database or 'the server'} in {res.seconds:.2f} s",
-    )
+    _emit(args, res.to_dict(), _restored_into(restore.manifest, res, args.dbname))
     return EXIT_OK
 
 
-def _restore_base(args: argparse.Namespace, repo: Any) -> int:
-    from .recovery import RecoveryPlan, RecoveryTarget
+def _restored_into(m: Any, res: Any, conninfo: str) -> str:
+    """Where a logical restore went: the database by name, or the server for globals and cluster backups."""
+    from .pgtools import public_conninfo
 
-    inclusive = not args.exclusive
-    action = args.target_action
-    if args.target_time:
-        target = RecoveryTarget.time(args.target_time, inclusive=inclusive, action=action)
-    elif args.target_xid:
-        target = RecoveryTarget.xid(args.target_xid, inclusive=inclusive, action=action)
-    elif args.target_name:
-        target = RecoveryTarget.name(args.target_name, action=action)
-    elif args.target_lsn:
-        target = RecoveryTarget.lsn(args.target_lsn, inclusive=inclusive, action=action)
-    elif args.target_immediate:
-        target = RecoveryTarget.immediate(action=action)
+    parts = public_conninfo(conninfo)
+    server = " ".join(f"{k}={v}" for k, v in parts.items() if k != "dbname") or "libpq's default server"
+    if m.kind == "globals":
+        what = f"the roles and tablespaces of {res.backup_id} into the server on {server}"
+    elif m.kind == "cluster":
+        what = f"{res.backup_id} ({len(m.databases)} database(s): {', '.join(m.databases)}) into the server on {server}"
     else:
-        target = RecoveryTarget.latest()
+        what = f"{res.backup_id} into database {res.database!r} on {server}"
+    return f"restored {what} in {res.seconds:.2f} s"
+
+
+# The recovery target options of restore base and rescue: (attribute, option, what to give).
+_TARGET_OPTIONS = (
+    ("target_time", "--target-time", "a timestamp with a time zone, e.g. '2026-03-15 14:30:00+00'"),
+    ("target_xid", "--target-xid", "a transaction id"),
+    ("target_name", "--target-name", "a restore point name"),
+    ("target_lsn", "--target-lsn", "a WAL position, e.g. 0/3000060"),
+)
+
+
+def recovery_target(
+    args: argparse.Namespace, *, action: Action = "promote", latest_allowed: bool = True
+) -> RecoveryTarget:
+    """The `RecoveryTarget` the --target-* options ask for (none of them: ``latest``, when allowed). An empty or
+    blank value is a usage error naming the option: an unset shell variable must never mean "the end of the
+    archive"."""
+    from .recovery import RecoveryTarget
+
+    inclusive = not getattr(args, "exclusive", False)
+    for attr, option, what in _TARGET_OPTIONS:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if not value.strip():
+            hint = "; to recover to the end of the archive, give no --target-* option" if latest_allowed else ""
+            raise ConfigurationError(f"{option} is empty: give {what}{hint}")
+        if attr == "target_time":
+            return RecoveryTarget.time(value, inclusive=inclusive, action=action)
+        if attr == "target_xid":
+            return RecoveryTarget.xid(value, inclusive=inclusive, action=action)
+        if attr == "target_name":
+            return RecoveryTarget.name(value, action=action)
+        return RecoveryTarget.lsn(value, inclusive=inclusive, action=action)
+    if getattr(args, "target_immediate", False):
+        return RecoveryTarget.immediate(action=action)
+    if not latest_allowed:
+        raise ConfigurationError("give a target: --target-time, --target-xid, --target-lsn or --target-name")
+    return RecoveryTarget.latest()
+
+
+def _restore_base(args: argparse.Namespace, repo: Any) -> int:
+    from .recovery import RecoveryPlan
+
+    target = recovery_target(args, action=args.target_action)
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
     if args.run:
         spaces = {str(k): str(v) for k, v in args.tablespace_map}
@@ -527,7 +570,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
             overwrite=args.overwrite,
             delta=args.delta,
             tablespace_map=spaces,
-            settings=_restored(args),
+            archive=not args.no_archive,
             progress=_progress(args),
         )
         record = f"; incident record {result.incident_key}" if result.incident_key else ""
@@ -537,7 +580,7 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
             f"recovered {result.pgdata} from {result.backup_id} to {result.target}: "
             f"{result.state} at LSN {result.end_lsn} on timeline {result.timeline}, port {result.port}, "
             f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery, "
-            f"{result.wal_restored} WAL file(s) replayed{record}",
+            f"{result.wal_restored} WAL file(s) replayed{record}; {_archiving(args)}",
         )
         return EXIT_OK
     path = plan.restore(
@@ -546,20 +589,23 @@ def _restore_base(args: argparse.Namespace, repo: Any) -> int:
         delta=args.delta,
         standby=args.standby,
         tablespace_map={str(k): str(v) for k, v in args.tablespace_map},
-        settings=_restored(args),
+        archive=not args.no_archive,
         progress=_progress(args),
     )
     _emit(
         args,
         {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path)},
-        f"restored {plan.backup.id} into {path}, recovery to {target.describe()} configured: start the server",
+        f"restored {plan.backup.id} into {path}, recovery to {target.describe()} configured: start the server; "
+        + _archiving(args),
     )
     return EXIT_OK
 
 
-def _restored(args: argparse.Namespace) -> dict[str, object]:
-    """Settings for the restored cluster: it keeps archiving (onto its new timeline) unless told not to."""
-    return {"archive_mode": "off"} if args.no_archive else {}
+def _archiving(args: argparse.Namespace) -> str:
+    """The archiving choice, said with the result: the restored server's WAL goes to the repository or nowhere."""
+    if args.no_archive:
+        return "archiving off (--no-archive)"
+    return "it archives as the backed-up server did, its new timeline too (--no-archive for a copy to look at)"
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

@@ -207,8 +207,8 @@ def run_demo(workdir: str | None = None, out: Callable[[str], None] | None = Non
         t0 = time.monotonic()
         plan = RecoveryPlan(repo, RecoveryTarget.time(moment))
         plan.validate()
-        result = plan.run(_server_owned(base / "recovered") / "data", settings={"archive_mode": "off"})
-        recovered = LocalCluster(data_dir=base / "recovered" / "data", port=result.port)
+        result = plan.run(_server_owned(base / "recovered") / "data", archive=False)  # a copy to look at
+        recovered = result.cluster
         back = recovered.query(FINGERPRINT, dbname="shop")[0]
         same = tuple(back) == tuple(good)
         report.ok &= same

@@ -350,6 +350,7 @@ class GlobalsBackup:
         started = now_utc()
         backup_id = claim_backup_id(repo, "globals", started)
         with _attempt(repo, backup_id, self.dbname):
+            meter = Meter("backup", progress)
             entry, tool = _dump_globals(
                 repo,
                 backup_id,
@@ -359,8 +360,9 @@ class GlobalsBackup:
                 self.no_role_passwords,
                 check_codec(self.compression),
                 self.level,
-                Meter("backup", progress),
+                meter,
             )
+            meter.finish()
             manifest = BackupManifest(
                 id=backup_id,
                 kind="globals",

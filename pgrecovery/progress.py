@@ -10,7 +10,12 @@ import attrs
 
 @attrs.frozen(kw_only=True)
 class Progress:
-    """Where a long operation stands. ``total`` is None when it is not known in advance (a pg_dump stream)."""
+    """Where a long operation stands.
+
+    While it runs, ``total`` is an estimate made in advance (a data directory's size when the scan ended, a
+    backup's recorded size; never below ``done``), or None when nothing is known in advance (a pg_dump stream).
+    The last event of a finished operation (``finished=True``) says exactly what was done: ``total == done``.
+    """
 
     operation: str
     done: int
@@ -28,7 +33,11 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class Meter:
-    """Counts bytes and calls the callback at most every ``interval`` seconds, and once at the end."""
+    """Counts bytes and calls the callback at most every ``interval`` seconds, and once at the end.
+
+    ``total`` is the caller's estimate (it may be set later, once known). An estimate the count outgrows is
+    raised to the count; `finish` reports the count as the total, so a finished operation reads 100%.
+    """
 
     def __init__(
         self,
@@ -50,14 +59,17 @@ class Meter:
                 self.callback(self._event(now, False))
 
     def finish(self) -> None:
+        """Report the end of a successful operation: what was done is the total (call it only on success)."""
+        self.total = self.done
         if self.callback is not None:
             self.callback(self._event(time.monotonic(), True))
 
     def _event(self, now: float, finished: bool) -> Progress:
+        total = self.total if self.total is None else max(self.total, self.done)
         return Progress(
             operation=self.operation,
             done=self.done,
-            total=self.total,
+            total=total,
             elapsed=now - self._start,
             finished=finished,
         )

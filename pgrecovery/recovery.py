@@ -4,7 +4,11 @@ archive can get there, then restores a data directory and (optionally) runs the 
 >>> plan = RecoveryPlan(repo, RecoveryTarget.time("2026-03-15 14:30:00+00"))     # doctest: +SKIP
 >>> plan.validate()              # TargetUnreachable / WalGap naming the problem, before touching anything
 >>> plan.restore("/var/lib/postgresql/restore")                                  # doctest: +SKIP
->>> result = plan.run("/var/lib/postgresql/restore")                             # doctest: +SKIP
+>>> with plan.run("/var/lib/postgresql/restore") as result:                      # doctest: +SKIP
+...     result.cluster.query("select count(*) from orders", dbname="shop")      # stopped on leaving the block
+
+A restored server does not archive WAL unless asked (``archive=True``, for a server that replaces the source):
+a copy restored to look at must not write its new timeline into the source's repository.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -80,7 +84,38 @@ def _remove_partial(target: Path, created: bool) -> None:
             child.unlink(missing_ok=True)
 
 
+def _given(value: str, what: str) -> str:
+    """``value`` stripped; an empty or blank one is refused (it must never mean "the end of the archive")."""
+    text = value.strip()
+    if not text:
+        raise ConfigurationError(
+            f"the target {what} is empty: give one, or ask for the end of the archive with RecoveryTarget.latest()"
+        )
+    return text
+
+
+def _archive_settings(archive: bool, settings: dict[str, object] | None) -> dict[str, object]:
+    """The settings a restore writes after the recovery target: ``archive_mode = off`` unless ``archive``, then the
+    caller's ``settings``. An archive_mode among them that says the opposite of ``archive`` is refused."""
+    extra = dict(settings or {})
+    asked = {k.lower(): v for k, v in extra.items()}.get("archive_mode")
+    if asked is not None:
+        off = str(asked).strip().lower() in ("off", "false", "0", "no")
+        if archive and off:
+            raise ConfigurationError(
+                "settings ask for archive_mode = off but archive=True: pass archive=False to turn archiving off"
+            )
+        if not archive and not off:
+            raise ConfigurationError(
+                f"settings ask for archive_mode = {asked!r} but archive=False (the default) turns archiving off: "
+                "pass archive=True to archive"
+            )
+    return extra if archive else {"archive_mode": "off", **extra}
+
+
 def _aware(when: datetime | str) -> datetime:
+    if isinstance(when, str):
+        when = _given(when, "time")
     try:
         dt = datetime.fromisoformat(when.strip()) if isinstance(when, str) else when
     except ValueError:
@@ -92,14 +127,40 @@ def _aware(when: datetime | str) -> datetime:
     return dt.astimezone(UTC)
 
 
+def _one_of(choices: tuple[str, ...]) -> Any:
+    """An attrs validator that refuses anything outside ``choices`` with a `ConfigurationError` naming them."""
+
+    def check(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in choices:
+            raise ConfigurationError(f"recovery target {attribute.name} {value!r}: use {', '.join(choices)}")
+
+    return check
+
+
+def _check_value(target: RecoveryTarget, _: attrs.Attribute[str | None], value: str | None) -> None:
+    """A time, xid, name or LSN target carries a non-blank value; ``immediate`` and ``latest`` carry none."""
+    if target.kind in ("immediate", "latest"):
+        if value is not None:
+            raise ConfigurationError(f"a target of {target.kind} takes no value (got {value!r})")
+    elif value is None or not value.strip():
+        raise ConfigurationError(
+            f"the target {target.kind} is empty: give one, or ask for the end of the archive with "
+            "RecoveryTarget.latest()"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class RecoveryTarget:
-    """Where recovery stops. Build one with the class methods: ``RecoveryTarget.time("2026-03-15 14:30+00")``."""
+    """Where recovery stops. Build one with the class methods: ``RecoveryTarget.time("2026-03-15 14:30+00")``.
 
-    kind: TargetKind
-    value: str | None = None
+    Every kind but ``latest`` and ``immediate`` needs a value: an empty or blank one is a `ConfigurationError`,
+    never a recovery to the end of the archive (that is asked for with ``RecoveryTarget.latest()``).
+    """
+
+    kind: TargetKind = attrs.field(validator=_one_of(get_args(TargetKind)))
+    value: str | None = attrs.field(default=None, validator=_check_value)
     inclusive: bool = True
-    action: Action = attrs.field(default="promote", validator=attrs.validators.in_(("promote", "pause", "shutdown")))
+    action: Action = attrs.field(default="promote", validator=_one_of(get_args(Action)))
     timeline: str = "latest"
 
     @classmethod
@@ -108,18 +169,20 @@ class RecoveryTarget:
 
     @classmethod
     def xid(cls, xid: int | str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
-        if not str(xid).isdigit():
+        xid = _given(str(xid), "xid")
+        if not xid.isdigit():
             raise ConfigurationError(f"target xid {xid!r} is not a transaction id (a positive integer)")
         return cls(kind="xid", value=str(xid), inclusive=inclusive, action=action)
 
     @classmethod
     def name(cls, name: str, *, action: Action = "promote") -> RecoveryTarget:
-        if not name:
-            raise ConfigurationError("a restore point name cannot be empty")
+        """A restore point (``pg_create_restore_point``), matched exactly as given."""
+        _given(name, "restore point name")
         return cls(kind="name", value=name, action=action)
 
     @classmethod
     def lsn(cls, lsn: str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
+        lsn = _given(lsn, "LSN")
         try:
             lsn_value(lsn)
         except ValueError:
@@ -170,6 +233,13 @@ class RecoveryResult:
 
     ``incident`` is the record of the run (see `Incident`); ``incident_key`` where it was stored in the
     repository (None when it could not be written there: the recovery itself is not failed for that).
+
+    The recovered server is left running (unless ``run(keep_running=False)`` or a ``shutdown`` action):
+    ``cluster`` is it as a `LocalCluster` (connect, query, promote), ``stop()`` stops it, and the result is a
+    context manager that stops it on leaving the block. Stopping never removes the data directory:
+
+    >>> with plan.run("/srv/restore") as result:                                     # doctest: +SKIP
+    ...     print(result.cluster.query("select count(*) from orders", dbname="shop"))
     """
 
     backup_id: str
@@ -185,9 +255,25 @@ class RecoveryResult:
     wal_restored: int = 0
     incident: Incident | None = None
     incident_key: str | None = None
+    _cluster: LocalCluster | None = attrs.field(default=None, alias="cluster", repr=False, eq=False)
+
+    @property
+    def cluster(self) -> LocalCluster:
+        """The recovered server (running or not) as a `LocalCluster`, on ``port``."""
+        return self._cluster if self._cluster is not None else LocalCluster(data_dir=Path(self.pgdata), port=self.port)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the recovered server (a no-op when it is not running); its data directory stays."""
+        self.cluster.stop(mode=mode)
+
+    def __enter__(self) -> RecoveryResult:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return attrs.asdict(self, filter=lambda a, _: a.name != "_cluster")
 
 
 @attrs.frozen(kw_only=True)
@@ -395,6 +481,7 @@ class RecoveryPlan:
         overwrite: bool = False,
         delta: bool = False,
         standby: bool = False,
+        archive: bool = False,
         run_as: str | None = None,
         tablespace_map: dict[str, str] | None = None,
         settings: dict[str, object] | None = None,
@@ -405,9 +492,18 @@ class RecoveryPlan:
         Refuses a non-empty ``pgdata`` unless ``overwrite`` (emptied first) or ``delta`` (only files whose
         checksum differs from the backup are rewritten, files the backup lacks are removed). The directory ends
         0700 and owned by the server's OS user (``run_as``; default ``postgres`` when we are root).
+
+        ``archive`` says whether the restored server archives WAL. By default (False) it does not
+        (``archive_mode = off``): a copy restored to look at, test or rescue from never writes its new timeline
+        into the source's repository, where a later recovery to timeline ``latest`` would follow it. With True
+        it keeps the backup's own archiving settings (the source's ``archive_command``, into the source's
+        repository): what a restore that replaces the production server wants, so that its new timeline is
+        archived. ``settings`` are written last (``postgresql.auto.conf``); an ``archive_mode`` among them that
+        contradicts ``archive`` is refused (`ConfigurationError`, before anything is written).
         """
         from .wal import restore_command
 
+        conf_extra = _archive_settings(archive, settings)
         self.validate()
         target = Path(pgdata).absolute()
         who = run_as if run_as is not None else default_run_as()
@@ -439,7 +535,7 @@ class RecoveryPlan:
             conf: dict[str, object | None] = dict.fromkeys(_TARGET_SETTINGS)
             conf["restore_command"] = restore_command(self.repo.url, self.python, key_file=self._key_file())
             conf.update(self.target.settings())
-            conf.update(settings or {})
+            conf.update(conf_extra)
             cluster.configure(**conf)
             (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
             spaces = [
@@ -482,18 +578,30 @@ class RecoveryPlan:
         port: int | None = None,
         timeout: float = 600,
         keep_running: bool = True,
+        archive: bool = False,
         settings: dict[str, object] | None = None,
         tablespace_map: dict[str, str] | None = None,
         record_incident: bool = True,
         progress: ProgressCallback | None = None,
     ) -> RecoveryResult:
         """Restore (unless ``restore=False``), start the server, wait until the target is reached and the action
-        applied, and report what was recovered. The server keeps running unless ``keep_running=False``.
+        applied, and report what was recovered. The server keeps running unless ``keep_running=False``: stop it
+        with ``result.stop()``, or use the result as a context manager (see `RecoveryResult`).
+
+        ``archive`` (default False: the recovered server does not archive) and ``settings`` are as in
+        `restore`; with ``restore=False`` the data directory is started as it was prepared, and they must be
+        left at their defaults.
 
         The run is recorded as an `Incident` (the timeline of its steps, the backup used, the WAL replayed, the
         position reached, the recovery time), returned in the result and, with ``record_incident``, stored as
         ``incidents/<id>.json`` in the repository."""
         import psycopg
+
+        if not restore and (archive or settings):
+            raise ConfigurationError(
+                "archive= and settings= apply when run() restores: with restore=False pass them to restore()"
+            )
+        _archive_settings(archive, settings)  # a contradiction is refused before anything is written
 
         started_at = datetime.now(UTC)
         steps: list[IncidentStep] = []
@@ -513,6 +621,7 @@ class RecoveryPlan:
                 pgdata,
                 overwrite=overwrite,
                 delta=delta,
+                archive=archive,
                 settings=settings,
                 tablespace_map=tablespace_map,
                 progress=progress,
@@ -608,6 +717,7 @@ class RecoveryPlan:
             wal_restored=len(wal),
             incident=incident,
             incident_key=self._record(incident) if record_incident else None,
+            cluster=cluster,
         )
 
     def _record(self, incident: Incident) -> str | None:

@@ -34,8 +34,17 @@ import attrs
 
 from . import pgtools
 from .cluster import LocalCluster, _owner_ids, default_run_as
-from .errors import ClusterError, ConfigurationError, DatabaseError, PgRecoveryError, RestoreError
+from .errors import (
+    ClusterError,
+    ConfigurationError,
+    DatabaseError,
+    PgRecoveryError,
+    RestoreError,
+    ToolFailed,
+    ToolNotFound,
+)
 from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
+from .restore import LogicalRestore, require_dbname
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,10 +55,32 @@ log = logging.getLogger(__name__)
 
 OnConflict = Literal["error", "skip"]
 
-# The sandbox must never write into the production archive: archiving off (and no command to run if it were on).
-SANDBOX_SETTINGS: dict[str, object] = {"archive_mode": "off", "archive_command": "", "hot_standby": "on"}
+# The sandbox must never write into the production archive: archiving off (RecoveryPlan.run(archive=False)), and
+# no command to run if it were turned on.
+SANDBOX_SETTINGS: dict[str, object] = {"archive_command": "", "hot_standby": "on"}
 _MAX_IDENT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 _COPY_CHUNK = 1 << 20
+
+
+def _workdir_error(workdir: str | None, e: OSError) -> ConfigurationError:
+    """One line naming the directory a sandbox could not be made in, and the fix."""
+    where = workdir if workdir is not None else tempfile.gettempdir()
+    return ConfigurationError(
+        f"cannot create the sandbox's directory in {where}: {e.strerror or e}; choose a directory you can write "
+        "to, with room for a copy of the cluster (--workdir DIR, workdir=)"
+    )
+
+
+def _check_reachable(base: Path, who: str, workdir: str | None) -> None:
+    """As root, the server runs as ``who``: it must reach the sandbox's directory through every parent."""
+    try:
+        pgtools.run(["test", "-w", str(base)], run_as=who, cwd="/", what="test", timeout=60)
+    except (ToolFailed, ToolNotFound):
+        where = workdir if workdir is not None else tempfile.gettempdir()
+        raise ConfigurationError(
+            f"PostgreSQL's OS user {who!r} cannot reach {where} (the sandbox's server runs as {who}): choose a "
+            f"directory whose every parent {who} can enter (--workdir DIR, workdir=)"
+        ) from None
 
 
 def _split_table(table: str) -> tuple[str, str]:
@@ -126,20 +157,30 @@ class Sandbox:
         promoted: see `state`)."""
         if self.base is not None:
             raise ClusterError("this sandbox is already started: use a new Sandbox for another target")
-        base = Path(tempfile.mkdtemp(prefix="pgrecovery-sandbox-", dir=self.workdir))
+        try:
+            base = Path(tempfile.mkdtemp(prefix="pgrecovery-sandbox-", dir=self.workdir))
+        except OSError as e:
+            raise _workdir_error(self.workdir, e) from None
         self.base = base
         try:
-            ids = _owner_ids(default_run_as())  # as root: the server's OS user must own the data dir's parent
+            who = default_run_as()
+            ids = _owner_ids(who)  # as root: the server's OS user must own the data dir's parent
             if ids is not None:
                 os.chown(base, *ids)
             base.chmod(0o700)
+            if who is not None:
+                _check_reachable(base, who, self.workdir)
             log.info("sandbox: recovering %s to %s in %s", self.plan.backup.id, self.target.describe(), base)
             result = self.plan.run(
-                base / "data", settings=dict(SANDBOX_SETTINGS), record_incident=False, timeout=self.timeout
+                base / "data",
+                archive=False,
+                settings=dict(SANDBOX_SETTINGS),
+                record_incident=False,
+                timeout=self.timeout,
             )
             self.result = result
             self.state = result.state
-            cluster = LocalCluster(data_dir=base / "data", port=result.port, log_file=base / "data.log")
+            cluster = result.cluster
             self.cluster = cluster
             if result.state == "paused" and _startup_locks(cluster):
                 # The target lies inside a transaction that holds ACCESS EXCLUSIVE locks (a DROP TABLE, a
@@ -438,6 +479,7 @@ def recover_rows(
     schema = name = ""
     if into is not None and table is not None:
         schema, name = _split_table(table)
+        require_dbname(into, f"the rescued rows go into {schema}.{name} of one live database")
         live = _live_columns(into, schema, name)  # before the sandbox: a wrong table fails in a second
     sandbox = Sandbox(repo, target, backup_id=backup_id, workdir=workdir, python=python, timeout=timeout)
     t1 = time.monotonic()
@@ -535,7 +577,6 @@ def recover_table(
     under its own name (a dropped table, ``new_name`` = its name) everything that hangs off it.
     """
     from .logical import LogicalBackup
-    from .restore import LogicalRestore
     from .storage import Repository
 
     t0 = time.monotonic()
@@ -543,9 +584,14 @@ def recover_table(
     final = new_name or default_new_name(name, target)
     if not final or len(final) > _MAX_IDENT:
         raise ConfigurationError(f"new name {final!r} must be 1 to {_MAX_IDENT} characters long")
+    require_dbname(into, f"{schema}.{name} is loaded into one live database")
     _refuse_existing(into, schema, final)
     sandbox = Sandbox(repo, target, backup_id=backup_id, workdir=workdir, python=python, timeout=timeout)
-    with tempfile.TemporaryDirectory(prefix="pgrecovery-rescue-", dir=sandbox.workdir) as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="pgrecovery-rescue-", dir=sandbox.workdir)
+    except OSError as e:
+        raise _workdir_error(sandbox.workdir, e) from None
+    with scratch as tmp:
         dump_repo = Repository(f"file://{tmp}/dump")
         t1 = time.monotonic()
         with sandbox as cluster:

@@ -98,6 +98,10 @@ class LogicalRestore:
     ) -> RestoreResult:
         """Restore into the database ``dbname`` names (created first with ``create=True``).
 
+        For a logical backup (one database) the connection string must name the database (``dbname=...``, or
+        PGDATABASE / a service): one that names none is refused rather than restored into libpq's default
+        database. The result's ``database`` is the database restored into.
+
         ``entries`` restores exactly those table-of-contents entries (filter `list_contents()`); ``schemas`` restores
         whole schemas (created when the target lacks them); ``tables`` selects like pg_restore's -t.
         ``verify_first`` re-reads the stored files and checks them against the manifest before anything is
@@ -110,6 +114,8 @@ class LogicalRestore:
         t0 = time.monotonic()
         if jobs < 1:
             raise ConfigurationError("jobs must be at least 1")
+        if m.kind == "logical":
+            require_dbname(dbname, f"backup {m.id} is a dump of database {m.database!r}")
         if verify_first:
             for f in m.files:
                 check_stored(self.repo, self._key(f), f)
@@ -130,8 +136,9 @@ class LogicalRestore:
             raise ConfigurationError("pg_restore cannot restore the tar format in parallel: use jobs=1")
         if create:
             create_database(dbname)
+            database = _dbname_of(dbname)
         else:
-            server_info(dbname)  # a clear error now rather than pg_restore's later
+            database = server_info(dbname).database  # a clear error now rather than pg_restore's later
         try:
             if schemas and entries is None:
                 entries = self._schema_entries(dbname, schemas, tables)
@@ -166,7 +173,7 @@ class LogicalRestore:
             raise
         return RestoreResult(
             backup_id=m.id,
-            database=_dbname_of(dbname),
+            database=database,
             seconds=time.monotonic() - t0,
             entries=len(entries) if entries is not None else None,
         )
@@ -389,8 +396,10 @@ class LogicalRestore:
         schema, name = self._split_table(table, schema)
         t0 = time.monotonic()
         final = new_name or name
+        require_dbname(dbname, f"table {schema}.{name} goes into one database")
         try:
             with psycopg.connect(dbname, autocommit=True) as conn:
+                database = str(conn.info.dbname)
                 qualified = sql.Identifier(schema, final).as_string(conn)
                 row = conn.execute("select to_regclass(%s)", (qualified,)).fetchone()
         except psycopg.Error as e:
@@ -415,7 +424,7 @@ class LogicalRestore:
             ).fetchone()
         return RestoreResult(
             backup_id=self.manifest.id,
-            database=pgtools.conninfo_dict(dbname).get("dbname"),
+            database=database,
             seconds=time.monotonic() - t0,
             rows=int(count[0]) if count else None,
         )
@@ -482,6 +491,19 @@ class LogicalRestore:
             raise RestoreError(f"restoring {schema}.{name} as {new_name} failed: {e}") from None
         finally:
             drop_database(dbname, scratch)
+
+
+def require_dbname(conninfo: str, why: str) -> None:
+    """Refuse a connection string that names no database (no dbname, service, PGDATABASE or PGSERVICE): libpq
+    would connect to its default database (the user's name, often ``postgres``), and a restore would land there.
+    ``why`` starts the message ("backup X is a dump of database 'shop'")."""
+    parts = pgtools.conninfo_dict(conninfo)
+    if parts.get("dbname") or parts.get("service") or os.environ.get("PGDATABASE") or os.environ.get("PGSERVICE"):
+        return
+    raise ConfigurationError(
+        f"{why}, but the connection string ({pgtools.describe(conninfo)}) names no database: add dbname=NAME "
+        "to it (or set PGDATABASE) rather than restore into libpq's default database"
+    )
 
 
 def _dbname_of(conninfo: str) -> str | None:

@@ -113,6 +113,13 @@ def world() -> Iterator[dict[str, Any]]:
         v16 = Repository(f"file://{other}")
         claimed = attrs.evolve(base, server_version="16.4 (simulated)")
         v16.put_bytes(manifest_key(base.id), claimed.to_json().encode(), overwrite=True)
+        # a copy the server's OS user owns, for commands run as that user
+        theirs = scratch / "postgres-repo"
+        shutil.copytree(root, theirs)
+        if os.getuid() == 0:
+            for path, _, files in os.walk(theirs):
+                for name in [path, *(os.path.join(path, f) for f in files)]:
+                    shutil.chown(name, "postgres", "postgres")
         # an encrypted repository, its key and another key
         keys = scratch / "keys"
         keys.mkdir()
@@ -139,6 +146,7 @@ def world() -> Iterator[dict[str, Any]]:
             "logical": logical,
             "base": base,
             "gap_url": f"file://{gap}",
+            "their_url": f"file://{theirs}",
             "v16_url": v16.url,
             "enc_url": enc_url,
             "enc": enc,
@@ -181,6 +189,7 @@ class Case:
     env: dict[str, str | None] = attrs.Factory(dict)
     as_postgres: bool = False
     after: Callable[[W, Path], None] | None = None
+    as_root: bool = False  # the case is about a server run as another OS user than ours
 
 
 def _r(w: W) -> list[str]:
@@ -279,6 +288,40 @@ SEMANTIC: list[Case] = [
          "--target-lsn", "zz"], (2,), ("X/Y",), after=_no_pgdata),
     Case("target-timeline-malformed", lambda w, t: [*_r(w), "restore", "base", "--pgdata", str(t / "data"),
          "--target-timeline", "newest"], (2,), ("latest, current or a timeline number",), after=_no_pgdata),
+    # an empty or blank target (an unset shell variable) is never a recovery to the end of the archive
+    *[
+        Case(f"target-empty/restore-base{option}{'-blank' if value else ''}", lambda w, t, o=option, v=value: [
+             *_r(w), "restore", "base", "--pgdata", str(t / "data"), o, v, "--run"], (2,),
+             (f"{option} is empty", "give no --target-* option"), after=_no_pgdata)
+        for option in ("--target-time", "--target-xid", "--target-name", "--target-lsn") for value in ("", "  ")
+    ],
+    Case("target-empty/rescue-rows", _words(["rescue", "rows", "--target-time", "", "--sandbox-db", "postgres",
+         "--query", "select 1"]), (2,), ("--target-time is empty", "timestamp")),
+    Case("target-empty/rescue-table", lambda w, t: [*_r(w), "rescue", "table", "t", "--target-lsn", " ",
+         "--sandbox-db", "postgres", "--into", w["pg"].conninfo()], (2,), ("--target-lsn is empty", "WAL position")),
+    # a logical restore into a connection that names no database would land in libpq's default one
+    Case("restore-logical-no-database", lambda w, t: [*_r(w), "restore", "logical", "latest", "--dbname",
+         f"host={w['pg'].host} port={w['pg'].port} user=postgres"], (2,), ("names no database", "dbname=NAME"),
+         env={"PGDATABASE": None, "PGSERVICE": None}),
+    Case("restore-table-no-database", lambda w, t: [*_r(w), "restore", "table", "latest", "t", "--new-name", "t2",
+         "--dbname", f"host={w['pg'].host} port={w['pg'].port} user=postgres"], (2,), ("names no database",),
+         env={"PGDATABASE": None, "PGSERVICE": None}),
+    # a sandbox directory that cannot be made
+    Case("rescue-rows-workdir-not-writable", lambda w, t: ["--repo", w["their_url"], "rescue", "rows",
+         "--target-name", "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir",
+         str(t / "private")], (2,),
+         ("cannot create the sandbox's directory in", "private", "Permission denied", "--workdir"),
+         as_postgres=True),
+    Case("rescue-table-workdir-not-writable", lambda w, t: ["--repo", w["their_url"], "rescue", "table", "t",
+         "--target-name", "nowhere", "--sandbox-db", "postgres", "--into", w["pg"].conninfo(), "--workdir",
+         str(t / "private")], (2,),
+         ("cannot create the sandbox's directory in", "--workdir"), as_postgres=True),
+    Case("rescue-workdir-unreachable-by-the-server", lambda w, t: [*_r(w), "rescue", "rows", "--target-name",
+         "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(t / "private")], (2,),
+         ("OS user 'postgres' cannot reach", "private", "--workdir"), as_root=True),
+    Case("rescue-workdir-on-a-read-only-filesystem", lambda w, t: [*_r(w), "rescue", "rows", "--target-name",
+         "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(w["readonly"])], (2,),
+         ("cannot create the sandbox's directory in", "Read-only file system", "--workdir"), needs="readonly"),
     Case("storage-option-malformed", lambda w, t: [*_r(w), "list", "--storage-option", "novalue"], (2,),
          ("KEY=VALUE",)),
     Case("compression-level-out-of-range", lambda w, t: [*_r(w), "backup", "logical", "--level", "99",
@@ -375,8 +418,8 @@ def test_bad_input_is_refused_in_one_line(
 ) -> None:
     if case.needs and world[case.needs] is None:
         pytest.skip(f"cannot mount a tmpfs here (needs root): the {case.needs} filesystem case is not run")
-    if case.as_postgres and os.getuid() != 0:
-        pytest.skip("needs root, to run the command as another OS user")
+    if (case.as_postgres or case.as_root) and os.getuid() != 0:
+        pytest.skip("needs root, to run the command or the server as another OS user")
     monkeypatch.setenv("PGRECOVERY_ENCRYPTION_KEY_FILE", "")  # restored afterwards, whatever a verb exports
     monkeypatch.delenv("PGRECOVERY_ENCRYPTION_KEY_FILE")
     for name, value in case.env.items():
@@ -432,6 +475,14 @@ def _api_calls(w: W, tmp: Path) -> list[tuple[str, Callable[[], object], type[Pg
         ("target-time-malformed", lambda: RecoveryTarget.time("yesterday"), ConfigurationError, "not a timestamp"),
         ("target-lsn-malformed", lambda: RecoveryTarget.lsn("zz"), ConfigurationError, "X/Y"),
         ("target-xid-malformed", lambda: RecoveryTarget.xid("abc"), ConfigurationError, "transaction id"),
+        ("target-time-empty", lambda: RecoveryTarget.time(""), ConfigurationError, "is empty"),
+        ("target-xid-blank", lambda: RecoveryTarget.xid(" "), ConfigurationError, "is empty"),
+        ("target-name-blank", lambda: RecoveryTarget.name("  "), ConfigurationError, "is empty"),
+        ("target-lsn-empty", lambda: RecoveryTarget.lsn(""), ConfigurationError, "is empty"),
+        ("restore-logical-no-database", lambda: LogicalRestore(repo, w["logical"].id).run(
+         f"host={w['pg'].host} port={w['pg'].port} user=postgres"), ConfigurationError, "names no database"),
+        ("recovery-archive-contradiction", lambda: RecoveryPlan(repo).run(tmp / "data",
+         settings={"archive_mode": "on"}), ConfigurationError, "archive=True"),
         ("repository-bad-scheme", lambda: Repository("foo://x"), ConfigurationError, "unknown storage protocol"),
         ("logical-jobs-zero", lambda: LogicalBackup(dbname="", jobs=0), ConfigurationError, "jobs"),
         ("base-workers-zero", lambda: BaseBackup(workers=0), ConfigurationError, "workers"),

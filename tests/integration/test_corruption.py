@@ -131,7 +131,7 @@ def story() -> Iterator[dict[str, Any]]:
         pg.stop()
         scratch = _owned_tmpdir("pgrecovery-corrupt-tl2-")
         made.append(scratch)
-        promoted = RecoveryPlan(repo, RecoveryTarget.latest()).run(scratch / "data")  # keeps archiving
+        promoted = RecoveryPlan(repo, RecoveryTarget.latest()).run(scratch / "data", archive=True)  # archives tl 2
         assert promoted.timeline == 2
         tl2 = LocalCluster(data_dir=scratch / "data", port=promoted.port)
         tl2.execute("insert into t select i, md5(i::text) from generate_series(8001, 8100) i")

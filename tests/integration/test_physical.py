@@ -94,9 +94,10 @@ def test_two_recoveries_in_a_row_follow_the_new_timeline(archiving: dict[str, An
     _wait_archived(pg)
     pg.stop()
 
-    first = RecoveryPlan(repo, RecoveryTarget.time(mark)).run(_pgdata(archiving))  # keeps archiving: timeline 2
+    # the replacement server archives its new timeline (timeline 2) into the same repository
+    first = RecoveryPlan(repo, RecoveryTarget.time(mark)).run(_pgdata(archiving), archive=True)
     assert first.timeline == 2
-    recovered = LocalCluster(data_dir=archiving["made"][-1] / "data", port=first.port)
+    recovered = first.cluster
     assert recovered.query("select count(*), max(i) from t")[0] == (200, 200)
     _insert(recovered, 1001, 50)
     (mark2,) = recovered.query("select clock_timestamp()")[0]

@@ -552,7 +552,9 @@ def oracle(request: pytest.FixtureRequest) -> Iterator[Oracle]:
         # timeline 2: recover a copy to the branch transaction and promote it; it archives into the same repository
         assert branch_moment.xid is not None
         pgdata2 = work / "branch"
-        result = RecoveryPlan(repo, RecoveryTarget.xid(branch_moment.xid)).run(pgdata2, record_incident=False)
+        result = RecoveryPlan(repo, RecoveryTarget.xid(branch_moment.xid)).run(
+            pgdata2, archive=True, record_incident=False
+        )
         assert result.timeline == 2
         branch = LocalCluster(data_dir=pgdata2, port=result.port)
         with branch.connect() as conn:

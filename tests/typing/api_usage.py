@@ -93,3 +93,17 @@ def scheduled(path: str) -> bool:
     policy: BackupPolicy = load_policy(path)
     run: PolicyRun = run_policy(policy, dry_run=True)
     return run.ok
+
+
+def look_at_yesterday(repo: Repository, when: datetime) -> int:
+    """Recover a copy to look at (it does not archive: the default), query it, stop it on leaving the block."""
+    from pgrecovery import RecoveryPlan, RecoveryResult, RecoveryTarget
+
+    plan = RecoveryPlan(repo, RecoveryTarget.time(when, action="pause"))
+    with plan.run("/srv/look", archive=False) as result:
+        (count,) = result.cluster.query("select count(*) from orders", dbname="shop")[0]
+    replacement: RecoveryResult = RecoveryPlan(repo).run("/srv/pg", archive=True)  # archives its new timeline
+    replacement.stop(mode="fast")
+    path = plan.restore("/srv/later", archive=False, settings={"hot_standby": "on"})
+    print(path, replacement.to_dict()["port"])
+    return int(count)
