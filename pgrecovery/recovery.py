@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -26,7 +27,7 @@ from typing import Any, Literal, get_args
 import attrs
 
 from ._walnames import HistoryEntry, history_name, parse_lsn
-from .cluster import LocalCluster, default_run_as, free_port
+from .cluster import LocalCluster, default_run_as
 from .errors import (
     AlreadyExists,
     ClusterError,
@@ -576,6 +577,7 @@ class RecoveryPlan:
         overwrite: bool = False,
         delta: bool = False,
         port: int | None = None,
+        ports: int | Iterable[int] | None = None,
         timeout: float = 600,
         keep_running: bool = True,
         archive: bool = False,
@@ -587,6 +589,9 @@ class RecoveryPlan:
         """Restore (unless ``restore=False``), start the server, wait until the target is reached and the action
         applied, and report what was recovered. The server keeps running unless ``keep_running=False``: stop it
         with ``result.stop()``, or use the result as a context manager (see `RecoveryResult`).
+
+        ``port`` is where the server listens (default: a free port); ``ports`` confines it, and any port it moves
+        to when that one is taken at start, to a range (``range(55000, 55100)``).
 
         ``archive`` (default False: the recovered server does not archive) and ``settings`` are as in
         `restore`; with ``restore=False`` the data directory is started as it was prepared, and they must be
@@ -629,7 +634,7 @@ class RecoveryPlan:
             step("restore", f"base backup {self.backup.id} restored into {Path(pgdata).absolute()}")
         restored = time.monotonic() - t0
         t1 = time.monotonic()
-        cluster = LocalCluster(data_dir=Path(pgdata), port=port or free_port(), major=major)
+        cluster = LocalCluster(data_dir=Path(pgdata), port=port or 0, ports=ports, major=major)
         action = self.target.action if self.target.kind != "latest" else "promote"
         try:
             cluster.start(timeout=int(timeout))

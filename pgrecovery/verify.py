@@ -412,8 +412,7 @@ class Verifier:
             plan = RecoveryPlan(self.repo, RecoveryTarget.immediate(), backup_id=m.id)
             plan.restore(base / "data", settings={"archive_mode": "off"})
             checked = _pg_verifybackup(base / "data")  # PostgreSQL's own manifest, when pg_basebackup wrote one
-            port = free_port(self.ports) if self.ports is not None else None
-            result = plan.run(base / "data", restore=False, port=port, record_incident=False)
+            result = plan.run(base / "data", restore=False, ports=self.ports, record_incident=False)
             cluster = LocalCluster(data_dir=base / "data", port=result.port, log_file=base / "data.log")
             with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
                 names = [r[0] for r in conn.execute("select datname from pg_database where datallowconn order by 1")]

@@ -449,6 +449,7 @@ def test_cli_drill_port(source: Source, capsys: pytest.CaptureFixture[str]) -> N
         assert says in err
 
     with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the drill's connections may linger in TIME_WAIT
         busy.bind(("127.0.0.1", ports[0]))
         busy.listen()
         code, out, err = _cli(capsys, "--repo", url, "verify", backup, "--drill", "--drill-port", str(ports[0]))
