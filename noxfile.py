@@ -90,16 +90,39 @@ def ensure_azurite(session: nox.Session) -> str:
     return binary
 
 
+def ensure_sshd(session: nox.Session) -> str:
+    """OpenSSH's server (the SFTP server of the storage suite, run on its own port by the tests); returns the
+    absolute path of sshd, installing openssh-server through apt-get (as root) when it is missing."""
+    for candidate in (os.environ.get("SSHD"), shutil.which("sshd"), "/usr/sbin/sshd"):
+        if candidate and os.path.isabs(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.error("the SFTP tests need OpenSSH's server: install openssh-server (or set SSHD to its sshd)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    # the package's own start of the system service is refused where there is no init (containers): harmless
+    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server", external=True, env=env)
+    return "/usr/sbin/sshd"
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole test suite against real PostgreSQL servers and object-store emulators (S3, Azure Blob, GCS)."""
+    """The whole test suite against real PostgreSQL servers and storage servers (S3, Azure Blob and GCS emulators,
+    OpenSSH's SFTP, wsgidav's WebDAV)."""
     ensure_postgres(session)
     azurite = ensure_azurite(session)
-    session.install(*(["-e"] if EDITABLE else []), ".[test]")  # includes moto, s3fs, adlfs, gcsfs, fake-gcs-server
+    sshd = ensure_sshd(session)
+    # includes moto, s3fs, adlfs, gcsfs, fake-gcs-server, sshfs, webdav4, wsgidav and cheroot
+    session.install(*(["-e"] if EDITABLE else []), ".[test]")
     _check_reachable_by_server(session)
     # Under nox every emulator must run: a missing one fails its tests instead of skipping them.
     # gcsfs must not probe the (emulator-less) Storage Control API: set before anything imports it.
-    env = {"AZURITE_BLOB": azurite, "PGRECOVERY_REQUIRE_EMULATORS": "1", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {
+        "AZURITE_BLOB": azurite,
+        "SSHD": sshd,
+        "PGRECOVERY_REQUIRE_EMULATORS": "1",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    }
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs, env=env)
 
 

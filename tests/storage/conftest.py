@@ -1,12 +1,15 @@
-"""Real object-store servers for the storage suite: S3 (moto), Azure Blob (Azurite), GCS (fake-gcs-server).
+"""Real storage servers for the storage suite, and the `backend` fixture that parametrises tests over them.
 
-Each emulator is started once per session, on a free loopback port, when the first test needs it, and stopped at
-the end. A missing emulator skips its backend with a message saying how to get it; with
-``PGRECOVERY_REQUIRE_EMULATORS=1`` (set by ``nox -s tests``) that is a failure instead.
+Servers: S3 (moto), Azure Blob (Azurite), GCS (fake-gcs-server), SFTP (OpenSSH's sshd, with its own host key and
+an authorized key; reached through fsspec's ``sftp`` protocol, which the ``sshfs`` package provides) and WebDAV
+(wsgidav served by cheroot, reached with webdav4). Each is started once per session, on a free loopback port, when
+the first test needs it, and stopped at the end. A missing one skips its backend with a message saying how to get
+it; with ``PGRECOVERY_REQUIRE_EMULATORS=1`` (set by ``nox -s tests``) that is a failure instead.
 
-The `backend` fixture parametrises a test over ``file``, ``s3``, ``azure`` and ``gcs``: each parameter gives a
-fresh repository root, the fsspec options the test process uses, and the ``FSSPEC_*`` environment a PostgreSQL
-server needs for archive_command / restore_command (the only way those commands get storage settings here).
+The `backend` fixture parametrises a test over every name in ``storage_backends.BACKENDS``: each parameter gives a
+fresh repository root, how this process reaches it, and the environment a PostgreSQL server needs for
+archive_command / restore_command (``FSSPEC_*`` variables, and for the user-defined filesystem a ``PYTHONPATH``
+entry holding it as an installed package with an ``fsspec.specs`` entry point).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import contextlib
+import json
+import pwd
 import shutil
 import socket
 import subprocess
@@ -66,6 +71,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    startup: float = 0.0  # seconds until it answered
 
     @property
     def endpoint(self) -> str:
@@ -80,28 +86,52 @@ class Server:
             self.proc.wait()
 
 
-def serve(name: str, command: Callable[[int], Sequence[str]], ready_path: str, workdir: Path) -> Server:
-    """Start ``command(port)`` on a free port and wait until it answers HTTP; a new port if it dies at start.
+def _answers_http(port: int, path: str) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2).close()
+    except urllib.error.HTTPError:
+        pass  # any HTTP answer: it is listening
+    except OSError:
+        return False
+    return True
+
+
+def _greets_ssh(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def serve(
+    name: str,
+    command: Callable[[int], Sequence[str]],
+    ready_path: str,
+    workdir: Path,
+    ready: Callable[[int], bool] | None = None,
+) -> Server:
+    """Start ``command(port)`` on a free port and wait until it answers HTTP on ``ready_path`` (or until
+    ``ready(port)``); a new port if it dies at start.
 
     Ports picked by bind(0) can be taken again before the server binds them (seen with Azurite): three tries.
     """
+    ready = ready or (lambda port: _answers_http(port, ready_path))
     failures = []
     for attempt in range(3):
         port = free_port()
         log = workdir / f"{name}-{attempt}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(list(command(port)), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
-        deadline = time.monotonic() + 60
+        started = time.monotonic()
         while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2).close()
-                return Server(name, proc, port, log)
-            except urllib.error.HTTPError:
-                return Server(name, proc, port, log)  # any HTTP answer: it is listening
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            if ready(port):
+                server = Server(name, proc, port, log)
+                server.startup = time.monotonic() - started
+                return server
+            if proc.poll() is not None or time.monotonic() > started + 60:
+                break
+            time.sleep(0.05)
         with contextlib.suppress(OSError):
             proc.kill()
         proc.wait()
@@ -214,15 +244,149 @@ def fake_gcs(emulator_dir: Path) -> Iterator[Server]:
     server.stop()
 
 
+def _sshd_binary() -> str | None:
+    for candidate in (os.environ.get("SSHD"), shutil.which("sshd"), "/usr/sbin/sshd"):
+        if candidate and os.path.isabs(candidate) and os.access(candidate, os.X_OK):
+            return candidate  # sshd re-executes itself and wants an absolute path
+    return None
+
+
+@dataclass
+class SshServer:
+    server: Server
+    user: str  # who logs in (sshd run by root takes any user; run by another, only that one)
+    client_key: Path  # readable by the server's OS user too: archive_command logs in with it
+    data: Path  # where repositories live on the SFTP server's side
+
+
+@pytest.fixture(scope="session")
+def sshd(emulator_dir: Path) -> Iterator[SshServer]:
+    """OpenSSH's sshd on a loopback port: its own host key, one authorized key, the internal SFTP server."""
+    try:
+        import sshfs  # noqa: F401
+    except ImportError as e:
+        unavailable("SFTP (sshfs)", f"pip install sshfs, or run `nox -s tests` ({e})")
+    binary = _sshd_binary()
+    if binary is None:
+        unavailable("SFTP (OpenSSH sshd)", "apt-get install openssh-server, or run `nox -s tests` (it installs it)")
+        raise AssertionError("unreachable")
+    home = emulator_dir / "sshd"
+    home.mkdir()
+    keys = _postgres_dir("pgrecovery-sftp-keys-")  # the client key must be readable by the postgres user
+    for name, where in (("host_key", home), ("client_key", keys)):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(where / name)], check=True)
+    (keys / "client_key").chmod(0o644)
+    (home / "authorized_keys").write_text((keys / "client_key.pub").read_text())
+    user = pwd.getpwuid(os.getuid()).pw_name
+    config = home / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\nPidFile none\n"
+        f"AuthorizedKeysFile {home / 'authorized_keys'}\nAuthenticationMethods publickey\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "StrictModes no\nUsePAM no\nSubsystem sftp internal-sftp\n"
+        "MaxStartups 200:30:400\nMaxSessions 100\nLogLevel ERROR\n"
+    )
+    if os.getuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation directory
+    data = Path(tempfile.mkdtemp(prefix="pgrecovery-sftp-data-"))
+    server = serve(
+        "sshd", lambda port: [binary, "-D", "-e", "-p", str(port), "-f", str(config)], "", emulator_dir, _greets_ssh
+    )
+    yield SshServer(server, user, keys / "client_key", data)
+    server.stop()
+    shutil.rmtree(keys, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def wsgidav(emulator_dir: Path) -> Iterator[tuple[Server, Path]]:
+    """wsgidav (served by cheroot) sharing a fresh directory, read-write, without authentication."""
+    try:
+        import cheroot  # noqa: F401
+        import webdav4  # noqa: F401
+        import wsgidav  # noqa: F401
+    except ImportError as e:
+        unavailable(
+            "WebDAV (wsgidav, cheroot, webdav4)", f"pip install wsgidav cheroot webdav4, or run `nox -s tests` ({e})"
+        )
+    data = emulator_dir / "webdav"
+    data.mkdir()
+
+    def command(port: int) -> list[str]:
+        config = emulator_dir / f"wsgidav-{port}.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "provider_mapping": {"/": str(data)},
+                    # anonymous: webdav4 takes credentials as a tuple (no FSSPEC_* variable can give one) or in
+                    # the base URL, which breaks its COPY (the Destination header then names another host)
+                    "simple_dc": {"user_mapping": {"*": True}},
+                    "verbose": 1,
+                }
+            )
+        )
+        return [sys.executable, "-m", "wsgidav.server.server_cli", "-c", str(config)]
+
+    server = serve("wsgidav", command, "/", emulator_dir)
+    yield server, data
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def userfs_plugin() -> Iterator[Path]:
+    """The user-defined filesystem (user_fs.py) registered here, and installed for other processes as a package
+    would be: a module plus a ``*.dist-info`` declaring an ``fsspec.specs`` entry point, in a directory readable
+    by the postgres user (which goes on their PYTHONPATH)."""
+    import fsspec
+    import user_fs
+
+    fsspec.register_implementation(user_fs.PROTOCOL, user_fs.UserFileSystem, clobber=True)
+    plugin = _postgres_dir("pgrecovery-userfs-plugin-")
+    shutil.copyfile(user_fs.__file__, plugin / "pgr_userfs.py")
+    info = plugin / "pgr_userfs-0.dist-info"
+    info.mkdir(mode=0o755)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pgr-userfs\nVersion: 0\n")
+    (info / "entry_points.txt").write_text(f"[fsspec.specs]\n{user_fs.PROTOCOL} = pgr_userfs:UserFileSystem\n")
+    for path in (plugin / "pgr_userfs.py", info / "METADATA", info / "entry_points.txt"):
+        path.chmod(0o644)
+    yield plugin
+    shutil.rmtree(plugin, ignore_errors=True)
+
+
 # -- backends ------------------------------------------------------------------------------------------------------
 
 
 def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
     bucket = f"pgr-{uuid.uuid4().hex[:12]}"
-    if name == "file":
-        root = _postgres_dir("pgrecovery-storage-file-")
-        backend = Backend(name, "file", str(root))
-        backend.cleanup.append(lambda: shutil.rmtree(root, ignore_errors=True))
+    if name in ("file", "memory", "dir", "userfs"):
+        return _make_local_backend(name, bucket, request)
+    if name == "sftp":
+        ssh: SshServer = request.getfixturevalue("sshd")
+        options = {"client_keys": [str(ssh.client_key)], "known_hosts": None}
+        backend = Backend(
+            name,
+            "sftp",
+            f"{ssh.data}/{bucket}",
+            authority=f"{ssh.user}@127.0.0.1:{ssh.server.port}",
+            options=options,
+            env={"FSSPEC_SFTP": json.dumps(options)},
+            disk=ssh.data / bucket,
+        )
+        backend.fs().makedirs(backend.bucket, exist_ok=True)
+        return backend
+    if name == "webdav":
+        server, data = request.getfixturevalue("wsgidav")
+        backend = Backend(
+            name,
+            "webdav",
+            bucket,
+            options={"base_url": server.endpoint},
+            env={"FSSPEC_WEBDAV_BASE_URL": server.endpoint},
+            disk=data / bucket,
+        )
+        backend.fs().makedirs(bucket, exist_ok=True)
         return backend
     if name == "s3":
         server: Server = request.getfixturevalue("moto")
@@ -260,9 +424,54 @@ def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
     return backend
 
 
+def _make_local_backend(name: str, bucket: str, request: pytest.FixtureRequest) -> Backend:
+    """The backends whose objects live in this host's memory or on its disk (no server to start)."""
+    import fsspec
+
+    if name == "memory":
+        backend = Backend(
+            name,
+            "memory",
+            bucket,
+            unreachable="fsspec's memory filesystem lives inside this process: no PostgreSQL server can reach it",
+        )
+        backend.cleanup.append(lambda: fsspec.filesystem("memory").rm(f"/{bucket}", recursive=True))
+        return backend
+    base = _postgres_dir(f"pgrecovery-storage-{name}-")
+    if name == "file":
+        backend = Backend(name, "file", str(base), owned_dir=base, disk=base)
+    elif name == "dir":
+        from fsspec.implementations.dirfs import DirFileSystem
+
+        # An application hands pgrecovery this instance; a server's commands get the same through FSSPEC_DIR and
+        # the URL dir://<bucket>/<prefix> (the chained form dir::file:///... does not root the repository there).
+        config = {"path": str(base), "target_protocol": "file", "target_options": {"auto_mkdir": True}}
+        backend = Backend(
+            name,
+            "dir",
+            bucket,
+            env={"FSSPEC_DIR": json.dumps(config)},
+            make_fs=lambda: DirFileSystem(path=str(base), fs=fsspec.filesystem("file", auto_mkdir=True)),
+            owned_dir=base / bucket,
+            disk=base / bucket,
+        )
+    else:
+        plugin: Path = request.getfixturevalue("userfs_plugin")
+        pythonpath = os.pathsep.join(p for p in (str(plugin), os.environ.get("PYTHONPATH", "")) if p)
+        backend = Backend(
+            name,
+            "userfs",
+            bucket,
+            options={"store": str(base)},
+            env={"FSSPEC_USERFS_STORE": str(base), "PYTHONPATH": pythonpath},
+        )
+    backend.cleanup.append(lambda: shutil.rmtree(base, ignore_errors=True))
+    return backend
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """file, s3, azure, gcs: a bucket (or directory) for the session; emulators start on first use."""
+    """Every backend of BACKENDS: a bucket (or directory) for the session; servers start on first use."""
     made = _make_backend(request.param, request)
     yield made
     for step in made.cleanup:
@@ -273,6 +482,15 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 def object_store(request: pytest.FixtureRequest) -> Iterator[Backend]:
     """s3, azure, gcs only (for what the local filesystem does differently)."""
     made = _make_backend(request.param, request)
+    yield made
+    for step in made.cleanup:
+        step()
+
+
+@pytest.fixture(scope="session")
+def userfs_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The user-defined filesystem alone (for what only it has: an entry point)."""
+    made = _make_backend("userfs", request)
     yield made
     for step in made.cleanup:
         step()
