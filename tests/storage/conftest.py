@@ -435,7 +435,8 @@ def _make_local_backend(name: str, bucket: str, request: pytest.FixtureRequest) 
             bucket,
             unreachable="fsspec's memory filesystem lives inside this process: no PostgreSQL server can reach it",
         )
-        backend.cleanup.append(lambda: fsspec.filesystem("memory").rm(f"/{bucket}", recursive=True))
+        memory = fsspec.filesystem("memory")
+        backend.cleanup.append(lambda: memory.rm(f"/{bucket}", recursive=True) if memory.exists(f"/{bucket}") else None)
         return backend
     base = _postgres_dir(f"pgrecovery-storage-{name}-")
     if name == "file":
