@@ -419,15 +419,19 @@ class _LocalWriter(_HashingWriter):
 class _BufferWriter(_HashingWriter):
     """For in-memory filesystems: the object is stored in one call at commit."""
 
-    def __init__(self, key: str, fs: AbstractFileSystem, path: str) -> None:
+    def __init__(self, key: str, fs: AbstractFileSystem, path: str, overwrite: bool) -> None:
         super().__init__(key)
-        self._fs, self._path, self._parts = fs, path, list[bytes]()
+        self._fs, self._path, self._parts, self._overwrite = fs, path, list[bytes](), overwrite
 
     def _write_raw(self, data: bytes) -> None:
         self._parts.append(bytes(data))
 
     def commit(self) -> StoredObject:
-        self._fs.pipe_file(self._path, b"".join(self._parts))
+        try:  # "create" refuses a name that another writer took meanwhile
+            self._fs.pipe_file(self._path, b"".join(self._parts), mode="overwrite" if self._overwrite else "create")
+        except FileExistsError:
+            self.abort()
+            raise AlreadyExists(f"refusing to overwrite {self.key!r}: it appeared in memory during the write") from None
         self._parts.clear()
         return self._result()
 
@@ -577,6 +581,14 @@ def _cancel(f: Any) -> None:
         f.closed = True
 
 
+def _target_exists(e: BaseException | None) -> bool:
+    """Whether a driver's error says the destination exists (``FileExistsError``, or a class named so: webdav4's
+    ``ResourceAlreadyExists``), recognised without importing the driver."""
+    return e is not None and (
+        isinstance(e, FileExistsError) or any("AlreadyExists" in c.__name__ for c in type(e).__mro__)
+    )
+
+
 def _open_uncommitted(fs: AbstractFileSystem, path: str, mode: str, **kwargs: Any) -> Any:
     """``fs.open(path, mode, autocommit=False)``: a driver file whose upload completes only on ``commit()``.
 
@@ -619,7 +631,7 @@ class _StagedWriter(_HashingWriter):
     def commit(self) -> StoredObject:
         if self._done:
             raise StorageError(f"write of {self.key!r} was already finished")
-        repo, fs = self._repo, self._repo.fs
+        repo = self._repo
         try:
             f, self._file = self._file, None
             try:
@@ -632,7 +644,7 @@ class _StagedWriter(_HashingWriter):
                     f"refusing to overwrite {self.key!r}: it appeared in {repo.display_url} during the write"
                 )
             try:
-                repo._retry("publish", self.key, lambda: fs.mv(self._tmp, self._path), confirm=self._published)
+                self._move_into_place()
             except StorageError as e:
                 if not isinstance(e.__cause__, NotImplementedError):
                     raise
@@ -643,6 +655,27 @@ class _StagedWriter(_HashingWriter):
             raise
         self._remove_tmp()  # a move that copied leaves it behind
         return self._result()
+
+    def _move_into_place(self) -> None:
+        """``mv`` the staged object under its key. Where the filesystem's move refuses an existing target (WebDAV's
+        COPY with ``Overwrite: F``), an overwrite removes the old object first; a refusal otherwise means the key
+        was taken meanwhile."""
+        repo, fs = self._repo, self._repo.fs
+
+        def move() -> None:
+            fs.mv(self._tmp, self._path)
+
+        try:
+            repo._retry("publish", self.key, move, confirm=self._published)
+        except (AlreadyExists, StorageError) as e:
+            if not (isinstance(e, AlreadyExists) or _target_exists(e.__cause__)):
+                raise
+            if not self._overwrite:
+                raise AlreadyExists(
+                    f"refusing to overwrite {self.key!r}: it appeared in {repo.display_url} during the write"
+                ) from None
+            repo._retry("replace", self.key, lambda: fs.rm_file(self._path))
+            repo._retry("publish", self.key, move, confirm=self._published)
 
     def _published(self) -> bool:
         """After a move whose answer was lost: did it happen (the key holds what was written)?"""
@@ -902,8 +935,8 @@ class Repository:
                 raise ConfigurationError(
                     f"fs= takes an fsspec filesystem (AbstractFileSystem), not {type(fs).__name__}"
                 )
+            fs, root_path = _unwrap_dir(fs, fs._strip_protocol(root or ""))
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-            root_path = fs._strip_protocol(root or "")
             self.url = f"{protocol}://{root_path.lstrip('/')}" if protocol != "file" else root_path
         else:
             if not url:
@@ -911,7 +944,7 @@ class Repository:
                     "no repository given: pass a URL such as file:///var/backups/pg or s3://bucket/prefix "
                     "(CLI: --repo URL or PGRECOVERY_REPO)"
                 )
-            fs, root_path = _open_fs(url, storage_options)
+            fs, root_path = _unwrap_dir(*_open_fs(url, storage_options))
             protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
             self.url = url
         self.fs = fs
@@ -1059,7 +1092,7 @@ class Repository:
             return _StagedWriter(key, self, path, overwrite)
         if self.capabilities.object_store:
             return _ObjectWriter(key, self, path, overwrite)
-        return _BufferWriter(key, self.fs, path)
+        return _BufferWriter(key, self.fs, path, overwrite)
 
     def put_bytes(self, key: str, data: bytes, *, overwrite: bool = False) -> StoredObject:
         w = self.writer(key, overwrite=overwrite)
@@ -1364,6 +1397,25 @@ def _reason(e: BaseException) -> str:
         return "no space left on device"
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text and not isinstance(e, OSError) else text or type(e).__name__
+
+
+def _unwrap_dir(fs: AbstractFileSystem, root: str) -> tuple[AbstractFileSystem, str]:
+    """A ``DirFileSystem`` only prefixes paths: use the filesystem it wraps, under its directory, so that a known
+    filesystem keeps its guarantees (local fsync, conditional object-store writes) when reached through one.
+
+    A chained URL (``dir::file:///srv/backups``) hands back the wrapper's own directory as the path inside it:
+    that means its top. Subclasses of ``DirFileSystem`` are left alone (they may do more than prefix paths).
+    """
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    while type(fs) is DirFileSystem:
+        base = str(fs.path).rstrip("/")
+        inside = root.strip("/")
+        if inside == base.strip("/"):
+            inside = ""
+        root = f"{base}/{inside}" if inside else base
+        fs = fs.fs
+    return fs, root
 
 
 def _open_fs(url: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str]:

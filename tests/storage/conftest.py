@@ -444,6 +444,12 @@ def _make_local_backend(name: str, bucket: str, request: pytest.FixtureRequest) 
     elif name == "dir":
         from fsspec.implementations.dirfs import DirFileSystem
 
+        # The bucket directory too belongs to the server's user: pgrecovery makes the directories it needs 0750,
+        # so one this (root) process made first would keep the server's archive_command out.
+        (base / bucket).mkdir(mode=0o750)
+        if os.getuid() == 0:
+            shutil.chown(base / bucket, "postgres", "postgres")
+
         # An application hands pgrecovery this instance; a server's commands get the same through FSSPEC_DIR and
         # the URL dir://<bucket>/<prefix> (the chained form dir::file:///... does not root the repository there).
         config = {"path": str(base), "target_protocol": "file", "target_options": {"auto_mkdir": True}}

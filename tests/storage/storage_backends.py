@@ -91,7 +91,8 @@ class Backend:
         """Store objects under ``repo``'s keys behind pgrecovery's back, as another writer would."""
         if self.disk is not None:  # straight onto the disk: a server's clients may take seconds per object
             for key, data in objects.items():
-                path = self.disk / repo.path(key)[len(self.bucket) :].lstrip("/")
+                full = repo.path(key)  # relative to the filesystem, or (a DirFileSystem seen through) absolute
+                path = self.disk / full[full.index(self.bucket) + len(self.bucket) :].lstrip("/")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
         else:
