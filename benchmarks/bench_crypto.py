@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import BinaryIO, cast
 
 from pgrecovery.crypto import RECORD_SIZE, DecryptingReader, EncryptingWriter, EncryptionKey
-from pgrecovery.storage import StoredObject
+from pgrecovery.storage.repository import StoredObject
 
 MiB = 1 << 20
 MB = 1e6

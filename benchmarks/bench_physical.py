@@ -89,7 +89,7 @@ from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, R
 from pgrecovery import _walnames as wn
 from pgrecovery.cluster import check_runnable_by, default_run_as
 from pgrecovery.pgtools import find_tool
-from pgrecovery.wal import WalArchiver, archive_command, archiver_status, restore_command
+from pgrecovery.wal.archiver import WalArchiver, archive_command, archiver_status, restore_command
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "physical.json"
 BASELINE = "pg_basebackup -Ft client-zstd:1"

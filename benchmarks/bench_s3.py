@@ -55,7 +55,7 @@ from pgrecovery import BaseBackup, LocalCluster, Repository
 from pgrecovery import _walnames as wn
 from pgrecovery.cluster import check_runnable_by
 from pgrecovery.pgtools import find_tool
-from pgrecovery.wal import archive_command
+from pgrecovery.wal.archiver import archive_command
 
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "s3.json"
 BUCKET = "bench"

@@ -37,7 +37,7 @@ from .errors import (
 # Imports are lazy (PEP 562): `python -m pgrecovery wal-push` must start fast, with the standard library only,
 # when it can answer from its spool. Type checkers see the real names.
 _LAZY = {
-    "TocEntry": "_toc",
+    "TocEntry": "logical._toc",
     "Leftover": "catalog",
     "CopyResult": "copies",
     "RuleReport": "copies",
@@ -45,62 +45,63 @@ _LAZY = {
     "copy_repository": "copies",
     "LocalCluster": "cluster",
     "temporary_cluster": "cluster",
-    "ClusterBackup": "logical",
-    "GlobalsBackup": "logical",
-    "LogicalBackup": "logical",
-    "LogicalRestore": "restore",
-    "RestoreResult": "restore",
+    "ClusterBackup": "logical.backup",
+    "GlobalsBackup": "logical.backup",
+    "LogicalBackup": "logical.backup",
+    "LogicalRestore": "logical.restore",
+    "RestoreResult": "logical.restore",
     "BackupManifest": "manifest",
     "ContentSummary": "manifest",
     "FileEntry": "manifest",
     "Progress": "progress",
     "ProgressCallback": "progress",
-    "Repository": "storage",
-    "StoredObject": "storage",
+    "Repository": "storage.repository",
+    "StoredObject": "storage.repository",
     "Check": "verify",
     "VerificationReport": "verify",
     "Verifier": "verify",
-    "BaseBackup": "physical",
-    "RecoveryPlan": "recovery",
-    "RecoveryResult": "recovery",
-    "RecoveryTarget": "recovery",
-    "WalArchiver": "wal",
-    "AgeLimit": "monitoring",
-    "CheckResult": "monitoring",
-    "HealthReport": "monitoring",
-    "RunRecord": "monitoring",
-    "StatusTable": "monitoring",
-    "Thresholds": "monitoring",
-    "check": "monitoring",
-    "metrics": "monitoring",
-    "recording": "monitoring",
+    "BaseBackup": "physical.backup",
+    "RecoveryPlan": "recovery.plan",
+    "RecoveryResult": "recovery.plan",
+    "RecoveryTarget": "recovery.plan",
+    "WalArchiver": "wal.archiver",
+    "AgeLimit": "monitoring.status",
+    "CheckResult": "monitoring.status",
+    "HealthReport": "monitoring.status",
+    "RunRecord": "monitoring.status",
+    "StatusTable": "monitoring.status",
+    "Thresholds": "monitoring.status",
+    "check": "monitoring.status",
+    "metrics": "monitoring.status",
+    "recording": "monitoring.status",
     "configure_logging": "logs",
     "RetentionPolicy": "retention",
     "expire": "retention",
-    "RowRescue": "rescue",
-    "Sandbox": "rescue",
-    "TableRescue": "rescue",
-    "recover_rows": "rescue",
-    "recover_table": "rescue",
-    "sandbox_at": "rescue",
-    "BackupPolicy": "policy",
-    "Job": "policy",
-    "JobRun": "policy",
-    "PolicyRun": "policy",
-    "Schedule": "policy",
-    "load_policy": "policy",
-    "run_policy": "policy",
+    "RowRescue": "recovery.rescue",
+    "Sandbox": "recovery.rescue",
+    "TableRescue": "recovery.rescue",
+    "recover_rows": "recovery.rescue",
+    "recover_table": "recovery.rescue",
+    "sandbox_at": "recovery.rescue",
+    "BackupPolicy": "policy.runner",
+    "Job": "policy.runner",
+    "JobRun": "policy.runner",
+    "PolicyRun": "policy.runner",
+    "Schedule": "policy.runner",
+    "load_policy": "policy.runner",
+    "run_policy": "policy.runner",
 }
 
 if TYPE_CHECKING:
-    from ._toc import TocEntry
     from .catalog import Leftover
     from .cluster import LocalCluster, temporary_cluster
     from .copies import CopyResult, RuleReport, check_321, copy_repository
-    from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+    from .logical._toc import TocEntry
+    from .logical.backup import ClusterBackup, GlobalsBackup, LogicalBackup
+    from .logical.restore import LogicalRestore, RestoreResult
     from .logs import configure_logging
     from .manifest import BackupManifest, ContentSummary, FileEntry
-    from .monitoring import (
+    from .monitoring.status import (
         AgeLimit,
         CheckResult,
         HealthReport,
@@ -111,16 +112,15 @@ if TYPE_CHECKING:
         metrics,
         recording,
     )
-    from .physical import BaseBackup
-    from .policy import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
+    from .physical.backup import BaseBackup
+    from .policy.runner import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
     from .progress import Progress, ProgressCallback
-    from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
-    from .rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
-    from .restore import LogicalRestore, RestoreResult
+    from .recovery.plan import RecoveryPlan, RecoveryResult, RecoveryTarget
+    from .recovery.rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
     from .retention import RetentionPolicy, expire
-    from .storage import Repository, StoredObject
+    from .storage.repository import Repository, StoredObject
     from .verify import Check, VerificationReport, Verifier
-    from .wal import WalArchiver
+    from .wal.archiver import WalArchiver
 
 
 def __getattr__(name: str) -> Any:

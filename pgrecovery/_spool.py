@@ -503,7 +503,7 @@ def main(argv: Sequence[str]) -> int:
         import pgrecovery.cli  # noqa: F401 - is the package importable now (installed, editable or PYTHONPATH)?
     except ImportError:
         sys.path.append(os.path.dirname(here))
-    from pgrecovery.cli import main as cli_main
+    from pgrecovery.cli.main import main as cli_main
 
     code = cli_main(list(argv))
     if list(argv[:1]) == ["wal-fetch"] and code not in (0, 1):

@@ -16,7 +16,7 @@ from .codec import Codec, compressor, open_decompressed
 from .errors import ChecksumMismatch, PgRecoveryError
 from .manifest import FileEntry
 from .progress import Meter
-from .storage import CHUNK, ObjectWriter, Repository, StoredObject
+from .storage.repository import CHUNK, ObjectWriter, Repository, StoredObject
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 

@@ -29,7 +29,7 @@ from .errors import (
     TamperedObject,
 )
 from .manifest import BackupManifest
-from .storage import Repository
+from .storage.repository import Repository
 
 log = logging.getLogger(__name__)
 

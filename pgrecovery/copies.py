@@ -29,11 +29,11 @@ import attrs
 from .catalog import BACKUPS, MANIFEST, STARTED, gone, manifest_key, needs_of
 from .errors import AlreadyExists, ChecksumMismatch, ConfigurationError, StorageError
 from .progress import Meter, ProgressCallback
-from .storage import _EXTRAS as _PROVIDERS
+from .storage.repository import _EXTRAS as _PROVIDERS
 
 if TYPE_CHECKING:
     from .manifest import BackupManifest
-    from .storage import Repository
+    from .storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class _Copy:
 
     # -- WAL -------------------------------------------------------------------------------------------------
     def copy_wal(self) -> None:
-        from .wal import parse_object_name
+        from .wal.archiver import parse_object_name
 
         there = set(self.target.list_keys(WAL))
         todo = []

@@ -40,7 +40,7 @@ from .errors import ConfigurationError, EncryptionError, MissingDependency, Tamp
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from .storage import ObjectWriter, StoredObject
+    from .storage.repository import ObjectWriter, StoredObject
 
 ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY"
 FILE_ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY_FILE"
@@ -394,7 +394,7 @@ class EncryptingWriter:
         self._index = i + 1
 
     def commit(self) -> StoredObject:
-        from .storage import StoredObject
+        from .storage.repository import StoredObject
 
         if self._done:
             raise EncryptionError(f"{self.key!r} was already committed or aborted")
@@ -642,7 +642,7 @@ class _MemorySink:
         self.parts.append(bytes(data))
 
     def commit(self) -> StoredObject:
-        from .storage import StoredObject
+        from .storage.repository import StoredObject
 
         data = b"".join(self.parts)
         return StoredObject(key=self.key, size=len(data), sha256=hashlib.sha256(data).hexdigest())

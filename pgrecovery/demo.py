@@ -19,14 +19,14 @@ from typing import Any
 import attrs
 
 from .cluster import LocalCluster, check_runnable_by, default_run_as
-from .logical import LogicalBackup
-from .physical import BaseBackup
+from .logical.backup import LogicalBackup
+from .logical.restore import LogicalRestore
+from .physical.backup import BaseBackup
 from .progress import human_bytes
-from .recovery import RecoveryPlan, RecoveryTarget
-from .restore import LogicalRestore
-from .storage import Repository
+from .recovery.plan import RecoveryPlan, RecoveryTarget
+from .storage.repository import Repository
 from .verify import Verifier
-from .wal import archive_command
+from .wal.archiver import archive_command
 
 SAMPLE_SCHEMA = """
 create table customers (

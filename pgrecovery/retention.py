@@ -31,7 +31,7 @@ from .manifest import BackupManifest
 from .progress import Meter, ProgressCallback
 
 if TYPE_CHECKING:
-    from .storage import Repository
+    from .storage.repository import Repository
 
 EXPIRED: Final = "expired.json"
 PRESET_NAMES: Final = ("production", "critical", "development", "archive")
@@ -583,7 +583,7 @@ def expire(
 
 
 def _expire_wal(repo: Repository, decision: WalDecision, *, dry_run: bool) -> tuple[str, ...]:
-    from .wal import WalArchiver
+    from .wal.archiver import WalArchiver
 
     if decision.keep_from is None:
         return ()

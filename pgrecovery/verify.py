@@ -21,11 +21,11 @@ from . import pgtools
 from ._pgdb import drop_database, invalid_indexes
 from .cluster import LocalCluster, default_run_as, free_port, port_choice, temporary_cluster
 from .errors import PgRecoveryError, ToolFailed, VerificationFailed
+from .logical.restore import LogicalRestore
 from .manifest import BackupManifest
 from .progress import ProgressCallback
-from .recovery import RecoveryPlan, RecoveryTarget
-from .restore import LogicalRestore
-from .storage import Repository
+from .recovery.plan import RecoveryPlan, RecoveryTarget
+from .storage.repository import Repository
 
 Status = Literal["pass", "fail", "warn", "skip"]
 

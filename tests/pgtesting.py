@@ -44,7 +44,7 @@ class Archiving:
 
     def __init__(self, prefix: str) -> None:
         from pgrecovery import Repository
-        from pgrecovery.wal import archive_command
+        from pgrecovery.wal.archiver import archive_command
 
         self.root = owned_tmpdir(f"{prefix}-repo-")
         self.url = f"file://{self.root}"

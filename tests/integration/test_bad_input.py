@@ -52,11 +52,11 @@ from pgrecovery import (
     WalArchiver,
 )
 from pgrecovery.catalog import leftovers, manifest_key
-from pgrecovery.cli import build_parser, main
+from pgrecovery.cli.main import build_parser, main
 from pgrecovery.cluster import free_port
 from pgrecovery.crypto import EncryptionKey
 from pgrecovery.errors import WrongKey
-from pgrecovery.wal import archive_command
+from pgrecovery.wal.archiver import archive_command
 
 MISSING = "20990101T000000Z-base"
 

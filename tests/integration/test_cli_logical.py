@@ -12,7 +12,7 @@ import pytest
 from test_logical_roundtrip import EMPTY_MD5, drop_db, fingerprint, relation_data, target, unique_name
 
 from pgrecovery import LocalCluster
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 
 __all__ = ["target"]
 

@@ -40,12 +40,12 @@ from pgrecovery import (
     RecoveryTarget,
     Repository,
     Verifier,
-    physical,
 )
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import claim_backup_id, leftovers
 from pgrecovery.copies import copy_repository
-from pgrecovery.wal import WalArchiver, archive_command
+from pgrecovery.physical import backup as physical
+from pgrecovery.wal.archiver import WalArchiver, archive_command
 
 _counter = itertools.count()
 

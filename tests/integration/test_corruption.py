@@ -43,8 +43,8 @@ from pgrecovery import (
     Verifier,
 )
 from pgrecovery.catalog import leftovers
-from pgrecovery.cli import main
-from pgrecovery.wal import WalArchiver, archive_command
+from pgrecovery.cli.main import main
+from pgrecovery.wal.archiver import WalArchiver, archive_command
 
 HERE = Path(__file__).resolve().parent
 

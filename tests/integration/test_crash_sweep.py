@@ -43,7 +43,7 @@ from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, Veri
 from pgrecovery import _spool as spool_mod
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import leftovers
-from pgrecovery.wal import WalArchiver, archive_command, restore_command
+from pgrecovery.wal.archiver import WalArchiver, archive_command, restore_command
 
 SEED = int(os.environ.get("PGRECOVERY_SWEEP_SEED", "20261125"))
 _SOAK = os.environ.get("PGRECOVERY_SOAK", "")

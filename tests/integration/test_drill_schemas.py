@@ -29,7 +29,7 @@ from pgrecovery import (
     Verifier,
     pgtools,
 )
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.cluster import free_port
 from pgrecovery.manifest import CHECKSUM_FIELD, BackupManifest, _content_digest
 

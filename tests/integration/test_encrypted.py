@@ -24,10 +24,10 @@ from pgrecovery import (
     Repository,
     Verifier,
 )
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.crypto import MAGIC, EncryptionKey
 from pgrecovery.errors import EncryptionError, TamperedObject, WrongKey
-from pgrecovery.wal import archive_command
+from pgrecovery.wal.archiver import archive_command
 
 ROWS = "select count(*), sum(length(note)), md5(string_agg(note, ',' order by i)) from secrets"
 

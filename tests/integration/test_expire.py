@@ -22,7 +22,7 @@ from pgrecovery import (
     Verifier,
     expire,
 )
-from pgrecovery.wal import WalArchiver
+from pgrecovery.wal.archiver import WalArchiver
 
 FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
 

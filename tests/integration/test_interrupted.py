@@ -14,7 +14,7 @@ import pytest
 
 from pgrecovery import LocalCluster, LogicalBackup, LogicalRestore, Repository
 from pgrecovery.catalog import clean_leftovers, leftovers
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 
 
 def _wait_for(predicate: object, timeout: float = 30) -> None:

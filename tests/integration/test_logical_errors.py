@@ -32,9 +32,9 @@ from pgrecovery import (
     StorageError,
     Verifier,
 )
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.cluster import free_port
-from pgrecovery.logical import Compression, Format
+from pgrecovery.logical.backup import Compression, Format
 from pgrecovery.pgtools import conninfo_dict
 
 __all__ = ["target"]

@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgrecovery import LocalCluster, LogicalBackup, LogicalRestore, Repository
-from pgrecovery.logical import Compression, Format
+from pgrecovery.logical.backup import Compression, Format
 from pgrecovery.pgtools import conninfo_dict
 
 # -- the sample database ---------------------------------------------------------------------------------------

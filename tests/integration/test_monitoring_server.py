@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pgrecovery import LocalCluster, LogicalBackup, PgRecoveryError, Repository
-from pgrecovery.cli import main
-from pgrecovery.monitoring import (
+from pgrecovery.cli.main import main
+from pgrecovery.monitoring.status import (
     CheckState,
     RunRecord,
     StatusTable,

@@ -195,7 +195,7 @@ def test_base_backup_without_archiving_is_refused(pg: LocalCluster, repo: Reposi
 
 
 def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: dict[str, Any]) -> None:
-    from pgrecovery.wal import WalArchiver
+    from pgrecovery.wal.archiver import WalArchiver
 
     pg, repo = archiving["pg"], archiving["repo"]
     _insert(pg, 1, 1000)

@@ -27,9 +27,9 @@ from pgrecovery import (
     TargetUnreachable,
     WalGap,
 )
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.copies import copy_repository
-from pgrecovery.wal import archive_command
+from pgrecovery.wal.archiver import archive_command
 
 ROWS = "select count(*), coalesce(min(i), 0), coalesce(max(i), 0) from t"
 

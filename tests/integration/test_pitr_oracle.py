@@ -49,7 +49,7 @@ from pgrecovery import (
 )
 from pgrecovery._walnames import is_segment, segment_number
 from pgrecovery.manifest import BackupManifest
-from pgrecovery.wal import WalArchiver, archive_command
+from pgrecovery.wal.archiver import WalArchiver, archive_command
 
 SEED = int(os.environ.get("PGRECOVERY_ORACLE_SEED", "20260315"))
 SOAK = os.environ.get("PGRECOVERY_SOAK") == "1"

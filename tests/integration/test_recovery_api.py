@@ -24,7 +24,7 @@ from pgrecovery import (
     WalArchiver,
 )
 from pgrecovery._walnames import history_name
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 
 # The keys of `restore base --run --json` (docs/json.md): the handle on the server must not show up there.
 RESULT_KEYS = {

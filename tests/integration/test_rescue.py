@@ -29,9 +29,9 @@ from pgrecovery import (
     recover_table,
     sandbox_at,
 )
-from pgrecovery import rescue as rescue_module
-from pgrecovery.cli import main
-from pgrecovery.wal import archive_command
+from pgrecovery.cli.main import main
+from pgrecovery.recovery import rescue as rescue_module
+from pgrecovery.wal.archiver import archive_command
 
 ORDERS = "select id, o::text from orders o order by id"
 AUDIT = "select a::text from {} a order by id"

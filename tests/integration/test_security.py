@@ -56,14 +56,14 @@ from pgrecovery import (
     Repository,
 )
 from pgrecovery.catalog import manifest_key
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.cluster import free_port
 from pgrecovery.copies import copy_repository
 from pgrecovery.crypto import EncryptionKey
 from pgrecovery.logs import configure_logging
 from pgrecovery.manifest import MemberEntry, PhysicalInfo
-from pgrecovery.physical import restore_files
-from pgrecovery.wal import WalArchiver, archive_command, restore_command
+from pgrecovery.physical.backup import restore_files
+from pgrecovery.wal.archiver import WalArchiver, archive_command, restore_command
 
 
 def _security_totals(cases: list[dict[str, Any]]) -> dict[str, int]:

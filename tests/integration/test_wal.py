@@ -25,8 +25,8 @@ import pytest
 from pgrecovery import ChecksumMismatch, LocalCluster, Repository
 from pgrecovery import _spool as spool_mod
 from pgrecovery import _walnames as wn
-from pgrecovery.cli import main
-from pgrecovery.wal import (
+from pgrecovery.cli.main import main
+from pgrecovery.wal.archiver import (
     ArchiverStatus,
     WalArchiver,
     WalConflict,

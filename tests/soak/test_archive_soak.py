@@ -36,7 +36,7 @@ import pytest
 from pgtesting import owned_tmpdir as _owned_tmpdir
 
 from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository, pgtools
-from pgrecovery.wal import WalArchiver, archive_command, timeline_dir
+from pgrecovery.wal.archiver import WalArchiver, archive_command, timeline_dir
 
 SOAK = os.environ.get("PGRECOVERY_SOAK") == "1"
 SECONDS = int(os.environ.get("PGRECOVERY_SOAK_SECONDS", "600"))

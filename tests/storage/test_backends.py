@@ -39,7 +39,7 @@ from pgrecovery import (
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import claim_backup_id, data_key, leftovers
 from pgrecovery.manifest import BackupManifest
-from pgrecovery.wal import WalArchiver, archive_command, object_key
+from pgrecovery.wal.archiver import WalArchiver, archive_command, object_key
 
 ROWS = "select count(*), coalesce(sum(i), 0) from t"
 

@@ -11,7 +11,7 @@ import pytest
 from flaky_fs import ServerDisconnectedError, ServiceUnavailable
 
 from pgrecovery import AlreadyExists, Repository, StorageError
-from pgrecovery.storage import RetryPolicy, is_transient, scrub
+from pgrecovery.storage.repository import RetryPolicy, is_transient, scrub
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_clean_removes_temporary_files_of_killed_writes(repo: Repository, capsys
     import os
     import time
 
-    from pgrecovery.cli import main
+    from pgrecovery.cli.main import main
 
     repo.put_bytes("wal/00000001/000000010000000000000001-x.zst", b"kept")
     old = Path(repo.root) / "wal" / "00000001" / ".000000010000000000000002-y.zst.0badc0de.tmp"

@@ -15,10 +15,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pgrecovery import BackupManifest, FileEntry, Repository, StorageError
 from pgrecovery.catalog import claim_backup_id, finish_backup
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.codec import compress_bytes
 from pgrecovery.copies import check_321, copy_repository
-from pgrecovery.wal import object_key
+from pgrecovery.wal.archiver import object_key
 
 T0 = datetime(2026, 11, 24, 10, 15, tzinfo=UTC)
 

@@ -42,7 +42,7 @@ from pgrecovery.errors import (
     TamperedObject,
     WrongKey,
 )
-from pgrecovery.storage import StoredObject
+from pgrecovery.storage.repository import StoredObject
 
 SMALL = 4096  # a small record size, so that tamper tests cover many records cheaply
 SEALED = SMALL + 16

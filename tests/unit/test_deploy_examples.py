@@ -18,8 +18,8 @@ import attrs
 import pytest
 import yaml
 
-from pgrecovery.cli import build_parser
-from pgrecovery.policy import RepositoryRef, Schedule, load_policy, run_policy
+from pgrecovery.cli.main import build_parser
+from pgrecovery.policy.runner import RepositoryRef, Schedule, load_policy, run_policy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy"
 _OPERATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", ">&", "2>", "2>&1"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pgrecovery.cli import build_parser
+from pgrecovery.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

@@ -20,10 +20,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pgrecovery import BackupManifest, ConfigurationError, FileEntry, Repository
 from pgrecovery.catalog import claim_backup_id, finish_backup
-from pgrecovery.cli import main
+from pgrecovery.cli.main import main
 from pgrecovery.codec import compress_bytes
 from pgrecovery.logs import configure_logging, redact
-from pgrecovery.monitoring import (
+from pgrecovery.monitoring.status import (
     AgeLimit,
     CheckResult,
     CheckState,
@@ -43,7 +43,7 @@ from pgrecovery.monitoring import (
     recording,
     write_textfile,
 )
-from pgrecovery.wal import object_key
+from pgrecovery.wal.archiver import object_key
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 NO_WAL = Thresholds(wal=False)

@@ -20,16 +20,16 @@ from pgrecovery import (
     Progress,
     Repository,
     RetentionPolicy,
-    _cli_retention,
     expire,
     retention,
 )
 from pgrecovery._walnames import history_name, segment_name, segment_number
 from pgrecovery.catalog import Leftover, finish_backup, manifest_key, needs_of
-from pgrecovery.cli import _common
+from pgrecovery.cli import _retention as _cli_retention
+from pgrecovery.cli.main import _common
 from pgrecovery.manifest import MemberEntry, PhysicalInfo
 from pgrecovery.retention import ExpirePlan, plan_expire
-from pgrecovery.wal import WalArchiver, object_key
+from pgrecovery.wal.archiver import WalArchiver, object_key
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)  # a Tuesday
 DAY = timedelta(days=1)
@@ -539,7 +539,7 @@ def test_progress_counts_deleted_backups(repo: Repository) -> None:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    from pgrecovery.cli import _Parser
+    from pgrecovery.cli.main import _Parser
 
     parser = _Parser(prog="pgrecovery", parents=[_common()])
     verbs = parser.add_subparsers(dest="verb", parser_class=_Parser)

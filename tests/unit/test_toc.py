@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pgrecovery._toc import parse_toc, split_sql_blocks, summarize, table_entries
+from pgrecovery.logical._toc import parse_toc, split_sql_blocks, summarize, table_entries
 
 LISTING = """;
 ; Archive created at 2026-11-25 13:23:58 UTC

@@ -9,7 +9,7 @@ import pytest
 
 from pgrecovery import _spool
 from pgrecovery import _walnames as wn
-from pgrecovery.wal import archive_command, object_key, parse_object_name, restore_command
+from pgrecovery.wal.archiver import archive_command, object_key, parse_object_name, restore_command
 
 MiB = 1024 * 1024
 

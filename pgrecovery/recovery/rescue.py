@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from . import pgtools
-from .cluster import LocalCluster, _owner_ids, default_run_as
-from .errors import (
+from .. import pgtools
+from ..cluster import LocalCluster, _owner_ids, default_run_as
+from ..errors import (
     ClusterError,
     ConfigurationError,
     DatabaseError,
@@ -43,15 +43,15 @@ from .errors import (
     ToolFailed,
     ToolNotFound,
 )
-from .recovery import RecoveryPlan, RecoveryResult, RecoveryTarget
-from .restore import LogicalRestore, require_dbname
+from ..logical.restore import LogicalRestore, require_dbname
+from .plan import RecoveryPlan, RecoveryResult, RecoveryTarget
 
 if TYPE_CHECKING:
     import psycopg
 
-    from .storage import Repository
+    from ..storage.repository import Repository
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 OnConflict = Literal["error", "skip"]
 
@@ -201,8 +201,8 @@ class Sandbox:
         base, self.base, self.cluster = self.base, None, None
         if base is None:
             return
-        from ._spool import SPOOL_NAME
-        from .wal import WalArchiver
+        from .._spool import SPOOL_NAME
+        from ..wal.archiver import WalArchiver
 
         data = base / "data"
         server = LocalCluster(data_dir=data, log_file=base / "data.log")
@@ -576,8 +576,8 @@ def recover_table(
     and indexes (loaded through a scratch database on the live server, so the user of ``into`` needs CREATEDB);
     under its own name (a dropped table, ``new_name`` = its name) everything that hangs off it.
     """
-    from .logical import LogicalBackup
-    from .storage import Repository
+    from ..logical.backup import LogicalBackup
+    from ..storage.repository import Repository
 
     t0 = time.monotonic()
     schema, name = _split_table(table)

@@ -19,20 +19,20 @@ from typing import Any
 
 import attrs
 
-from . import pgtools
-from ._archive import Metered, directory_archive, entry_key, find_pg_restore, read_toc, run_fed
-from ._pgdb import create_database, database_exists, drop_database, maintenance, server_info, tool_major
-from ._stream import check_stored, materialise, open_entry
-from ._toc import TocEntry, list_file_text, split_sql_blocks, table_entries
-from .errors import (
+from .. import pgtools
+from .._pgdb import create_database, database_exists, drop_database, maintenance, server_info, tool_major
+from .._stream import check_stored, materialise, open_entry
+from ..errors import (
     ConfigurationError,
     DatabaseError,
     RestoreError,
     ToolFailed,
 )
-from .manifest import FileEntry
-from .progress import Meter, ProgressCallback
-from .storage import Repository
+from ..manifest import FileEntry
+from ..progress import Meter, ProgressCallback
+from ..storage.repository import Repository
+from ._archive import Metered, directory_archive, entry_key, find_pg_restore, read_toc, run_fed
+from ._toc import TocEntry, list_file_text, split_sql_blocks, table_entries
 
 
 @attrs.frozen(kw_only=True)

@@ -26,7 +26,7 @@ def _target_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import _Parser
+    from .main import _Parser
 
     rescue = verbs.add_parser(
         "rescue",
@@ -65,7 +65,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from .cli import recovery_target
+    from .main import recovery_target
 
     return recovery_target(args, latest_allowed=False)  # argparse makes one of the options required
 
@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _rows(args: argparse.Namespace) -> int:
-    from .cli import _emit, _repo
-    from .errors import ConfigurationError
-    from .rescue import recover_rows
+    from ..errors import ConfigurationError
+    from ..recovery.rescue import recover_rows
+    from .main import _emit, _repo
 
     if (args.into is None) != (args.table is None):
         raise ConfigurationError("--into and --table go together: the live database and the table to insert into")
@@ -114,8 +114,8 @@ def _rows(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from .cli import _emit, _repo
-    from .rescue import recover_table
+    from ..recovery.rescue import recover_table
+    from .main import _emit, _repo
 
     res = recover_table(
         _repo(args),

@@ -26,15 +26,15 @@ from typing import IO, Any, Final, Literal
 
 import attrs
 
-from . import __version__, pgtools
-from ._pgdb import invalid_indexes_by_database, merge_index_records, now_utc, server_info
-from ._stream import fd_reader, pump, widen_pipe
-from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup, gone
-from .codec import SUFFIX, Codec, check_codec, check_level, compressor
-from .errors import BackupError, ConfigurationError, DatabaseError, ToolFailed
-from .manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
-from .progress import Meter, ProgressCallback
-from .storage import CHUNK, Repository
+from .. import __version__, pgtools
+from .._pgdb import invalid_indexes_by_database, merge_index_records, now_utc, server_info
+from .._stream import fd_reader, pump, widen_pipe
+from ..catalog import abandon_backup, claim_backup_id, data_key, finish_backup, gone
+from ..codec import SUFFIX, Codec, check_codec, check_level, compressor
+from ..errors import BackupError, ConfigurationError, DatabaseError, ToolFailed
+from ..manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
+from ..progress import Meter, ProgressCallback
+from ..storage.repository import CHUNK, Repository
 
 Method = Literal["local", "stream"]
 _SEGMENT_SIZE: Final = "(select setting::int from pg_settings where name = 'wal_segment_size')"
@@ -342,7 +342,7 @@ class BaseBackup:
 
     def _wait_archived(self, repo: Repository, conn: Any, wal: str) -> None:
         """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``."""
-        from .wal import WalArchiver
+        from ..wal.archiver import WalArchiver
 
         archiver = WalArchiver(repo)
         deadline = time.monotonic() + self.archive_timeout
@@ -556,7 +556,7 @@ def restore_files(
     kept, only the others are written, and files the backup does not have are removed. Returns how many files
     were written.
     """
-    from ._stream import open_entry
+    from .._stream import open_entry
 
     phys = manifest.physical
     if phys is None:
@@ -640,7 +640,7 @@ def _read_small_files(repo: Repository, manifest: BackupManifest) -> dict[str, b
     """The backup's backup_label and tablespace_map, checked against the manifest (size and sha256)."""
     import hashlib
 
-    from .errors import ChecksumMismatch
+    from ..errors import ChecksumMismatch
 
     out = {}
     for role in ("backup_label", "tablespace_map"):
@@ -695,7 +695,7 @@ def _extract_one(
 ) -> None:
     import hashlib
 
-    from .errors import ChecksumMismatch
+    from ..errors import ChecksumMismatch
 
     src = tar.extractfile(info)
     assert src is not None

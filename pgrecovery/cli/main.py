@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
-from .errors import ConfigurationError, PgRecoveryError
+from .. import __version__
+from ..errors import ConfigurationError, PgRecoveryError
 
 if TYPE_CHECKING:
-    from .recovery import Action, RecoveryTarget
+    from ..recovery.plan import Action, RecoveryTarget
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _EXIT_FOR: list[tuple[type[BaseException], int]] = [
@@ -107,7 +107,7 @@ def recorded(args: argparse.Namespace, kind: str) -> Any:
     conninfo = getattr(args, "status_dbname", None)
     if not conninfo:
         return contextlib.nullcontext(_NoRecord())
-    from .monitoring import DEFAULT_STATUS_TABLE, StatusTable, recording
+    from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable, recording
 
     return recording(StatusTable(conninfo, getattr(args, "status_table", None) or DEFAULT_STATUS_TABLE), kind)
 
@@ -285,7 +285,7 @@ def _progress(args: argparse.Namespace, *, every: float = 10.0) -> Any:
         return None
     import time
 
-    from .progress import Progress, human_bytes
+    from ..progress import Progress, human_bytes
 
     tty = sys.stderr.isatty()
     last = [-float("inf")]  # the first event is always shown (monotonic time may start near 0 at boot)
@@ -320,7 +320,7 @@ def _progress(args: argparse.Namespace, *, every: float = 10.0) -> Any:
 
 
 def _repo(args: argparse.Namespace) -> Any:
-    from .storage import Repository
+    from ..storage.repository import Repository
 
     url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
     if not url:
@@ -338,7 +338,7 @@ def encryption_key(args: argparse.Namespace) -> Any:
         and not os.environ.get("PGRECOVERY_ENCRYPTION_KEY")
     ):
         return None
-    from .crypto import EncryptionKey
+    from ..crypto import EncryptionKey
 
     return EncryptionKey.from_environment(file)
 
@@ -349,7 +349,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def _manifest_text(m: Any) -> str:
-    from .progress import human_bytes
+    from ..progress import human_bytes
 
     lines = [
         f"id:           {m.id}",
@@ -378,7 +378,7 @@ def _manifest_text(m: Any) -> str:
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:
-    from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+    from ..logical.backup import ClusterBackup, GlobalsBackup, LogicalBackup
 
     repo = _repo(args)
     job: LogicalBackup | GlobalsBackup | ClusterBackup
@@ -408,7 +408,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
         }
         job = LogicalBackup(**opts)
     elif args.kind == "base":
-        from .physical import BaseBackup
+        from ..physical.backup import BaseBackup
 
         base = BaseBackup(
             dbname=args.dbname,
@@ -438,8 +438,8 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from ._toc import parse_toc
-    from .restore import LogicalRestore
+    from ..logical._toc import parse_toc
+    from ..logical.restore import LogicalRestore
 
     repo = _repo(args)
     if args.kind == "base":
@@ -506,7 +506,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def _restored_into(m: Any, res: Any, conninfo: str) -> str:
     """Where a logical restore went: the database by name, or the server for globals and cluster backups."""
-    from .pgtools import public_conninfo
+    from ..pgtools import public_conninfo
 
     parts = public_conninfo(conninfo)
     server = " ".join(f"{k}={v}" for k, v in parts.items() if k != "dbname") or "libpq's default server"
@@ -534,7 +534,7 @@ def recovery_target(
     """The `RecoveryTarget` the --target-* options ask for (none of them: ``latest``, when allowed). An empty or
     blank value is a usage error naming the option: an unset shell variable must never mean "the end of the
     archive"."""
-    from .recovery import RecoveryTarget
+    from ..recovery.plan import RecoveryTarget
 
     inclusive = not getattr(args, "exclusive", False)
     for attr, option, what in _TARGET_OPTIONS:
@@ -559,7 +559,7 @@ def recovery_target(
 
 
 def _restore_base(args: argparse.Namespace, repo: Any) -> int:
-    from .recovery import RecoveryPlan
+    from ..recovery.plan import RecoveryPlan
 
     target = recovery_target(args, action=args.target_action)
     plan = RecoveryPlan(repo, target.with_timeline(args.target_timeline), backup_id=args.id)
@@ -609,8 +609,8 @@ def _archiving(args: argparse.Namespace) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import leftovers
-    from .progress import human_bytes
+    from ..catalog import leftovers
+    from ..progress import human_bytes
 
     repo = _repo(args)
     backups = repo.backups(args.kind)
@@ -651,7 +651,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_contents(args: argparse.Namespace) -> int:
-    from .restore import LogicalRestore
+    from ..logical.restore import LogicalRestore
 
     restore = LogicalRestore(_repo(args), args.id)
     entries = restore.table_entries(args.table) if args.table else restore.list_contents()
@@ -667,9 +667,9 @@ def _cmd_contents(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .cluster import parse_ports
-    from .errors import VerificationFailed
-    from .verify import Verifier
+    from ..cluster import parse_ports
+    from ..errors import VerificationFailed
+    from ..verify import Verifier
 
     class _Failed(VerificationFailed):
         pass
@@ -712,7 +712,7 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from .catalog import clean_leftovers
+    from ..catalog import clean_leftovers
 
     repo = _repo(args)
     removed = clean_leftovers(repo, include_in_progress=args.include_in_progress)
@@ -729,7 +729,7 @@ def _cmd_clean(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     quiet = getattr(args, "json", False)
     report = run_demo(workdir=args.workdir, out=None if quiet else (lambda s: print(s, flush=True)))
@@ -755,15 +755,15 @@ _VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
 _EXTENSION_VERBS: dict[str, str] = {
     **dict.fromkeys(
         ["wal-push", "wal-fetch", "wal-prefetch", "wal-verify", "archiver-status", "restore-point", "wal-cleanup"],
-        "_cli_wal",
+        "_wal",
     ),
-    "copy": "_cli_copies",
-    "check-321": "_cli_copies",
-    "check": "_cli_monitoring",
-    "metrics": "_cli_monitoring",
-    "expire": "_cli_retention",
-    "rescue": "_cli_rescue",
-    "run-policy": "_cli_policy",
+    "copy": "_copies",
+    "check-321": "_copies",
+    "check": "_monitoring",
+    "metrics": "_monitoring",
+    "expire": "_retention",
+    "rescue": "_rescue",
+    "run-policy": "_policy",
 }
 
 
@@ -784,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code and "wal-fetch" in words:
             return 255  # as restore_command: a usage error must stop recovery, not look like "not archived"
         return code
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     try:
         log_format = getattr(args, "log_format", None) or os.environ.get("PGRECOVERY_LOG_FORMAT") or "text"

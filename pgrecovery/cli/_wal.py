@@ -20,11 +20,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from . import _spool
+from .. import _spool
 
 if TYPE_CHECKING:
-    from .storage import Repository
-    from .wal import WalArchiver
+    from ..storage.repository import Repository
+    from ..wal.archiver import WalArchiver
 
 EXIT_OK, EXIT_FAILED, EXIT_MISS, EXIT_FATAL = 0, 1, 1, 255
 _MIB = 1024 * 1024
@@ -107,7 +107,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _url(args: argparse.Namespace) -> str:
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
     if not url:
@@ -120,8 +120,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _repo(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Repository:
-    from .cli import encryption_key
-    from .storage import Repository
+    from ..storage.repository import Repository
+    from .main import encryption_key
 
     key_file = getattr(args, "encryption_key_file", None)
     if key_file:  # the prefetcher this may start reads the same key
@@ -130,7 +130,7 @@ def _repo(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Repo
 
 
 def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs: Any) -> WalArchiver:
-    from .wal import WalArchiver
+    from ..wal.archiver import WalArchiver
 
     return WalArchiver(
         repo or _repo(args),
@@ -140,7 +140,7 @@ def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs
 
 
 def _fail(verb: str, e: BaseException) -> None:
-    from .logs import redact  # PostgreSQL copies this line into its log: no secret a driver echoed goes there
+    from ..logs import redact  # PostgreSQL copies this line into its log: no secret a driver echoed goes there
 
     text = redact(" ".join(str(e).split())) or type(e).__name__
     sys.stderr.write(f"pgrecovery: {verb}: {text}\n")
@@ -233,7 +233,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .wal import archiver_status
+    from ..wal.archiver import archiver_status
 
     st = archiver_status(args.dbname, args.pgdata)
     data = st.to_dict()
@@ -242,7 +242,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _restore_point(args: argparse.Namespace) -> int:
-    from .wal import create_restore_point
+    from ..wal.archiver import create_restore_point
 
     lsn = create_restore_point(args.dbname, args.name)
     _emit(args, {"name": args.name, "lsn": lsn}, f"restore point {args.name!r} at {lsn}")

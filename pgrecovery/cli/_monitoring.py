@@ -12,8 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .monitoring import StatusTable, Thresholds
-    from .storage import Repository
+    from ..monitoring.status import StatusTable, Thresholds
+    from ..storage.repository import Repository
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 3
 
@@ -26,7 +26,7 @@ def _sources(p: argparse.ArgumentParser) -> None:
         help="the monitored server (libpq string): WAL checks from pg_stat_archiver and archive_status "
         "(default: the newest WAL object in the repository)",
     )
-    from .cli import status_options
+    from .main import status_options
 
     status_options(p, reading=True)
 
@@ -74,14 +74,14 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .errors import PgRecoveryError
+    from ..errors import PgRecoveryError
 
     if args.verb == "metrics":
         return _metrics(args)
     try:
         return _check(args)
     except PgRecoveryError as e:
-        from .cli import _emit
+        from .main import _emit
 
         line = f"UNKNOWN - pgrecovery: {e}"
         _emit(args, {"state": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "summary": line, "checks": []}, line)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     if text.strip().lower() in ("off", "none"):
         return "off", "off"
@@ -104,8 +104,8 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     """`Thresholds` from the check options (errors are `ConfigurationError`, so the check says UNKNOWN)."""
-    from .errors import ConfigurationError
-    from .monitoring import AgeLimit, CountLimit, Thresholds, parse_duration
+    from ..errors import ConfigurationError
+    from ..monitoring.status import AgeLimit, CountLimit, Thresholds, parse_duration
 
     th = Thresholds(wal=not args.no_wal)
     for item in args.age:
@@ -137,7 +137,7 @@ def _evolve(th: Thresholds, **changes: Any) -> Thresholds:
 
 
 def _status_table(args: argparse.Namespace, *, fallback: str | None = None) -> StatusTable | None:
-    from .monitoring import DEFAULT_STATUS_TABLE, StatusTable
+    from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable
 
     conninfo = args.status_dbname if args.status_dbname is not None else fallback
     if conninfo is None:
@@ -146,7 +146,7 @@ def _status_table(args: argparse.Namespace, *, fallback: str | None = None) -> S
 
 
 def _maybe_repo(args: argparse.Namespace) -> Repository | None:
-    from .cli import _repo
+    from .main import _repo
 
     if getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO"):
         repo: Repository = _repo(args)
@@ -158,13 +158,13 @@ def _maybe_repo(args: argparse.Namespace) -> Repository | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .cli import _emit
-    from .errors import ConfigurationError
-    from .monitoring import check, check_function_sql
+    from ..errors import ConfigurationError
+    from ..monitoring.status import check, check_function_sql
+    from .main import _emit
 
     thresholds = thresholds_from(args)
     if args.show_sql:
-        from .monitoring import DEFAULT_STATUS_TABLE
+        from ..monitoring.status import DEFAULT_STATUS_TABLE
 
         sys.stdout.write(check_function_sql(args.status_table or DEFAULT_STATUS_TABLE, thresholds))
         return EXIT_OK
@@ -193,8 +193,8 @@ def _check(args: argparse.Namespace) -> int:
 def _metrics(args: argparse.Namespace) -> int:
     """Exit 0 when every source could be read, 1 when one could not (the output says which, with
     ``pgrecovery_source_up 0``, and is written all the same)."""
-    from .errors import ConfigurationError
-    from .monitoring import collect_metrics, write_textfile
+    from ..errors import ConfigurationError
+    from ..monitoring.status import collect_metrics, write_textfile
 
     repo = _maybe_repo(args)
     status = _status_table(args)

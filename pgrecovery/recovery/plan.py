@@ -26,9 +26,9 @@ from typing import Any, Literal, get_args
 
 import attrs
 
-from ._walnames import HistoryEntry, history_name, parse_lsn
-from .cluster import LocalCluster, default_run_as
-from .errors import (
+from .._walnames import HistoryEntry, history_name, parse_lsn
+from ..cluster import LocalCluster, default_run_as
+from ..errors import (
     AlreadyExists,
     ClusterError,
     ConfigurationError,
@@ -37,12 +37,12 @@ from .errors import (
     TargetUnreachable,
     WalGap,
 )
-from .manifest import BackupManifest, PhysicalInfo
-from .physical import chown_tree, lsn_value, restore_files, wal_file_name
-from .progress import ProgressCallback
-from .storage import Repository
+from ..manifest import BackupManifest, PhysicalInfo
+from ..physical.backup import chown_tree, lsn_value, restore_files, wal_file_name
+from ..progress import ProgressCallback
+from ..storage.repository import Repository
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 _TARGET_SETTINGS = (
     "recovery_target",
@@ -376,7 +376,7 @@ class RecoveryPlan:
     def _history(self, timeline: int) -> list[HistoryEntry] | None:
         """``timeline``'s history entries as archived (None when its history file is not in the archive)."""
         if timeline not in self._histories:
-            from .wal import WalArchiver
+            from ..wal.archiver import WalArchiver
 
             archiver = WalArchiver(self.repo)
             if timeline > 1 and not archiver.objects(history_name(timeline)):
@@ -437,7 +437,7 @@ class RecoveryPlan:
 
     def validate(self) -> None:
         """Raise `TargetUnreachable` or `WalGap` (naming the missing segment) unless the target is reachable."""
-        from .wal import WalArchiver
+        from ..wal.archiver import WalArchiver
 
         t, phys = self.target, self._phys(self.backup)
         if t.kind == "time" and t.value is not None and datetime.fromisoformat(t.value) > datetime.now(UTC):
@@ -502,7 +502,7 @@ class RecoveryPlan:
         archived. ``settings`` are written last (``postgresql.auto.conf``); an ``archive_mode`` among them that
         contradicts ``archive`` is refused (`ConfigurationError`, before anything is written).
         """
-        from .wal import restore_command
+        from ..wal.archiver import restore_command
 
         conf_extra = _archive_settings(archive, settings)
         self.validate()
@@ -617,7 +617,7 @@ class RecoveryPlan:
         step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
         major = _major(self.backup.server_version)
         if major is not None:  # before anything is written: this host must have the backup's server programs
-            from .pgtools import find_tool
+            from ..pgtools import find_tool
 
             find_tool("pg_ctl", major=major)
         t0 = time.monotonic()

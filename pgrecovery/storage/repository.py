@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from .errors import (
+from ..errors import (
     AlreadyExists,
     ConfigurationError,
     MissingDependency,
@@ -48,12 +48,12 @@ from .errors import (
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from .copies import CopyResult
-    from .crypto import EncryptionKey
-    from .manifest import BackupManifest
-    from .progress import ProgressCallback
+    from ..copies import CopyResult
+    from ..crypto import EncryptionKey
+    from ..manifest import BackupManifest
+    from ..progress import ProgressCallback
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 CHUNK: Final = 1 << 20
 PART_SIZE: Final = 8 << 20  # upload part (S3) / block (Azure) / resumable chunk (GCS) size for large objects
@@ -973,7 +973,7 @@ class Repository:
         (never the key)."""
         if self.encryption is None:
             return None
-        from .crypto import VERSION
+        from ..crypto import VERSION
 
         return {"cipher": "aes-256-gcm", "format": str(VERSION), "key_id": self.encryption.key_id}
 
@@ -1073,7 +1073,7 @@ class Repository:
         raw = self._raw_writer(key, overwrite=overwrite)
         if self.encryption is None:
             return raw
-        from .crypto import EncryptingWriter
+        from ..crypto import EncryptingWriter
 
         return EncryptingWriter(raw, self.encryption)
 
@@ -1111,7 +1111,7 @@ class Repository:
         (`TamperedObject`, `WrongKey`); an object that is not encrypted there is refused, and an encrypted one
         read without a key names the key id it needs.
         """
-        from .crypto import open_decrypted
+        from ..crypto import open_decrypted
 
         return open_decrypted(self._open_raw(key), self.encryption, name=f"{key!r} in {self.display_url}")
 
@@ -1167,7 +1167,7 @@ class Repository:
         stored = self.stored_size(key)
         if self.encryption is None:
             return stored
-        from .crypto import plaintext_size
+        from ..crypto import plaintext_size
 
         return plaintext_size(stored)
 
@@ -1317,13 +1317,13 @@ class Repository:
     # -- backups (see catalog.py) ---------------------------------------------------------------------------
     def backups(self, kind: str | None = None) -> list[BackupManifest]:
         """Complete backups (those whose manifest is written), oldest first."""
-        from .catalog import list_backups
+        from ..catalog import list_backups
 
         return list_backups(self, kind)
 
     def get(self, backup_id: str, kind: str | None = None) -> BackupManifest:
         """The manifest of a complete backup; ``"latest"`` is the newest (of ``kind`` when given)."""
-        from .catalog import resolve
+        from ..catalog import resolve
 
         return resolve(self, backup_id, kind)
 
@@ -1333,14 +1333,14 @@ class Repository:
         A base backup that incremental backups rely on is refused unless ``with_dependents`` (they go too).
         Returns the manifests of what was deleted.
         """
-        from .catalog import delete_backup
+        from ..catalog import delete_backup
 
         return delete_backup(self, backup_id, with_dependents=with_dependents)
 
     def copy_to(self, other: Repository, *, workers: int = 4, progress: ProgressCallback | None = None) -> CopyResult:
         """Copy the backups and WAL that ``other`` lacks (see `pgrecovery.copies.copy_repository`): checked against
         their recorded checksums, manifests last, safe to interrupt and to rerun."""
-        from .copies import copy_repository
+        from ..copies import copy_repository
 
         return copy_repository(self, other, workers=workers, progress=progress)
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
-from . import _spool, _walnames
-from ._walnames import DEFAULT_SEGMENT_SIZE, HistoryEntry
-from .codec import SUFFIX, Codec, check_codec, check_level
-from .errors import (
+from .. import _spool, _walnames
+from .._walnames import DEFAULT_SEGMENT_SIZE, HistoryEntry
+from ..codec import SUFFIX, Codec, check_codec, check_level
+from ..errors import (
     AlreadyExists,
     ChecksumMismatch,
     ConfigurationError,
@@ -46,9 +46,9 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .storage import Repository
+    from ..storage.repository import Repository
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 WAL_PREFIX: Final = "wal"
 _CHUNK: Final = 1 << 20
@@ -248,7 +248,7 @@ class WalArchiver:
         prefetch: int = 8,
     ) -> None:
         if isinstance(repo, str):
-            from .storage import Repository
+            from ..storage.repository import Repository
 
             repo = Repository(repo)
         self.repo = repo
@@ -350,7 +350,7 @@ class WalArchiver:
         return PushResult(name=name, sha256=digest, outcome=outcome, key=key, size=size, stored_size=stored_size)
 
     def _upload(self, abspath: str, key: str, digest: str) -> int:
-        from .codec import compressor
+        from ..codec import compressor
 
         writer = self.repo.writer(key)
         try:
@@ -427,7 +427,7 @@ class WalArchiver:
         return self._read_object(obj)
 
     def _read_object(self, obj: WalObject) -> bytes:
-        from .codec import decompress_bytes
+        from ..codec import decompress_bytes
 
         raw = self.repo.read_bytes(obj.key)
         try:
@@ -582,7 +582,7 @@ class WalArchiver:
         raise ConfigurationError(f"no WAL segments are archived in {self.repo.display_url}")
 
     def _check_object(self, obj: WalObject) -> None:
-        from .codec import open_decompressed
+        from ..codec import open_decompressed
 
         h = hashlib.sha256()
         with self.repo.open(obj.key) as raw:
@@ -627,7 +627,7 @@ class WalArchiver:
         return True
 
     def _download(self, obj: WalObject, dest: str) -> None:
-        from .codec import open_decompressed
+        from ..codec import open_decompressed
 
         directory = os.path.dirname(dest)
         tmp = os.path.join(directory, f".{os.path.basename(dest)}.{os.urandom(4).hex()}.tmp")
@@ -898,7 +898,7 @@ def _succeeded(future: Future[Any], name: str) -> bool:
 def _query_one(conninfo: str, sql: str, params: Iterable[object]) -> tuple[Any, ...]:
     import psycopg
 
-    from . import pgtools
+    from .. import pgtools
 
     try:
         with psycopg.connect(conninfo, connect_timeout=15, autocommit=True) as conn:

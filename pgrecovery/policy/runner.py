@@ -37,14 +37,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
-from .errors import ConfigurationError, PgRecoveryError, PolicyLocked
+from ..errors import ConfigurationError, PgRecoveryError, PolicyLocked
 
 if TYPE_CHECKING:
-    from .monitoring import StatusTable
-    from .retention import RetentionPolicy
-    from .storage import Repository
+    from ..monitoring.status import StatusTable
+    from ..retention import RetentionPolicy
+    from ..storage.repository import Repository
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 STATE_VERSION: Final = 1
 JOB_KINDS: Final = ("logical", "globals", "cluster", "base", "verify", "copy", "expire", "wal-cleanup")
@@ -341,10 +341,10 @@ _CONNINFO_OPTIONS: Final = ("dbname", "drill_server", "source")
 
 def _backup_class(kind: str) -> type[Any]:
     if kind == "base":
-        from .physical import BaseBackup
+        from ..physical.backup import BaseBackup
 
         return BaseBackup
-    from .logical import ClusterBackup, GlobalsBackup, LogicalBackup
+    from ..logical.backup import ClusterBackup, GlobalsBackup, LogicalBackup
 
     return {"logical": LogicalBackup, "globals": GlobalsBackup, "cluster": ClusterBackup}[kind]
 
@@ -418,7 +418,7 @@ def _backup_object(kind: str, options: Mapping[str, Any]) -> Any:
 def retention_from(options: Mapping[str, Any], base: RetentionPolicy | None = None) -> RetentionPolicy:
     """A `RetentionPolicy` from TOML-style keys: ``preset`` (a preset's name), else ``base``, with the other keys
     (the policy's fields) on top."""
-    from .retention import RetentionPolicy
+    from ..retention import RetentionPolicy
 
     changes = {k: v for k, v in options.items() if k in _RETENTION_OPTIONS and k != "preset"}
     preset = options.get("preset")
@@ -506,13 +506,13 @@ class RepositoryRef:
 
     @property
     def display_url(self) -> str:
-        from .storage import redact_url
+        from ..storage.repository import redact_url
 
         return redact_url(self.url)
 
     def open(self) -> Repository:
-        from .crypto import EncryptionKey
-        from .storage import Repository
+        from ..crypto import EncryptionKey
+        from ..storage.repository import Repository
 
         # the key of an encrypted repository comes from the environment (never from the policy file)
         return Repository(self.url, encryption=EncryptionKey.from_environment(), **self.storage_options)
@@ -738,7 +738,7 @@ class _Loader:
 
 
 def _has_password(conninfo: str) -> bool:
-    from .pgtools import conninfo_dict
+    from ..pgtools import conninfo_dict
 
     try:
         return "password" in conninfo_dict(conninfo)
@@ -1012,14 +1012,14 @@ _PASSWORD_TEXT: Final = re.compile(r"(password\s*=\s*)(\S+)", re.I)
 
 
 def _safe(text: str) -> str:
-    from .storage import scrub
+    from ..storage.repository import scrub
 
     return _PASSWORD_TEXT.sub(r"\1***", scrub(text))
 
 
 def _database_of(conninfo: str) -> str | None:
     """The database a logical backup job dumps, as libpq would choose it (None when it cannot be told)."""
-    from .pgtools import conninfo_dict
+    from ..pgtools import conninfo_dict
 
     try:
         parts = conninfo_dict(conninfo)
@@ -1139,8 +1139,8 @@ class _Run:
 
 
 def _record_status(table: StatusTable, run: _Run, job: Job, done: JobRun) -> None:
-    from .monitoring import RunRecord
-    from .storage import redact_url
+    from ..monitoring.status import RunRecord
+    from ..storage.repository import redact_url
 
     repo = run.policy.repository.url
     record = RunRecord(
@@ -1188,7 +1188,7 @@ def _run_backup(run: _Run, job: Job) -> _Outcome:
 
 
 def _run_verify(run: _Run, job: Job) -> _Outcome:
-    from .verify import Verifier
+    from ..verify import Verifier
 
     repo = run.repo(run.policy.repository)
     opts = dict(job.options)
@@ -1208,7 +1208,7 @@ def _run_verify(run: _Run, job: Job) -> _Outcome:
 
 
 def _run_copy(run: _Run, job: Job) -> _Outcome:
-    from .copies import copy_repository
+    from ..copies import copy_repository
 
     wanted = set(_as_list(job.options.get("to", [])))
     targets = [c for c in run.policy.copies if not wanted or c.url in wanted or c.display_url in wanted]
@@ -1238,7 +1238,7 @@ def _run_copy(run: _Run, job: Job) -> _Outcome:
 
 
 def _run_expire(run: _Run, job: Job) -> _Outcome:
-    from .retention import expire
+    from ..retention import expire
 
     policy = run.policy.retention_of(job)
     assert policy is not None  # BackupPolicy checks it
@@ -1259,7 +1259,7 @@ def _run_expire(run: _Run, job: Job) -> _Outcome:
 
 
 def _run_wal_cleanup(run: _Run, job: Job) -> _Outcome:
-    from .wal import WalArchiver
+    from ..wal.archiver import WalArchiver
 
     kwargs: dict[str, Any] = {}
     if "segment_size" in job.options:

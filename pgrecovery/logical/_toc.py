@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from .manifest import ContentSummary
+from ..manifest import ContentSummary
 
 # Entry types ("descriptions") that contain a space; the rest are one word. Longest first.
 _MULTIWORD = sorted(

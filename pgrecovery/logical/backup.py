@@ -20,18 +20,18 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from . import __version__, pgtools
+from .. import __version__, pgtools
+from .._pgdb import ServerInfo, invalid_indexes_by_database, merge_index_records, now_utc, server_info
+from .._stream import fd_reader, pump, upload_file, widen_pipe
+from ..catalog import abandon_backup, claim_backup_id, data_key, finish_backup
+from ..codec import SUFFIX, Codec, check_codec, check_level
+from ..errors import BackupError, ConfigurationError, ToolFailed
+from ..manifest import BackupManifest, ContentSummary, FileEntry
+from ..progress import Meter, ProgressCallback
+from ..storage.repository import Repository
 from ._archive import read_toc
-from ._pgdb import ServerInfo, invalid_indexes_by_database, merge_index_records, now_utc, server_info
-from ._stream import fd_reader, pump, upload_file, widen_pipe
 from ._toc import summarize
-from .catalog import abandon_backup, claim_backup_id, data_key, finish_backup
-from .codec import SUFFIX, Codec, check_codec, check_level
-from .errors import BackupError, ConfigurationError, ToolFailed
-from .manifest import BackupManifest, ContentSummary, FileEntry
-from .progress import Meter, ProgressCallback
 from .restore import LogicalRestore, RestoreResult
-from .storage import Repository
 
 Format = Literal["custom", "directory", "plain", "tar"]
 FORMATS: Final = ("custom", "directory", "plain", "tar")

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
-from . import pgtools
-from .errors import ConfigurationError, DatabaseError, PgRecoveryError
-from .logs import redact
+from .. import pgtools
+from ..errors import ConfigurationError, DatabaseError, PgRecoveryError
+from ..logs import redact
 
 if TYPE_CHECKING:
     import psycopg
 
-    from .manifest import BackupManifest
-    from .storage import Repository
+    from ..manifest import BackupManifest
+    from ..storage.repository import Repository
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 DEFAULT_STATUS_TABLE: Final = "pgrecovery_backup_status"
 BACKUP_KINDS: Final = ("logical", "globals", "cluster", "base")
@@ -294,7 +294,7 @@ def _kind(_instance: object, _attr: object, value: str) -> None:
 def _redact_path(value: str | None) -> str | None:
     if value is None:
         return None
-    from .storage import redact_url
+    from ..storage.repository import redact_url
 
     return redact(redact_url(value))
 
@@ -507,7 +507,7 @@ class StatusTable:
     def install_check_function(self, thresholds: Thresholds | None = None) -> str:
         """Create the table if missing and (re)create ``pgrecovery_check()`` in the table's schema (which is
         resolved, so the function works whatever the caller's search_path); returns the function's name."""
-        from ._monitoring_sql import function_sql
+        from ._sql import function_sql
 
         self.ensure()
         with self._connect("install the check function beside") as conn:
@@ -628,7 +628,7 @@ class _Server:
 
     def lag(self, now: datetime) -> tuple[timedelta | None, str]:
         """How long the oldest finished segment has waited to be archived, and how that was found."""
-        from . import _walnames
+        from .. import _walnames
 
         if self.ready_count is not None:
             if self.ready_count == 0 or self.oldest_ready is None:
@@ -701,8 +701,8 @@ def _server(dbname: str) -> _Server:
 
 def _newest_wal(repo: Repository) -> tuple[str, datetime] | None:
     """The newest archived WAL segment (highest timeline, then name) and when it was stored."""
-    from . import _walnames
-    from .wal import WalArchiver
+    from .. import _walnames
+    from ..wal.archiver import WalArchiver
 
     archiver = WalArchiver(repo)
     for tli in reversed(archiver.timelines()):
@@ -1153,7 +1153,7 @@ def check_function_sql(table: str = DEFAULT_STATUS_TABLE, thresholds: Thresholds
     """
     _table_name(None, None, table)
     schema, _, name = table.rpartition(".")
-    from ._monitoring_sql import function_sql
+    from ._sql import function_sql
 
     return function_sql(schema or None, name, thresholds)
 

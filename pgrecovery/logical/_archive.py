@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from . import pgtools
-from ._stream import Feeder, Readable, materialise, open_entry
-from ._toc import TocEntry, parse_toc
-from .errors import (
+from .. import pgtools
+from .._stream import Feeder, Readable, materialise, open_entry
+from ..errors import (
     ConfigurationError,
     PgRecoveryError,
     RestoreError,
     ToolFailed,
 )
-from .manifest import FileEntry
-from .progress import Meter
-from .storage import Repository
+from ..manifest import FileEntry
+from ..progress import Meter
+from ..storage.repository import Repository
+from ._toc import TocEntry, parse_toc
 
 
 def entry_key(backup_id: str, entry: FileEntry) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ._cli_wal import _emit, _repo
+from ._wal import _emit, _repo
 
 if TYPE_CHECKING:
-    from .retention import ExpireResult, RetentionPolicy
+    from ..retention import ExpireResult, RetentionPolicy
 
 EXIT_OK = 0
 PRESET_NAMES = ("production", "critical", "development", "archive")  # retention.PRESET_NAMES (checked by a test)
@@ -60,7 +60,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pitr-days", type=_count, metavar="D", help="PITR window with --wal (default: --keep-days)")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
-    from .cli import status_options
+    from .main import status_options
 
     status_options(p)
 
@@ -69,7 +69,7 @@ def policy_from(args: argparse.Namespace) -> RetentionPolicy:
     """The preset of ``--policy`` (or an empty custom policy), with the options given on top."""
     import attrs
 
-    from .retention import RetentionPolicy
+    from ..retention import RetentionPolicy
 
     changes: dict[str, Any] = {}
     for name in ("keep_last", "keep_days", "wal", "pitr_days"):
@@ -103,8 +103,8 @@ def _text(result: ExpireResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import _progress, recorded
-    from .retention import expire
+    from ..retention import expire
+    from .main import _progress, recorded
 
     repo = _repo(args)
     with recorded(args, "expire") as run:

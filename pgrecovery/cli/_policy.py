@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .policy import BackupPolicy, PolicyRun
+    from ..policy.runner import BackupPolicy, PolicyRun
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -37,7 +37,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--job", action="append", dest="jobs", metavar="NAME", help="only this job (repeatable)")
     p.add_argument("--force", action="store_true", help="run the selected jobs even when they are not due")
-    from .cli import status_options
+    from .main import status_options
 
     status_options(p)
     p.add_argument(
@@ -50,7 +50,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace) -> BackupPolicy:
     import attrs
 
-    from .policy import RepositoryRef, load_policy
+    from ..policy.runner import RepositoryRef, load_policy
 
     policy = load_policy(args.file)
     options = dict(getattr(args, "storage_option", None) or [])
@@ -64,7 +64,7 @@ def _policy(args: argparse.Namespace) -> BackupPolicy:
 
 
 def _now(args: argparse.Namespace) -> datetime | None:
-    from .errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     if args.now is None:
         return None
@@ -82,7 +82,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _text(result: PolicyRun) -> str:
-    from .cli import _table
+    from .main import _table
 
     if result.dry_run:
         head = f"policy {result.policy} at {_when(result.now)} UTC (state: {result.state_file})"
@@ -103,15 +103,15 @@ def _text(result: PolicyRun) -> str:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from .cli import _emit
-    from .policy import run_policy
+    from ..policy.runner import run_policy
+    from .main import _emit
 
     # The per-job lines are the point of this verb: show them without --verbose (-v adds the jobs not due).
     logging.getLogger("pgrecovery.policy").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     policy = _policy(args)
     status = None
     if args.status_dbname:
-        from .monitoring import DEFAULT_STATUS_TABLE, StatusTable
+        from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable
 
         status = StatusTable(args.status_dbname, args.status_table or DEFAULT_STATUS_TABLE)
     result = run_policy(

@@ -9,7 +9,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import _storage_option, status_options
+    from .main import _storage_option, status_options
 
     cp = verbs.add_parser(
         "copy",
@@ -53,13 +53,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from .cli import _emit, _progress, _repo, recorded
-    from .copies import copy_repository
-    from .storage import Repository
+    from ..copies import copy_repository
+    from ..storage.repository import Repository
+    from .main import _emit, _progress, _repo, recorded
 
     source = _repo(args)
     target = Repository(args.to, encryption=source.encryption, **dict(args.to_storage_option))
-    from .errors import StorageError
+    from ..errors import StorageError
 
     class _Incomplete(StorageError):
         pass
@@ -96,10 +96,10 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _check_321(args: argparse.Namespace) -> int:
-    from .cli import _emit, _repo
-    from .copies import check_321
-    from .errors import ConfigurationError
-    from .storage import Repository, redact_url
+    from ..copies import check_321
+    from ..errors import ConfigurationError
+    from ..storage.repository import Repository, redact_url
+    from .main import _emit, _repo
 
     sites = {}
     for item in args.site:

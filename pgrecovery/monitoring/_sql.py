@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from .monitoring import Thresholds
+    from .status import Thresholds
 
 CHECK_FUNCTION: Final = "pgrecovery_check"
 
@@ -165,7 +165,7 @@ $pgrecovery$;
 def function_sql(schema: str | None, table: str, thresholds: Thresholds | None) -> str:
     from psycopg import sql
 
-    from .monitoring import AgeLimit, Thresholds
+    from .status import AgeLimit, Thresholds
 
     th = thresholds or Thresholds()
     parts = (schema, table) if schema else (table,)

@@ -1,0 +1,32 @@
+"""Where backups live: `Repository` over any fsspec filesystem, and the write and retry machinery under it.
+
+The only subpackage that talks to fsspec (layer 2: it imports only from the formats and base layers).
+"""
+
+from .repository import (
+    CHUNK,
+    PART_SIZE,
+    Capabilities,
+    ObjectWriter,
+    Repository,
+    RetryPolicy,
+    StoredObject,
+    capabilities_of,
+    is_transient,
+    redact_url,
+    scrub,
+)
+
+__all__ = [
+    "CHUNK",
+    "PART_SIZE",
+    "Capabilities",
+    "ObjectWriter",
+    "Repository",
+    "RetryPolicy",
+    "StoredObject",
+    "capabilities_of",
+    "is_transient",
+    "redact_url",
+    "scrub",
+]
