@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     AlreadyExists,
     BackupError,
@@ -56,7 +55,7 @@ _LAZY = {
     "Progress": "progress",
     "ProgressCallback": "progress",
     "Repository": "storage.repository",
-    "StoredObject": "storage.repository",
+    "StoredObject": "_objects",
     "Check": "verify",
     "VerificationReport": "verify",
     "Verifier": "verify",
@@ -93,6 +92,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from ._objects import StoredObject
     from .catalog import Leftover
     from .cluster import LocalCluster, temporary_cluster
     from .copies import CopyResult, RuleReport, check_321, copy_repository
@@ -118,7 +118,7 @@ if TYPE_CHECKING:
     from .recovery.plan import RecoveryPlan, RecoveryResult, RecoveryTarget
     from .recovery.rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
     from .retention import RetentionPolicy, expire
-    from .storage.repository import Repository, StoredObject
+    from .storage.repository import Repository
     from .verify import Check, VerificationReport, Verifier
     from .wal.archiver import WalArchiver
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
+from ._objects import ObjectWriter, StoredObject
 from .codec import Codec, compressor, open_decompressed
 from .errors import ChecksumMismatch, PgRecoveryError
 from .manifest import FileEntry
 from .progress import Meter
-from .storage.repository import CHUNK, ObjectWriter, Repository, StoredObject
+from .storage.repository import CHUNK, Repository
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 

@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, cast
 
 import attrs
 
+from ._objects import ObjectWriter, StoredObject
 from .errors import ConfigurationError, EncryptionError, MissingDependency, TamperedObject, WrongKey
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from .storage.repository import ObjectWriter, StoredObject
 
 ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY"
 FILE_ENV_VAR: Final = "PGRECOVERY_ENCRYPTION_KEY_FILE"
@@ -394,8 +393,6 @@ class EncryptingWriter:
         self._index = i + 1
 
     def commit(self) -> StoredObject:
-        from .storage.repository import StoredObject
-
         if self._done:
             raise EncryptionError(f"{self.key!r} was already committed or aborted")
         try:
@@ -642,8 +639,6 @@ class _MemorySink:
         self.parts.append(bytes(data))
 
     def commit(self) -> StoredObject:
-        from .storage.repository import StoredObject
-
         data = b"".join(self.parts)
         return StoredObject(key=self.key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 

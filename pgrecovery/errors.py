@@ -6,6 +6,8 @@ exceptions into exit codes and one-line messages.
 
 from __future__ import annotations
 
+from ._redact import redact
+
 
 class PgRecoveryError(Exception):
     """Base of every error pgrecovery raises on purpose.
@@ -16,8 +18,6 @@ class PgRecoveryError(Exception):
 
     def __init__(self, *args: object) -> None:
         if args and isinstance(args[0], str):
-            from .logs import redact
-
             args = (redact(args[0]), *args[1:])
         super().__init__(*args)
 

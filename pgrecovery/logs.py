@@ -11,55 +11,14 @@ from __future__ import annotations
 
 import json as _json
 import logging
-import re
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
-# Secret-looking "name=value" / "name: value" pairs (libpq conninfo, query strings, Azure connection strings).
-_SECRET_NAMES: Final = (
-    r"password|passwd|pgpassword|sslpassword|secret|secret_key|aws_secret_access_key|access_token|token"  # noqa: S105
-    r"|accountkey|sharedaccesssignature|sig|x-amz-signature|x-amz-credential|x-amz-security-token"
-)
-_PAIR: Final = re.compile(
-    rf"""(?P<name>\b(?:{_SECRET_NAMES})["']?)(?P<sep>\s*[=:]\s*)(?P<value>'(?:[^'\\]|\\.)*'|"[^"]*"|[^\s;&,'"]+)""",
-    re.IGNORECASE,
-)
-# Userinfo of a URL: scheme://user:password@host -> scheme://user:***@host
-_USERINFO: Final = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^/\s:@]*):(?P<pw>[^@\s/]*)@", re.IGNORECASE)
-_SECRET_KEY: Final = re.compile(rf"^(?:{_SECRET_NAMES}|.*(?:password|secret|token|credential).*)$", re.IGNORECASE)
-REDACTED: Final = "***"
+from ._redact import redact, redact_value
 
 # Attributes every LogRecord has: anything else on a record came from ``extra=``.
 _STANDARD: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-def redact(text: str) -> str:
-    """``text`` with passwords, keys, tokens and URL passwords replaced by ``***``.
-
-    >>> redact("host=db1 password=s3cret dbname=shop")
-    'host=db1 password=*** dbname=shop'
-    >>> redact("postgresql://app:s3cret@db1/shop")
-    'postgresql://app:***@db1/shop'
-    """
-    text = _USERINFO.sub(rf"\g<head>:{REDACTED}@", text)
-    return _PAIR.sub(rf"\g<name>\g<sep>{REDACTED}", text)
-
-
-def redact_value(value: Any, key: str = "") -> Any:
-    """A structure (dicts, lists, strings) with secrets redacted; values under secret-looking keys hidden whole."""
-    if key and _SECRET_KEY.match(key) and value not in (None, ""):
-        return REDACTED
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {str(k): redact_value(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [redact_value(v) for v in value]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return redact(str(value))
 
 
 class RedactingFormatter(logging.Formatter):

@@ -22,6 +22,7 @@ from typing import IO, Any, Final
 
 import attrs
 
+from ._redact import redact
 from .errors import ConfigurationError, ToolFailed, ToolNotFound
 
 BINDIR_ENV: Final = "PGRECOVERY_PG_BINDIR"
@@ -125,7 +126,7 @@ def conninfo_dict(conninfo: str) -> dict[str, str]:
     try:
         return {k: str(v) for k, v in conninfo_to_dict(conninfo).items() if v is not None}
     except Exception as e:  # noqa: BLE001 - psycopg raises ProgrammingError for a bad string
-        raise ConfigurationError(f"bad connection string: {_strip_secrets_text(str(e))}") from None
+        raise ConfigurationError(f"bad connection string: {redact(str(e))}") from None
 
 
 def make_conninfo(parts: Mapping[str, str]) -> str:
@@ -169,10 +170,6 @@ def with_dbname(conninfo: str, dbname: str) -> str:
     parts = conninfo_dict(conninfo)
     parts["dbname"] = dbname
     return make_conninfo(parts)
-
-
-def _strip_secrets_text(text: str) -> str:
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1***", text, flags=re.IGNORECASE)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -239,7 +236,7 @@ def failure_text(what: str, code: int, stderr: bytes | str) -> str:
     text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     tail = "\n".join(lines[-15:])
-    return _strip_secrets_text(f"{what} failed (exit code {code})" + (f":\n{tail}" if tail else ""))
+    return redact(f"{what} failed (exit code {code})" + (f":\n{tail}" if tail else ""))
 
 
 class Spawned:

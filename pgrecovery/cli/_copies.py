@@ -96,9 +96,10 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _check_321(args: argparse.Namespace) -> int:
+    from .._redact import redact_url
     from ..copies import check_321
     from ..errors import ConfigurationError
-    from ..storage.repository import Repository, redact_url
+    from ..storage.repository import Repository
     from .main import _emit, _repo
 
     sites = {}

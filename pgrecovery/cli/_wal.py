@@ -140,7 +140,7 @@ def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs
 
 
 def _fail(verb: str, e: BaseException) -> None:
-    from ..logs import redact  # PostgreSQL copies this line into its log: no secret a driver echoed goes there
+    from .._redact import redact  # PostgreSQL copies this line into its log: no secret a driver echoed goes there
 
     text = redact(" ".join(str(e).split())) or type(e).__name__
     sys.stderr.write(f"pgrecovery: {verb}: {text}\n")

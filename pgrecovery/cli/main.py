@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigurationError, PgRecoveryError
 
 if TYPE_CHECKING:

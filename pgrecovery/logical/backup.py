@@ -20,9 +20,10 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from .. import __version__, pgtools
+from .. import pgtools
 from .._pgdb import ServerInfo, invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from .._stream import fd_reader, pump, upload_file, widen_pipe
+from .._version import __version__
 from ..catalog import abandon_backup, claim_backup_id, data_key, finish_backup
 from ..codec import SUFFIX, Codec, check_codec, check_level
 from ..errors import BackupError, ConfigurationError, ToolFailed

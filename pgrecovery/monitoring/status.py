@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 
 from .. import pgtools
+from .._redact import redact
 from ..errors import ConfigurationError, DatabaseError, PgRecoveryError
-from ..logs import redact
 
 if TYPE_CHECKING:
     import psycopg
@@ -294,7 +294,7 @@ def _kind(_instance: object, _attr: object, value: str) -> None:
 def _redact_path(value: str | None) -> str | None:
     if value is None:
         return None
-    from ..storage.repository import redact_url
+    from .._redact import redact_url
 
     return redact(redact_url(value))
 

@@ -26,9 +26,10 @@ from typing import IO, Any, Final, Literal
 
 import attrs
 
-from .. import __version__, pgtools
+from .. import pgtools
 from .._pgdb import invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from .._stream import fd_reader, pump, widen_pipe
+from .._version import __version__
 from ..catalog import abandon_backup, claim_backup_id, data_key, finish_backup, gone
 from ..codec import SUFFIX, Codec, check_codec, check_level, compressor
 from ..errors import BackupError, ConfigurationError, DatabaseError, ToolFailed

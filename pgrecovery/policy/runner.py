@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 
+from .._redact import is_secret_option, scrub
 from ..errors import ConfigurationError, PgRecoveryError, PolicyLocked
 
 if TYPE_CHECKING:
@@ -506,7 +507,7 @@ class RepositoryRef:
 
     @property
     def display_url(self) -> str:
-        from ..storage.repository import redact_url
+        from .._redact import redact_url
 
         return redact_url(self.url)
 
@@ -590,7 +591,6 @@ def _as_list(value: Any) -> list[str]:
 _TOP_KEYS: Final = ("name", "repository", "copies", "retention", "state_dir", "jobs")
 _SCHEDULE_KEYS: Final = ("every", "at", "on", "cron")
 # Storage options that look like credentials (as storage.py judges them): refused in a policy file.
-_SECRET_OPTION: Final = re.compile(r"key|secret|token|password|passwd|credential|sas|connection_string", re.I)
 
 
 def _table_of(line: str) -> tuple[str, ...] | None:
@@ -642,7 +642,7 @@ class _Loader:
         if not isinstance(options, dict):
             raise self.error(table, "storage_options", f"[{key}] storage_options: expected a table of fsspec options")
         for name in options:
-            if _SECRET_OPTION.search(name):
+            if is_secret_option(name):
                 raise self.error(
                     table,
                     "storage_options",
@@ -1008,13 +1008,8 @@ def _fmt(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
-_PASSWORD_TEXT: Final = re.compile(r"(password\s*=\s*)(\S+)", re.I)
-
-
 def _safe(text: str) -> str:
-    from ..storage.repository import scrub
-
-    return _PASSWORD_TEXT.sub(r"\1***", scrub(text))
+    return scrub(text)
 
 
 def _database_of(conninfo: str) -> str | None:
@@ -1139,8 +1134,8 @@ class _Run:
 
 
 def _record_status(table: StatusTable, run: _Run, job: Job, done: JobRun) -> None:
+    from .._redact import redact_url
     from ..monitoring.status import RunRecord
-    from ..storage.repository import redact_url
 
     repo = run.policy.repository.url
     record = RunRecord(

@@ -3,18 +3,15 @@
 The only subpackage that talks to fsspec (layer 2: it imports only from the formats and base layers).
 """
 
+from .._objects import ObjectWriter, StoredObject
 from .repository import (
     CHUNK,
     PART_SIZE,
     Capabilities,
-    ObjectWriter,
     Repository,
     RetryPolicy,
-    StoredObject,
     capabilities_of,
     is_transient,
-    redact_url,
-    scrub,
 )
 
 __all__ = [
@@ -27,6 +24,4 @@ __all__ = [
     "StoredObject",
     "capabilities_of",
     "is_transient",
-    "redact_url",
-    "scrub",
 ]

@@ -25,17 +25,18 @@ import io
 import logging
 import os
 import random
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
+from .._objects import HashingWriter, ObjectWriter, StoredObject
+from .._redact import redact_url, scrub, secret_values
 from ..errors import (
     AlreadyExists,
     ConfigurationError,
@@ -257,111 +258,10 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-# -- secrets in messages -----------------------------------------------------------------------------------------
-
-_SECRET_OPTION = re.compile(r"key|secret|token|password|passwd|credential|sas|connection_string|signature", re.I)
-_SECRET_TEXT = [
-    re.compile(r"(AccountKey=)[^;\s'\"]+", re.I),
-    re.compile(r"(SharedAccessSignature=)[^;\s'\"]+", re.I),
-    re.compile(r"([?&](?:sig|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|access_token)=)[^&\s'\"]+"),
-    re.compile(r"(\bSignature=)[^&,;\s'\"]+"),
-]
-
-
-def _secret_values(options: dict[str, Any]) -> list[str]:
-    """String values of storage options that look like credentials (for scrubbing them out of messages)."""
-    found: list[str] = []
-    for name, value in options.items():
-        if isinstance(value, dict):
-            found += _secret_values(value)
-        elif isinstance(value, str) and len(value) >= 6 and _SECRET_OPTION.search(name):
-            found.append(value)
-            if name.lower().endswith("connection_string"):
-                found += [m.group(2) for m in re.finditer(r"(AccountKey|SharedAccessSignature)=([^;]+)", value)]
-    return sorted(set(found), key=len, reverse=True)
-
-
-def scrub(text: str, secrets_: list[str] | tuple[str, ...] = ()) -> str:
-    """``text`` with credential-looking parts (account keys, signatures, the given values) replaced by ``***``."""
-    for value in secrets_:
-        if value:
-            text = text.replace(value, "***")
-    for pattern in _SECRET_TEXT:
-        text = pattern.sub(r"\1***", text)
-    return text
-
-
 # -- writers -----------------------------------------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class StoredObject:
-    """What a completed write produced: the key and what a reader can check it against."""
-
-    key: str
-    size: int
-    sha256: str
-
-
-class ObjectWriter(Protocol):
-    """A streaming write that becomes visible under its key only on `commit`."""
-
-    key: str
-
-    def write(self, data: bytes, /) -> None: ...
-
-    def commit(self) -> StoredObject: ...
-
-    def abort(self) -> None: ...
-
-    def __enter__(self) -> ObjectWriter: ...
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
-
-
-class _HashingWriter:
-    """Counts and hashes what is written, then hands bytes to `_write_raw`."""
-
-    key: str
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._done = False
-
-    def write(self, data: bytes, /) -> None:
-        if data:
-            self._hash.update(data)
-            self._size += len(data)
-            self._write_raw(data)
-
-    def _write_raw(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def commit(self) -> StoredObject:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
-    def _result(self) -> StoredObject:
-        self._done = True
-        return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest())
-
-    def __enter__(self) -> _HashingWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._done:
-            return
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
-
-
-class _LocalWriter(_HashingWriter):
+class _LocalWriter(HashingWriter):
     """Temp file beside the target, fsync, hard link (no clobber) or rename, fsync of the directory."""
 
     def __init__(self, key: str, path: str, overwrite: bool) -> None:
@@ -416,7 +316,7 @@ class _LocalWriter(_HashingWriter):
             os.unlink(self._tmp)
 
 
-class _BufferWriter(_HashingWriter):
+class _BufferWriter(HashingWriter):
     """For in-memory filesystems: the object is stored in one call at commit."""
 
     def __init__(self, key: str, fs: AbstractFileSystem, path: str, overwrite: bool) -> None:
@@ -440,7 +340,7 @@ class _BufferWriter(_HashingWriter):
         self._parts.clear()
 
 
-class _ObjectWriter(_HashingWriter):
+class _ObjectWriter(HashingWriter):
     """Object stores: one conditional PUT for a small object, a multipart/resumable/block upload for a large one.
 
     Bytes are buffered until they reach the repository's part size. If the writer is committed before that, the
@@ -601,7 +501,7 @@ def _open_uncommitted(fs: AbstractFileSystem, path: str, mode: str, **kwargs: An
     return f
 
 
-class _StagedWriter(_HashingWriter):
+class _StagedWriter(HashingWriter):
     """Any filesystem pgrecovery knows nothing about: staged, published, then confirmed from the storage itself.
 
     Bytes go through the filesystem's public ``open()`` to a hidden temporary name beside the target
@@ -867,17 +767,6 @@ def _makedirs_durable(path: str) -> None:
     _fsync_dir(parent or ".")
 
 
-def redact_url(url: str) -> str:
-    """The URL without user info or query (which may carry credentials)."""
-    parts = urlsplit(url)
-    if not parts.scheme or parts.scheme == "file":
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 # -- the repository ----------------------------------------------------------------------------------------------
 
 
@@ -955,7 +844,7 @@ class Repository:
         self.retry_policy = retry_policy or RetryPolicy()
         self.part_size = part_size
         self.encryption = encryption
-        self._secrets = tuple(_secret_values(dict(getattr(fs, "storage_options", {}) or {})))
+        self._secrets = tuple(secret_values(dict(getattr(fs, "storage_options", {}) or {})))
         self._directories = set()
         if self.capabilities.local:
             root_path = os.path.abspath(root_path)

@@ -11,7 +11,8 @@ import pytest
 from flaky_fs import ServerDisconnectedError, ServiceUnavailable
 
 from pgrecovery import AlreadyExists, Repository, StorageError
-from pgrecovery.storage.repository import RetryPolicy, is_transient, scrub
+from pgrecovery._redact import scrub
+from pgrecovery.storage.repository import RetryPolicy, is_transient
 
 
 @pytest.mark.parametrize(

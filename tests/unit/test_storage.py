@@ -101,7 +101,7 @@ def test_path_that_is_a_file(tmp_path: Path) -> None:
 def test_repr_hides_credentials() -> None:
     repo = Repository(fs=fsspec.filesystem("memory"), root="/r")
     assert "memory" in repr(repo)
-    from pgrecovery.storage.repository import redact_url
+    from pgrecovery._redact import redact_url
 
     assert redact_url("sftp://user:pw@host:22/path?token=abc") == "sftp://host:22/path"
 
