@@ -1,10 +1,10 @@
 """The WAL spool: archive-ahead markers and the prefetch queue (standard library only, and little of it).
 
 archive_command and restore_command answer from here without importing fsspec, psycopg, zstandard, attrs or
-even typing, so a call the spool can answer costs Python's start-up and a stat or a rename. This file also runs
-as a script (``python -S .../pgrecovery/_spool.py wal-push ...``, what `pgrecovery.wal.archive_command` writes):
-without ``site`` and without the package's ``__init__`` the interpreter starts in a few milliseconds; on a miss
-it loads ``site`` and hands over to the full CLI. Layout::
+even typing, so a call the spool can answer costs Python's start-up and a stat or a rename.
+`pgrecovery/_walcmd.py`, the script that `pgrecovery.wal.archive_command` writes (``python -S
+.../pgrecovery/_walcmd.py wal-push ...``), asks `fast_command` first: without ``site`` and without the package's
+``__init__`` the interpreter starts in a few milliseconds. Layout::
 
     <spool>/archived/<name>       "pgrecovery-marker 1 <size> <mtime_ns> <inode> <sha256> <repo tag>": the file
                                   with exactly that size, mtime and inode is durable in that repository
@@ -486,30 +486,3 @@ def fast_command(argv: Sequence[str]) -> int | None:
     except Exception:  # noqa: BLE001 - the full CLI retries and reports properly
         return None
     return None
-
-
-def main(argv: Sequence[str]) -> int:
-    """``python -S .../_spool.py <wal-push|wal-fetch> ...``: the fast path, else the full CLI with site loaded."""
-    code = fast_command(argv)
-    if code is not None:
-        return code
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # no sibling modules as top level
-    if sys.flags.no_site:
-        import site
-
-        site.main()  # what -S skipped: the virtualenv's site-packages and .pth files
-    try:
-        import pgrecovery.cli  # noqa: F401 - is the package importable now (installed, editable or PYTHONPATH)?
-    except ImportError:
-        sys.path.append(os.path.dirname(here))
-    from pgrecovery.cli.main import main as cli_main
-
-    code = cli_main(list(argv))
-    if list(argv[:1]) == ["wal-fetch"] and code not in (0, 1):
-        return 255  # a usage error must stop recovery, not read as "not archived" (exit 1 and 2 both would)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -180,7 +180,9 @@ def _entry(python: str | None, fast: bool) -> str:
     if not fast:
         return f"{exe} -m pgrecovery"
     # -S: no site module at start-up (10 ms less); the script loads it itself when the spool cannot answer.
-    return f"{exe} -S {_q(os.path.abspath(_spool.__file__))}"
+    # the entry script beside the spool (a path, not an import: it belongs to the CLI's layer)
+    script = os.path.join(os.path.dirname(os.path.abspath(_spool.__file__)), "_walcmd.py")
+    return f"{exe} -S {_q(script)}"
 
 
 def archive_command(
@@ -196,7 +198,7 @@ def archive_command(
     ``key_file``: an encrypted repository's key file (its path goes on the command line, never the key; or set
     ``PGRECOVERY_ENCRYPTION_KEY_FILE`` / ``PGRECOVERY_ENCRYPTION_KEY`` in the server's environment instead).
 
-    With ``fast`` (the default) the command runs ``pgrecovery/_spool.py`` under ``python -S``: a file that an
+    With ``fast`` (the default) the command runs ``pgrecovery/_walcmd.py`` under ``python -S``: a file that an
     earlier call already archived ahead costs Python's bare start-up and a stat; anything else is handed to the
     full CLI. ``fast=False`` gives the plainer ``python -m pgrecovery wal-push``. Storage credentials are best
     given through the server's environment (``FSSPEC_*`` variables), not the URL.

@@ -153,7 +153,7 @@ def test_command_lines_quote_safely() -> None:
 
 
 def test_fast_command_lines_run_the_spool_script() -> None:
-    script = str(Path(_spool.__file__).resolve())
+    script = str(Path(_spool.__file__).resolve().with_name("_walcmd.py"))
     assert shlex.split(archive_command("file:///b", python="/usr/bin/python3")) == [
         *("/usr/bin/python3", "-S", script, "wal-push", "--repo", "file:///b", "%p"),
     ]
