@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, cast
 
+from pgrecovery import StoredObject
 from pgrecovery.crypto import RECORD_SIZE, DecryptingReader, EncryptingWriter, EncryptionKey
-from pgrecovery.storage.repository import StoredObject
 
 MiB = 1 << 20
 MB = 1e6

@@ -54,7 +54,7 @@ _LAZY = {
     "FileEntry": "manifest",
     "Progress": "progress",
     "ProgressCallback": "progress",
-    "Repository": "storage.repository",
+    "Repository": "repository",
     "StoredObject": "_objects",
     "Check": "verify",
     "VerificationReport": "verify",
@@ -117,8 +117,8 @@ if TYPE_CHECKING:
     from .progress import Progress, ProgressCallback
     from .recovery.plan import RecoveryPlan, RecoveryResult, RecoveryTarget
     from .recovery.rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
+    from .repository import Repository
     from .retention import RetentionPolicy, expire
-    from .storage.repository import Repository
     from .verify import Check, VerificationReport, Verifier
     from .wal.archiver import WalArchiver
 

@@ -17,7 +17,8 @@ from .codec import Codec, compressor, open_decompressed
 from .errors import ChecksumMismatch, PgRecoveryError
 from .manifest import FileEntry
 from .progress import Meter
-from .storage.repository import CHUNK, Repository
+from .repository import Repository
+from .storage.repository import CHUNK
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 

@@ -29,7 +29,7 @@ from .errors import (
     TamperedObject,
 )
 from .manifest import BackupManifest
-from .storage.repository import Repository
+from .storage.repository import Storage
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def data_key(backup_id: str, name: str) -> str:
 
 
 def claim_backup_id(
-    repo: Repository, kind: str, now: datetime | None = None, *, needs: Sequence[str] | None = None
+    repo: Storage, kind: str, now: datetime | None = None, *, needs: Sequence[str] | None = None
 ) -> str:
     """A new id that sorts by time (``20261124T101500Z-logical``), claimed by a no-clobber marker.
 
@@ -72,7 +72,7 @@ def claim_backup_id(
     raise StorageError(f"cannot find a free backup id for {base} in {repo.display_url}")
 
 
-def finish_backup(repo: Repository, manifest: BackupManifest) -> BackupManifest:
+def finish_backup(repo: Storage, manifest: BackupManifest) -> BackupManifest:
     """Write the manifest, which makes the backup complete. The started marker stays: it holds the id's claim.
 
     In an encrypted repository the manifest records which key (its id, never the key) encrypted the backup."""
@@ -93,7 +93,7 @@ def needs_of(m: BackupManifest) -> list[str]:
     return sorted(wanted)
 
 
-def gone(repo: Repository, backup_ids: Sequence[str]) -> list[str]:
+def gone(repo: Storage, backup_ids: Sequence[str]) -> list[str]:
     """Those of ``backup_ids`` that are no longer complete: manifest deleted, or marked by `expire` (which
     writes ``expired.json`` before it deletes the manifest)."""
     return [
@@ -103,7 +103,7 @@ def gone(repo: Repository, backup_ids: Sequence[str]) -> list[str]:
     ]
 
 
-def abandon_backup(repo: Repository, backup_id: str) -> None:
+def abandon_backup(repo: Storage, backup_id: str) -> None:
     """Best-effort removal of an unfinished backup's files (never raises: the caller is already failing)."""
     try:
         if not repo.exists(manifest_key(backup_id)):
@@ -112,7 +112,7 @@ def abandon_backup(repo: Repository, backup_id: str) -> None:
         log.warning("could not remove unfinished backup %s; `pgrecovery clean` will", backup_id)
 
 
-def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
+def read_manifest(repo: Storage, backup_id: str) -> BackupManifest:
     try:
         text = repo.read_bytes(manifest_key(backup_id))
     except EncryptionError:
@@ -133,7 +133,7 @@ def read_manifest(repo: Repository, backup_id: str) -> BackupManifest:
     return m
 
 
-def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManifest]:
+def list_backups(repo: Storage, kind: str | None = None) -> list[BackupManifest]:
     """Complete backups, oldest first. A manifest that cannot be read is skipped with a warning."""
     out = []
     for backup_id in repo.children(BACKUPS):
@@ -149,7 +149,7 @@ def list_backups(repo: Repository, kind: str | None = None) -> list[BackupManife
     return sorted(out, key=lambda m: (m.started_at, m.id))
 
 
-def resolve(repo: Repository, backup_id: str, kind: str | None = None) -> BackupManifest:
+def resolve(repo: Storage, backup_id: str, kind: str | None = None) -> BackupManifest:
     """The manifest for an id, or for ``latest`` (the newest complete backup, of ``kind`` when given)."""
     if backup_id == "latest":
         found = list_backups(repo, kind)
@@ -165,7 +165,7 @@ def resolve(repo: Repository, backup_id: str, kind: str | None = None) -> Backup
     return m
 
 
-def dependents(repo: Repository, backup_id: str) -> list[BackupManifest]:
+def dependents(repo: Storage, backup_id: str) -> list[BackupManifest]:
     """Complete backups that need ``backup_id``'s files (incremental backups built on it), newest first."""
     out = []
     for m in list_backups(repo, "base"):
@@ -174,7 +174,7 @@ def dependents(repo: Repository, backup_id: str) -> list[BackupManifest]:
     return sorted(out, key=lambda m: m.started_at, reverse=True)
 
 
-def delete_backup(repo: Repository, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:
+def delete_backup(repo: Storage, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:
     """Delete a backup (manifest first). A backup that incremental backups rely on is refused unless
     ``with_dependents``, which deletes those first. Returns what was deleted."""
     m = resolve(repo, backup_id)
@@ -220,7 +220,7 @@ class Leftover:
         }
 
 
-def leftovers(repo: Repository) -> list[Leftover]:
+def leftovers(repo: Storage) -> list[Leftover]:
     """Backup directories that have no manifest, with what is known about who wrote them."""
     out = []
     for backup_id in repo.children(BACKUPS):
@@ -260,7 +260,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_leftovers(repo: Repository, *, include_in_progress: bool = False) -> list[Leftover]:
+def clean_leftovers(repo: Storage, *, include_in_progress: bool = False) -> list[Leftover]:
     """Delete interrupted backups' files; those that look in progress are kept unless asked."""
     removed = []
     for item in leftovers(repo):

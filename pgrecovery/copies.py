@@ -29,11 +29,11 @@ import attrs
 from .catalog import BACKUPS, MANIFEST, STARTED, gone, manifest_key, needs_of
 from .errors import AlreadyExists, ChecksumMismatch, ConfigurationError, StorageError
 from .progress import Meter, ProgressCallback
-from .storage.repository import _EXTRAS as _PROVIDERS
+from .storage import PROVIDER_EXTRAS as _PROVIDERS
 
 if TYPE_CHECKING:
     from .manifest import BackupManifest
-    from .storage.repository import Repository
+    from .repository import Repository
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from .logical.restore import LogicalRestore
 from .physical.backup import BaseBackup
 from .progress import human_bytes
 from .recovery.plan import RecoveryPlan, RecoveryTarget
-from .storage.repository import Repository
+from .repository import Repository
 from .verify import Verifier
 from .wal.archiver import archive_command
 

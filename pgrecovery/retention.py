@@ -31,7 +31,7 @@ from .manifest import BackupManifest
 from .progress import Meter, ProgressCallback
 
 if TYPE_CHECKING:
-    from .storage.repository import Repository
+    from .repository import Repository
 
 EXPIRED: Final = "expired.json"
 PRESET_NAMES: Final = ("production", "critical", "development", "archive")

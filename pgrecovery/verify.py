@@ -25,7 +25,7 @@ from .logical.restore import LogicalRestore
 from .manifest import BackupManifest
 from .progress import ProgressCallback
 from .recovery.plan import RecoveryPlan, RecoveryTarget
-from .storage.repository import Repository
+from .repository import Repository
 
 Status = Literal["pass", "fail", "warn", "skip"]
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _copy(args: argparse.Namespace) -> int:
     from ..copies import copy_repository
-    from ..storage.repository import Repository
+    from ..repository import Repository
     from .main import _emit, _progress, _repo, recorded
 
     source = _repo(args)
@@ -99,7 +99,7 @@ def _check_321(args: argparse.Namespace) -> int:
     from .._redact import redact_url
     from ..copies import check_321
     from ..errors import ConfigurationError
-    from ..storage.repository import Repository
+    from ..repository import Repository
     from .main import _emit, _repo
 
     sites = {}

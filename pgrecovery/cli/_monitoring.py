@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..monitoring.status import StatusTable, Thresholds
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 3
 

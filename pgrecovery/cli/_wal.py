@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _spool
 
 if TYPE_CHECKING:
-    from ..storage.repository import Repository
+    from ..repository import Repository
     from ..wal.archiver import WalArchiver
 
 EXIT_OK, EXIT_FAILED, EXIT_MISS, EXIT_FATAL = 0, 1, 1, 255
@@ -120,7 +120,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _repo(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Repository:
-    from ..storage.repository import Repository
+    from ..repository import Repository
     from .main import encryption_key
 
     key_file = getattr(args, "encryption_key_file", None)

@@ -320,7 +320,7 @@ def _progress(args: argparse.Namespace, *, every: float = 10.0) -> Any:
 
 
 def _repo(args: argparse.Namespace) -> Any:
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
     url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
     if not url:

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..manifest import FileEntry
 from ..progress import Meter
-from ..storage.repository import Repository
+from ..repository import Repository
 from ._toc import TocEntry, parse_toc
 
 

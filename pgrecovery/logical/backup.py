@@ -29,7 +29,7 @@ from ..codec import SUFFIX, Codec, check_codec, check_level
 from ..errors import BackupError, ConfigurationError, ToolFailed
 from ..manifest import BackupManifest, ContentSummary, FileEntry
 from ..progress import Meter, ProgressCallback
-from ..storage.repository import Repository
+from ..repository import Repository
 from ._archive import read_toc
 from ._toc import summarize
 from .restore import LogicalRestore, RestoreResult

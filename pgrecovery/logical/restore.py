@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..manifest import FileEntry
 from ..progress import Meter, ProgressCallback
-from ..storage.repository import Repository
+from ..repository import Repository
 from ._archive import Metered, directory_archive, entry_key, find_pg_restore, read_toc, run_fed
 from ._toc import TocEntry, list_file_text, split_sql_blocks, table_entries
 

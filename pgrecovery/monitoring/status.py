@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from ..manifest import BackupManifest
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 

@@ -35,7 +35,8 @@ from ..codec import SUFFIX, Codec, check_codec, check_level, compressor
 from ..errors import BackupError, ConfigurationError, DatabaseError, ToolFailed
 from ..manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
 from ..progress import Meter, ProgressCallback
-from ..storage.repository import CHUNK, Repository
+from ..repository import Repository
+from ..storage.repository import CHUNK
 
 Method = Literal["local", "stream"]
 _SEGMENT_SIZE: Final = "(select setting::int from pg_settings where name = 'wal_segment_size')"

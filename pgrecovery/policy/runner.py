@@ -42,8 +42,8 @@ from ..errors import ConfigurationError, PgRecoveryError, PolicyLocked
 
 if TYPE_CHECKING:
     from ..monitoring.status import StatusTable
+    from ..repository import Repository
     from ..retention import RetentionPolicy
-    from ..storage.repository import Repository
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
@@ -513,7 +513,7 @@ class RepositoryRef:
 
     def open(self) -> Repository:
         from ..crypto import EncryptionKey
-        from ..storage.repository import Repository
+        from ..repository import Repository
 
         # the key of an encrypted repository comes from the environment (never from the policy file)
         return Repository(self.url, encryption=EncryptionKey.from_environment(), **self.storage_options)

@@ -40,7 +40,7 @@ from ..errors import (
 from ..manifest import BackupManifest, PhysicalInfo
 from ..physical.backup import chown_tree, lsn_value, restore_files, wal_file_name
 from ..progress import ProgressCallback
-from ..storage.repository import Repository
+from ..repository import Repository
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 

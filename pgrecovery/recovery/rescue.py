@@ -49,7 +49,7 @@ from .plan import RecoveryPlan, RecoveryResult, RecoveryTarget
 if TYPE_CHECKING:
     import psycopg
 
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
@@ -577,7 +577,7 @@ def recover_table(
     under its own name (a dropped table, ``new_name`` = its name) everything that hangs off it.
     """
     from ..logical.backup import LogicalBackup
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
     t0 = time.monotonic()
     schema, name = _split_table(table)

@@ -7,9 +7,10 @@ from .._objects import ObjectWriter, StoredObject
 from .repository import (
     CHUNK,
     PART_SIZE,
+    PROVIDER_EXTRAS,
     Capabilities,
-    Repository,
     RetryPolicy,
+    Storage,
     capabilities_of,
     is_transient,
 )
@@ -17,10 +18,11 @@ from .repository import (
 __all__ = [
     "CHUNK",
     "PART_SIZE",
+    "PROVIDER_EXTRAS",
     "Capabilities",
     "ObjectWriter",
-    "Repository",
     "RetryPolicy",
+    "Storage",
     "StoredObject",
     "capabilities_of",
     "is_transient",

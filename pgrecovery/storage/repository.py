@@ -1,4 +1,5 @@
-"""`Repository`: where backups live, on any filesystem fsspec reaches.
+"""`Storage`: the objects of a repository, on any filesystem fsspec reaches (`pgrecovery.Repository` adds the
+backups on top of it).
 
 This module is the only one that talks to fsspec. It knows each protocol's quirks through a small capability
 table and offers writes that state their guarantee: an object is visible under its final name only once it is
@@ -35,6 +36,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .._fsutil import fsync_dir, makedirs_durable
 from .._objects import HashingWriter, ObjectWriter, StoredObject
 from .._redact import redact_url, scrub, secret_values
 from ..errors import (
@@ -49,10 +51,7 @@ from ..errors import (
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from ..copies import CopyResult
     from ..crypto import EncryptionKey
-    from ..manifest import BackupManifest
-    from ..progress import ProgressCallback
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
@@ -63,7 +62,7 @@ MAX_PARTS: Final = 10_000  # S3's maximum part count: parts grow so that no obje
 _T = TypeVar("_T")
 
 # Which extra provides which protocol (for the "install this" message).
-_EXTRAS: Final[dict[str, str]] = {
+PROVIDER_EXTRAS: Final[dict[str, str]] = {
     "s3": "s3",
     "s3a": "s3",
     "gs": "gcs",
@@ -269,7 +268,7 @@ class _LocalWriter(HashingWriter):
         self._path = path
         self._overwrite = overwrite
         directory = os.path.dirname(path)
-        _makedirs_durable(directory)
+        makedirs_durable(directory)
         self._tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         if not overwrite and os.path.lexists(path):
             raise AlreadyExists(f"refusing to overwrite {key!r}: it is already in the repository")
@@ -299,7 +298,7 @@ class _LocalWriter(HashingWriter):
                         f"refusing to overwrite {self.key!r}: it appeared in the repository during the write"
                     ) from None
                 os.unlink(self._tmp)
-            _fsync_dir(os.path.dirname(self._path))
+            fsync_dir(os.path.dirname(self._path))
         except BaseException as e:
             self.abort()
             if isinstance(e, OSError):  # the directory vanished (removed meanwhile), no space, no permission
@@ -350,7 +349,7 @@ class _ObjectWriter(HashingWriter):
     `abort` (or an error) cancels it.
     """
 
-    def __init__(self, key: str, repo: Repository, path: str, overwrite: bool) -> None:
+    def __init__(self, key: str, repo: Storage, path: str, overwrite: bool) -> None:
         super().__init__(key)
         self._repo, self._path, self._overwrite = repo, path, overwrite
         self._conditional = repo.capabilities.conditional and not overwrite
@@ -514,7 +513,7 @@ class _StagedWriter(HashingWriter):
     filesystems offer no conditional write).
     """
 
-    def __init__(self, key: str, repo: Repository, path: str, overwrite: bool) -> None:
+    def __init__(self, key: str, repo: Storage, path: str, overwrite: bool) -> None:
         super().__init__(key)
         self._repo, self._path, self._overwrite = repo, path, overwrite
         directory, _, name = path.rpartition("/")
@@ -674,7 +673,7 @@ class _RetryingReader(io.RawIOBase):
     fsspec's buffered files move their position only after a successful fetch, so a failed read can be repeated.
     """
 
-    def __init__(self, f: Any, repo: Repository, key: str) -> None:
+    def __init__(self, f: Any, repo: Storage, key: str) -> None:
         super().__init__()
         self._f, self._repo, self._key = f, repo, key
 
@@ -745,33 +744,11 @@ def _modified_of(info: dict[str, Any], key: str, where: str) -> datetime:
     raise StorageError(f"{where} does not say when {key!r} was stored")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs_durable(path: str) -> None:
-    """mkdir -p, fsyncing each parent whose entries changed."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        _makedirs_durable(parent)
-    try:
-        os.mkdir(path, 0o750)
-    except FileExistsError:
-        return
-    _fsync_dir(parent or ".")
-
-
 # -- the repository ----------------------------------------------------------------------------------------------
 
 
 @attrs.define(init=False, repr=False, eq=False)
-class Repository:
+class Storage:
     """A place where backups and WAL live: a URL (plus fsspec storage options) or a filesystem and a root.
 
     >>> repo = Repository("file:///var/backups/pg")                            # doctest: +SKIP
@@ -855,7 +832,7 @@ class Repository:
 
     def __repr__(self) -> str:
         key = f", encryption key id {self.encryption.key_id}" if self.encryption is not None else ""
-        return f"Repository({redact_url(self.url)!r}{key})"
+        return f"{type(self).__name__}({redact_url(self.url)!r}{key})"
 
     def encryption_info(self) -> dict[str, str] | None:
         """What a manifest records about the repository's encryption: the cipher, the format and the key's id
@@ -1203,36 +1180,6 @@ class Repository:
             raise StorageError(f"cannot delete {prefix!r} in {self.display_url}: {self._reason(e)}") from e
         self._fresh(path)
 
-    # -- backups (see catalog.py) ---------------------------------------------------------------------------
-    def backups(self, kind: str | None = None) -> list[BackupManifest]:
-        """Complete backups (those whose manifest is written), oldest first."""
-        from ..catalog import list_backups
-
-        return list_backups(self, kind)
-
-    def get(self, backup_id: str, kind: str | None = None) -> BackupManifest:
-        """The manifest of a complete backup; ``"latest"`` is the newest (of ``kind`` when given)."""
-        from ..catalog import resolve
-
-        return resolve(self, backup_id, kind)
-
-    def delete_backup(self, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:
-        """Delete a complete backup: its manifest first (so it is never listed half-deleted), then its data.
-
-        A base backup that incremental backups rely on is refused unless ``with_dependents`` (they go too).
-        Returns the manifests of what was deleted.
-        """
-        from ..catalog import delete_backup
-
-        return delete_backup(self, backup_id, with_dependents=with_dependents)
-
-    def copy_to(self, other: Repository, *, workers: int = 4, progress: ProgressCallback | None = None) -> CopyResult:
-        """Copy the backups and WAL that ``other`` lacks (see `pgrecovery.copies.copy_repository`): checked against
-        their recorded checksums, manifests last, safe to interrupt and to rerun."""
-        from ..copies import copy_repository
-
-        return copy_repository(self, other, workers=workers, progress=progress)
-
 
 def _local_dir(path: str) -> bool:
     """Whether a local directory exists. Unlike `os.path.isdir`, a directory that cannot be looked at (no
@@ -1321,7 +1268,7 @@ def _open_fs(url: str, options: dict[str, Any]) -> tuple[AbstractFileSystem, str
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as e:
-        extra = _EXTRAS.get(scheme)
+        extra = PROVIDER_EXTRAS.get(scheme)
         hint = f'pip install "pgrecovery[{extra}]"' if extra else f"install the fsspec driver for {scheme}://"
         raise MissingDependency(f"{scheme}:// repositories need an extra package: {hint} ({e})") from None
     except ValueError as e:

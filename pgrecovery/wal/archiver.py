@@ -46,7 +46,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    from ..storage.repository import Repository
+    from ..repository import Repository
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
@@ -250,7 +250,7 @@ class WalArchiver:
         prefetch: int = 8,
     ) -> None:
         if isinstance(repo, str):
-            from ..storage.repository import Repository
+            from ..repository import Repository
 
             repo = Repository(repo)
         self.repo = repo

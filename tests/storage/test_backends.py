@@ -35,6 +35,7 @@ from pgrecovery import (
     RecoveryTarget,
     Repository,
     Verifier,
+    copy_repository,
 )
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import claim_backup_id, data_key, leftovers
@@ -109,10 +110,10 @@ def test_copy_to_the_backend_restores_and_reruns_clean(
     primary = Repository(f"file://{tmp_path}/primary")
     m = LogicalBackup(dbname=shop).run(primary)
     copy = backend.repo()
-    result = primary.copy_to(copy)
+    result = copy_repository(primary, copy)
     assert result.ok
     assert result.backups_copied == (m.id,)
-    assert primary.copy_to(copy).bytes_copied == 0  # a rerun (from cron) finds nothing to do
+    assert copy_repository(primary, copy).bytes_copied == 0  # a rerun (from cron) finds nothing to do
     assert [b.id for b in copy.backups()] == [m.id]
     assert Verifier(copy).verify(m.id).ok
     target = f"copy_{uuid.uuid4().hex[:8]}"

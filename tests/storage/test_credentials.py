@@ -14,7 +14,7 @@ import pytest
 from storage_backends import S3_KEY, S3_SECRET, Backend
 
 from pgrecovery import LocalCluster, Repository, StorageError
-from pgrecovery.storage.repository import RetryPolicy
+from pgrecovery.storage import RetryPolicy
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from storage_backends import PART_SIZE, Backend
 
 from pgrecovery import Repository, StorageError
 from pgrecovery import _walnames as wn
-from pgrecovery.storage.repository import RetryPolicy, capabilities_of
+from pgrecovery.storage import RetryPolicy, capabilities_of
 from pgrecovery.wal.archiver import WalArchiver
 
 FAST_RETRY = RetryPolicy(attempts=6, base_delay=0.002, max_delay=0.02)

@@ -12,7 +12,7 @@ from flaky_fs import ServerDisconnectedError, ServiceUnavailable
 
 from pgrecovery import AlreadyExists, Repository, StorageError
 from pgrecovery._redact import scrub
-from pgrecovery.storage.repository import RetryPolicy, is_transient
+from pgrecovery.storage import RetryPolicy, is_transient
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgrecovery import Repository
+from pgrecovery import Repository, StoredObject
 from pgrecovery.crypto import (
     ENV_VAR,
     HEADER_SIZE,
@@ -42,7 +42,6 @@ from pgrecovery.errors import (
     TamperedObject,
     WrongKey,
 )
-from pgrecovery.storage.repository import StoredObject
 
 SMALL = 4096  # a small record size, so that tamper tests cover many records cheaply
 SEALED = SMALL + 16

@@ -18,7 +18,7 @@ from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pgrecovery import AlreadyExists, ConfigurationError, NotStored, Repository, StorageError
-from pgrecovery.storage.repository import RetryPolicy, capabilities_of
+from pgrecovery.storage import RetryPolicy, capabilities_of
 
 ONCE = RetryPolicy(attempts=1)
 
