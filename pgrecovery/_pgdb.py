@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -15,6 +16,9 @@ from .errors import (
     DatabaseError,
     RestoreError,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 @attrs.frozen
@@ -28,6 +32,26 @@ class ServerInfo:
         return self.version_num // 10000 if self.version_num >= 100000 else self.version_num // 100
 
 
+def connect(
+    conninfo: str, *, autocommit: bool = True, timeout: int = 15, what: str = "connect to"
+) -> psycopg.Connection[Any]:
+    """The one way pgrecovery opens a database connection: autocommit by default, a connect timeout, and a failure
+    to connect turned into a one-line, redacted `DatabaseError` that names the server (never psycopg's
+    multi-line message with the conninfo in it). Use it as a context manager."""
+    import psycopg
+
+    try:
+        return psycopg.connect(conninfo, autocommit=autocommit, connect_timeout=timeout)
+    except psycopg.Error as e:
+        raise DatabaseError(f"cannot {what} {pgtools.describe(conninfo)}: {first_line(e)}") from None
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a driver's error (psycopg's go on with DETAIL and HINT lines), or its class name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def server_info(conninfo: str) -> ServerInfo:
     """Connect once to learn the server's version and the database name (and fail early and clearly)."""
     import psycopg
@@ -38,9 +62,8 @@ def server_info(conninfo: str) -> ServerInfo:
             assert row is not None
             return ServerInfo(conn.info.server_version, str(row[0]), str(row[1]))
     except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DatabaseError(
-            f"cannot connect to {pgtools.describe(conninfo)}: {first}; check --dbname / PGHOST, PGPORT, "
+            f"cannot connect to {pgtools.describe(conninfo)}: {first_line(e)}; check --dbname / PGHOST, PGPORT, "
             "PGUSER, PGDATABASE"
         ) from None
 
