@@ -139,9 +139,12 @@ def _check_reachable_by_server(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, and the package's shape: layers (function-level imports too), no import cycle, no private name across
+    a subpackage boundary, module and function sizes, the public API agreeing with itself."""
+    session.install("ruff", "pytest", "-e", ".")
     session.run("ruff", "check", "pgrecovery", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "pgrecovery", "tests", "benchmarks", "noxfile.py")
+    session.run("pytest", "-p", "no:cacheprovider", "-q", "tests/unit/test_architecture.py")
 
 
 @nox.session(python=PYTHON)
