@@ -64,15 +64,15 @@ _LAZY = {
     "RecoveryResult": "recovery.plan",
     "RecoveryTarget": "recovery.plan",
     "WalArchiver": "wal.archiver",
-    "AgeLimit": "monitoring.status",
-    "CheckResult": "monitoring.status",
-    "HealthReport": "monitoring.status",
-    "RunRecord": "monitoring.status",
-    "StatusTable": "monitoring.status",
-    "Thresholds": "monitoring.status",
-    "check": "monitoring.status",
-    "metrics": "monitoring.status",
-    "recording": "monitoring.status",
+    "AgeLimit": "monitoring",
+    "CheckResult": "monitoring",
+    "HealthReport": "monitoring",
+    "RunRecord": "monitoring",
+    "StatusTable": "monitoring",
+    "Thresholds": "monitoring",
+    "check": "monitoring",
+    "metrics": "monitoring",
+    "recording": "monitoring",
     "configure_logging": "logs",
     "RetentionPolicy": "retention",
     "expire": "retention",
@@ -82,13 +82,13 @@ _LAZY = {
     "recover_rows": "recovery.rescue",
     "recover_table": "recovery.rescue",
     "sandbox_at": "recovery.rescue",
-    "BackupPolicy": "policy.runner",
-    "Job": "policy.runner",
-    "JobRun": "policy.runner",
-    "PolicyRun": "policy.runner",
-    "Schedule": "policy.runner",
-    "load_policy": "policy.runner",
-    "run_policy": "policy.runner",
+    "BackupPolicy": "policy",
+    "Job": "policy",
+    "JobRun": "policy",
+    "PolicyRun": "policy",
+    "Schedule": "policy",
+    "load_policy": "policy",
+    "run_policy": "policy",
 }
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
     from .logical.restore import LogicalRestore, RestoreResult
     from .logs import configure_logging
     from .manifest import BackupManifest, ContentSummary, FileEntry
-    from .monitoring.status import (
+    from .monitoring import (
         AgeLimit,
         CheckResult,
         HealthReport,
@@ -113,7 +113,7 @@ if TYPE_CHECKING:
         recording,
     )
     from .physical.backup import BaseBackup
-    from .policy.runner import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
+    from .policy import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
     from .progress import Progress, ProgressCallback
     from .recovery.plan import RecoveryPlan, RecoveryResult, RecoveryTarget
     from .recovery.rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at

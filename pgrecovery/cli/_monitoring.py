@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..monitoring.status import StatusTable, Thresholds
+    from ..monitoring import StatusTable, Thresholds
     from ..repository import Repository
 
 EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 3
@@ -105,7 +105,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     """`Thresholds` from the check options (errors are `ConfigurationError`, so the check says UNKNOWN)."""
     from ..errors import ConfigurationError
-    from ..monitoring.status import AgeLimit, CountLimit, Thresholds, parse_duration
+    from ..monitoring import AgeLimit, CountLimit, Thresholds, parse_duration
 
     th = Thresholds(wal=not args.no_wal)
     for item in args.age:
@@ -137,7 +137,7 @@ def _evolve(th: Thresholds, **changes: Any) -> Thresholds:
 
 
 def _status_table(args: argparse.Namespace, *, fallback: str | None = None) -> StatusTable | None:
-    from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable
+    from ..monitoring import DEFAULT_STATUS_TABLE, StatusTable
 
     conninfo = args.status_dbname if args.status_dbname is not None else fallback
     if conninfo is None:
@@ -159,12 +159,12 @@ def _maybe_repo(args: argparse.Namespace) -> Repository | None:
 
 def _check(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
-    from ..monitoring.status import check, check_function_sql
+    from ..monitoring import check, check_function_sql
     from .main import _emit
 
     thresholds = thresholds_from(args)
     if args.show_sql:
-        from ..monitoring.status import DEFAULT_STATUS_TABLE
+        from ..monitoring import DEFAULT_STATUS_TABLE
 
         sys.stdout.write(check_function_sql(args.status_table or DEFAULT_STATUS_TABLE, thresholds))
         return EXIT_OK
@@ -194,7 +194,7 @@ def _metrics(args: argparse.Namespace) -> int:
     """Exit 0 when every source could be read, 1 when one could not (the output says which, with
     ``pgrecovery_source_up 0``, and is written all the same)."""
     from ..errors import ConfigurationError
-    from ..monitoring.status import collect_metrics, write_textfile
+    from ..monitoring import collect_metrics, write_textfile
 
     repo = _maybe_repo(args)
     status = _status_table(args)

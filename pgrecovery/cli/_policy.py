@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..policy.runner import BackupPolicy, PolicyRun
+    from ..policy import BackupPolicy, PolicyRun
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -50,7 +50,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace) -> BackupPolicy:
     import attrs
 
-    from ..policy.runner import RepositoryRef, load_policy
+    from ..policy import RepositoryRef, load_policy
 
     policy = load_policy(args.file)
     options = dict(getattr(args, "storage_option", None) or [])
@@ -103,7 +103,7 @@ def _text(result: PolicyRun) -> str:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..policy.runner import run_policy
+    from ..policy import run_policy
     from .main import _emit
 
     # The per-job lines are the point of this verb: show them without --verbose (-v adds the jobs not due).
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     status = None
     if args.status_dbname:
-        from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable
+        from ..monitoring import DEFAULT_STATUS_TABLE, StatusTable
 
         status = StatusTable(args.status_dbname, args.status_table or DEFAULT_STATUS_TABLE)
     result = run_policy(

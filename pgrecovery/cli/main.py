@@ -107,7 +107,7 @@ def recorded(args: argparse.Namespace, kind: str) -> Any:
     conninfo = getattr(args, "status_dbname", None)
     if not conninfo:
         return contextlib.nullcontext(_NoRecord())
-    from ..monitoring.status import DEFAULT_STATUS_TABLE, StatusTable, recording
+    from ..monitoring import DEFAULT_STATUS_TABLE, StatusTable, recording
 
     return recording(StatusTable(conninfo, getattr(args, "status_table", None) or DEFAULT_STATUS_TABLE), kind)
 

@@ -1,15 +1,28 @@
 """The SQL of ``pgrecovery_check()``: the checks of `pgrecovery.monitoring.check`, in PL/pgSQL, for monitoring
-from inside a database. Built by `pgrecovery.monitoring.check_function_sql`; see docs/monitoring.md."""
+from inside a database. Built by `check_function_sql`; see docs/monitoring.md."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from .status import Thresholds
+from ..errors import ConfigurationError
+from .thresholds import AgeLimit, Thresholds
 
 CHECK_FUNCTION: Final = "pgrecovery_check"
+DEFAULT_STATUS_TABLE: Final = "pgrecovery_backup_status"
+_PART: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _table_name(_instance: object, _attr: object, value: str) -> None:
+    """Validate a status table's name (an attrs validator, also called directly)."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_PART.fullmatch(p) for p in parts):
+        raise ConfigurationError(
+            f"status table name {value!r} is not valid: use lowercase letters, digits and _ (starting with a letter "
+            "or _), at most 63 characters, optionally schema-qualified (schema.table)"
+        )
 
 
 def _interval(value: timedelta | None) -> str:
@@ -165,8 +178,6 @@ $pgrecovery$;
 def function_sql(schema: str | None, table: str, thresholds: Thresholds | None) -> str:
     from psycopg import sql
 
-    from .status import AgeLimit, Thresholds
-
     th = thresholds or Thresholds()
     parts = (schema, table) if schema else (table,)
     function = sql.Identifier(*parts[:-1], CHECK_FUNCTION).as_string(None)
@@ -188,3 +199,17 @@ def function_sql(schema: str | None, table: str, thresholds: Thresholds | None) 
         ready_critical=_int(th.ready.critical),
         failing_critical=_interval(th.failing_critical),
     ).lstrip()
+
+
+def check_function_sql(table: str = DEFAULT_STATUS_TABLE, thresholds: Thresholds | None = None) -> str:
+    """SQL creating ``pgrecovery_check(...)`` (in ``table``'s schema) that checks from inside the database.
+
+    It returns rows ``("check", state, detail)`` from the status table (backup ages by recorded successes, the
+    latest run of each kind) and this server's archiver (``pg_stat_archiver``, ``.ready`` files). Its parameters
+    default to ``thresholds``; pass others by name: ``select * from pgrecovery_check(logical_critical => '2 days')``.
+    A schema-qualified ``table`` gives a function with a fixed search_path; an unqualified one resolves through
+    the caller's search_path (`StatusTable.install_check_function` always qualifies).
+    """
+    _table_name(None, None, table)
+    schema, _, name = table.rpartition(".")
+    return function_sql(schema or None, name, thresholds)

@@ -15,7 +15,7 @@ import pytest
 
 from pgrecovery import LocalCluster, LogicalBackup, PgRecoveryError, Repository
 from pgrecovery.cli.main import main
-from pgrecovery.monitoring.status import (
+from pgrecovery.monitoring import (
     CheckState,
     RunRecord,
     StatusTable,

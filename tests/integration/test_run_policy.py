@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgrecovery import LocalCluster, LogicalRestore, Repository, StatusTable, load_policy, run_policy
-from pgrecovery.policy.runner import BackupPolicy
+from pgrecovery.policy import BackupPolicy
 
 NOW = datetime(2031, 6, 1, 2, 30, tzinfo=UTC)  # after the 02:00 fire time; far from the real clock on purpose
 SECRET = "pw-that-must-not-leak-7c1e"

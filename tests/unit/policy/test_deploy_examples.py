@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from pgrecovery.cli.main import build_parser
-from pgrecovery.policy.runner import RepositoryRef, Schedule, load_policy, run_policy
+from pgrecovery.policy import RepositoryRef, Schedule, load_policy, run_policy
 
-DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy"
+DEPLOY = Path(__file__).resolve().parents[3] / "docs" / "deploy"
 _OPERATORS = {";", "&&", "||", "|", "&", ">", ">>", "<", ">&", "2>", "2>&1"}
 _FIELD = r"[\d*][\d*/,-]*"  # minute and hour: digits, stars, lists, ranges, steps
 _CRON_LINE = re.compile(rf"^(?P<disabled>#\s*)?(?P<when>{_FIELD}\s+{_FIELD}(?:\s+[\w*/,-]+){{3}})\s+(?P<cmd>.*)$")

@@ -23,7 +23,7 @@ from pgrecovery.catalog import claim_backup_id, finish_backup
 from pgrecovery.cli.main import main
 from pgrecovery.codec import compress_bytes
 from pgrecovery.logs import configure_logging, redact
-from pgrecovery.monitoring.status import (
+from pgrecovery.monitoring import (
     AgeLimit,
     CheckResult,
     CheckState,
@@ -32,8 +32,6 @@ from pgrecovery.monitoring.status import (
     RunRecord,
     StatusTable,
     Thresholds,
-    _Server,
-    _wal_checks_server,
     check,
     check_function_sql,
     collect_metrics,
@@ -43,6 +41,8 @@ from pgrecovery.monitoring.status import (
     recording,
     write_textfile,
 )
+from pgrecovery.monitoring._sources import _Server
+from pgrecovery.monitoring.health import _wal_checks_server
 from pgrecovery.wal.archiver import object_key
 
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)

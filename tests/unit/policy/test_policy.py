@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pgrecovery import BackupManifest, ConfigurationError, FileEntry, PolicyLocked, Repository
 from pgrecovery.catalog import finish_backup
 from pgrecovery.cli.main import main
-from pgrecovery.policy.runner import (
+from pgrecovery.policy import (
     BackupPolicy,
     Job,
     RepositoryRef,
@@ -512,7 +512,7 @@ def test_a_broken_state_file_is_a_clear_error(tmp_path: Path) -> None:
 HOLDER = """
 import sys
 from pathlib import Path
-from pgrecovery.policy.runner import _lock
+from pgrecovery.policy.state import _lock
 with _lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until the test closes our stdin (or kills us)
