@@ -12,6 +12,7 @@ is there.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from .catalog import BACKUPS, MANIFEST, STARTED, gone, manifest_key, needs_of
 from .errors import AlreadyExists, ChecksumMismatch, ConfigurationError, StorageError
 from .progress import Meter, ProgressCallback
 from .storage import PROVIDER_EXTRAS as _PROVIDERS
+from .wal._layout import WAL_PREFIX, object_at, verified_chunks
 
 if TYPE_CHECKING:
     from .manifest import BackupManifest
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WAL: Final = "wal"
+WAL: Final = WAL_PREFIX
 CHUNK: Final = 1 << 20
 
 
@@ -139,38 +141,28 @@ class _Copy:
 
     # -- WAL -------------------------------------------------------------------------------------------------
     def copy_wal(self) -> None:
-        from .wal.archiver import parse_object_name
-
         there = set(self.target.list_keys(WAL))
         todo = []
         for key in self.source.list_keys(WAL):
             if key in there:
                 self.wal_present += 1
                 continue
-            parsed = parse_object_name(key.rsplit("/", 1)[-1])
-            todo.append((key, parsed))
-        done = list(self.pool.map(lambda item: self._copy_wal_object(*item), todo))
+            todo.append(key)
+        done = list(self.pool.map(self._copy_wal_object, todo))
         self.wal_copied += sum(done)
 
-    def _copy_wal_object(self, key: str, parsed: tuple[str, str, Any] | None) -> bool:
-        from .codec import open_decompressed
-
-        if parsed is None:  # not one of ours: copied as it is
+    def _copy_wal_object(self, key: str) -> bool:
+        obj = object_at(key)
+        if obj is None:  # not one of ours: copied as it is
             return self._copy_object(key, expect_sha256=None, expect_size=None)
-        _, raw_sha256, codec = parsed
 
         def check(stored: bytes) -> None:
-            import io
-
-            h = hashlib.sha256()
-            with open_decompressed(io.BytesIO(stored), codec) as f:
-                while data := f.read(CHUNK):
-                    h.update(data)
-            if h.hexdigest() != raw_sha256:
-                raise ChecksumMismatch(
-                    f"WAL object {key} in {self.source.display_url} does not match the sha256 in its name: "
-                    "it is corrupt there and was not copied (run `pgrecovery wal-verify` on the source)"
-                )
+            where, then = (
+                f" in {self.source.display_url}",
+                " there and was not copied (run `pgrecovery wal-verify` on the source)",
+            )
+            for _ in verified_chunks(io.BytesIO(stored), obj, where=where, then=then):
+                pass
 
         return self._copy_object(key, expect_sha256=None, expect_size=None, check_whole=check)
 

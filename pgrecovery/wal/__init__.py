@@ -1,5 +1,6 @@
-"""WAL archiving: `WalArchiver` (push, fetch, verify, cleanup), the archive_command / restore_command strings, and
-how archived objects are named.
+"""WAL archiving: `WalArchiver` (push, fetch, verify, cleanup; `archiver`), the archive_command / restore_command
+strings (`commands`), what the server reports (`server`), the archive's index and continuity (`index`), and how
+archived objects are named (`_layout`).
 
 Its names load on first use (PEP 562): the package mixes layers (naming and the index below the catalog, the
 archiver above it), and importing one piece must not import the rest.
@@ -10,37 +11,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "ArchiverStatus": "archiver",
+    "ArchiverStatus": "server",
     "PushResult": "archiver",
     "WalArchiver": "archiver",
     "WalConflict": "archiver",
-    "WalObject": "archiver",
-    "WalVerifyReport": "archiver",
-    "archive_command": "archiver",
-    "archiver_status": "archiver",
-    "create_restore_point": "archiver",
-    "object_key": "archiver",
-    "parse_object_name": "archiver",
-    "restore_command": "archiver",
-    "timeline_dir": "archiver",
+    "WalIndex": "index",
+    "WalObject": "_layout",
+    "WalVerifyReport": "index",
+    "archive_command": "commands",
+    "archiver_status": "server",
+    "create_restore_point": "server",
+    "object_key": "_layout",
+    "parse_object_name": "_layout",
+    "restore_command": "commands",
+    "timeline_dir": "_layout",
 }
 
 if TYPE_CHECKING:
-    from .archiver import (
-        ArchiverStatus,
-        PushResult,
-        WalArchiver,
-        WalConflict,
-        WalObject,
-        WalVerifyReport,
-        archive_command,
-        archiver_status,
-        create_restore_point,
-        object_key,
-        parse_object_name,
-        restore_command,
-        timeline_dir,
-    )
+    from ._layout import WalObject, object_key, parse_object_name, timeline_dir
+    from .archiver import PushResult, WalArchiver, WalConflict
+    from .commands import archive_command, restore_command
+    from .index import WalIndex, WalVerifyReport
+    from .server import ArchiverStatus, archiver_status, create_restore_point
 
 
 def __getattr__(name: str) -> Any:
@@ -59,6 +51,7 @@ __all__ = [
     "PushResult",
     "WalArchiver",
     "WalConflict",
+    "WalIndex",
     "WalObject",
     "WalVerifyReport",
     "archive_command",

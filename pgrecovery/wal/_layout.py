@@ -1,0 +1,140 @@
+"""How archived WAL objects are named, and the one check of an object against the digest in its name.
+
+Repository layout (see docs/wal.md)::
+
+    wal/<timeline, 8 hex>/<file name>-<sha256 of the raw file>.<codec suffix>
+
+The info layer of the WAL area: the index, copies and verification read objects through this module without
+loading the archiver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
+
+import attrs
+
+from .. import _walnames
+from ..codec import SUFFIX, Codec
+from ..errors import ChecksumMismatch, PgRecoveryError, StorageError
+
+if TYPE_CHECKING:
+    from ..storage import Storage
+
+WAL_PREFIX: Final = "wal"
+CHUNK: Final = 1 << 20
+_CODEC_OF_SUFFIX: Final[dict[str, Codec]] = {suffix: codec for codec, suffix in SUFFIX.items()}
+
+
+@attrs.frozen(kw_only=True)
+class WalObject:
+    """One archived WAL file: its name, where it is stored and what its raw content hashes to."""
+
+    name: str
+    key: str
+    sha256: str
+    codec: Codec
+
+    @property
+    def timeline(self) -> int:
+        return _walnames.timeline_of(self.name)
+
+
+def timeline_dir(timeline: int) -> str:
+    """The repository prefix holding a timeline's files: ``wal/0000000T``."""
+    return f"{WAL_PREFIX}/{timeline:08X}"
+
+
+def object_key(name: str, sha256: str, codec: Codec) -> str:
+    """``wal/<timeline>/<name>-<sha256><suffix>``."""
+    return f"{timeline_dir(_walnames.timeline_of(name))}/{name}-{sha256}{SUFFIX[codec]}"
+
+
+def parse_object_name(object_name: str) -> tuple[str, str, Codec] | None:
+    """(WAL file name, sha256, codec) of a stored object's base name, or None for anything else."""
+    name, sep, rest = object_name.partition("-")
+    if not sep or not _walnames.is_wal_file(name) or len(rest) < 64:
+        return None
+    digest, suffix = rest[:64], rest[64:]
+    codec = _CODEC_OF_SUFFIX.get(suffix)
+    if codec is None or any(c not in "0123456789abcdef" for c in digest):
+        return None
+    return name, digest, codec
+
+
+def object_at(key: str) -> WalObject | None:
+    """The `WalObject` stored under ``key``, or None when its base name is not one of ours."""
+    parsed = parse_object_name(key.rsplit("/", 1)[-1])
+    if parsed is None:
+        return None
+    name, digest, codec = parsed
+    return WalObject(name=name, key=key, sha256=digest, codec=codec)
+
+
+# -- the digest check ------------------------------------------------------------------------------------------
+
+
+def verified_chunks(raw: BinaryIO, obj: WalObject, *, where: str = "", then: str = "") -> Iterator[bytes]:
+    """The decompressed content of ``obj`` read from ``raw`` (its stored bytes), chunk by chunk.
+
+    Raises `ChecksumMismatch` naming the object when it cannot be decompressed, or, after the last chunk, when
+    the content does not hash to the sha256 in its name; a caller publishes what it wrote only once the iteration
+    has ended. An OS error while reading is a `StorageError`. ``where`` (" in <repository>") and ``then`` (what
+    the caller did about it) complete the mismatch's message.
+    """
+    from ..codec import open_decompressed
+
+    h = hashlib.sha256()
+    stream = open_decompressed(raw, obj.codec)
+    while chunk := _read_decompressed(stream, obj):
+        h.update(chunk)
+        yield chunk
+    if h.hexdigest() != obj.sha256:
+        raise ChecksumMismatch(
+            f"archived object {obj.key}{where} does not match the sha256 in its name: it is corrupt{then}"
+        )
+
+
+def read_verified(repo: Storage, obj: WalObject) -> bytes:
+    """The verified raw content of ``obj`` (for small files: history, .backup)."""
+    with repo.open(obj.key) as raw:
+        return b"".join(verified_chunks(raw, obj))
+
+
+def check_object(repo: Storage, obj: WalObject) -> None:
+    """Read ``obj`` whole and raise `ChecksumMismatch` unless it matches the sha256 in its name."""
+    with repo.open(obj.key) as raw:
+        for _ in verified_chunks(raw, obj):
+            pass
+
+
+def _read_decompressed(stream: Any, obj: WalObject) -> bytes:
+    """One chunk of decompressed bytes; a codec error is corruption, an OS error a storage failure."""
+    import gzip
+
+    try:
+        return bytes(stream.read(CHUNK))
+    except PgRecoveryError:
+        raise
+    except gzip.BadGzipFile as e:
+        raise ChecksumMismatch(f"archived object {obj.key} cannot be decompressed ({e}): it is corrupt") from None
+    except OSError as e:
+        raise StorageError(f"cannot read {obj.key}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - zstd, gzip and lz4 each have their own error types
+        raise ChecksumMismatch(f"archived object {obj.key} cannot be decompressed ({e}): it is corrupt") from None
+
+
+__all__ = [
+    "CHUNK",
+    "WAL_PREFIX",
+    "WalObject",
+    "check_object",
+    "object_at",
+    "object_key",
+    "parse_object_name",
+    "read_verified",
+    "timeline_dir",
+    "verified_chunks",
+]

@@ -1,0 +1,73 @@
+"""The ``archive_command`` and ``restore_command`` settings for postgresql.conf that run pgrecovery.
+
+>>> archive_command("s3://backups/prod", python="/usr/bin/python3")  # doctest: +SKIP
+"/usr/bin/python3 -S .../pgrecovery/_walcmd.py wal-push --repo s3://backups/prod %p"
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+from .. import _spool
+
+
+def _q(text: str) -> str:
+    """Shell-quote ``text`` and protect its ``%`` from PostgreSQL's placeholder substitution."""
+    return shlex.quote(text).replace("%", "%%")
+
+
+def _entry(python: str | None, fast: bool) -> str:
+    exe = _q(python or sys.executable)
+    if not fast:
+        return f"{exe} -m pgrecovery"
+    # -S: no site module at start-up (10 ms less); the script loads it itself when the spool cannot answer.
+    # the entry script beside the spool (a path, not an import: it belongs to the CLI's layer)
+    script = os.path.join(os.path.dirname(os.path.abspath(_spool.__file__)), "_walcmd.py")
+    return f"{exe} -S {_q(script)}"
+
+
+def archive_command(
+    repo_url: str,
+    python: str | None = None,
+    *,
+    spool_dir: str | None = None,
+    fast: bool = True,
+    key_file: str | None = None,
+) -> str:
+    """The ``archive_command`` setting that archives into ``repo_url`` with this interpreter (``sys.executable``).
+
+    ``key_file``: an encrypted repository's key file (its path goes on the command line, never the key; or set
+    ``PGRECOVERY_ENCRYPTION_KEY_FILE`` / ``PGRECOVERY_ENCRYPTION_KEY`` in the server's environment instead).
+
+    With ``fast`` (the default) the command runs ``pgrecovery/_walcmd.py`` under ``python -S``: a file that an
+    earlier call already archived ahead costs Python's bare start-up and a stat; anything else is handed to the
+    full CLI. ``fast=False`` gives the plainer ``python -m pgrecovery wal-push``. Storage credentials are best
+    given through the server's environment (``FSSPEC_*`` variables), not the URL.
+    """
+    spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
+    key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
+    return f"{_entry(python, fast)} wal-push --repo {_q(repo_url)}{spool}{key} %p"
+
+
+def restore_command(
+    repo_url: str,
+    python: str | None = None,
+    *,
+    spool_dir: str | None = None,
+    prefetch: bool = True,
+    fast: bool = True,
+    key_file: str | None = None,
+) -> str:
+    """The ``restore_command`` setting that fetches from ``repo_url`` (exit 1 only when a file is not archived).
+
+    ``fast`` as for `archive_command`: a segment already prefetched is handed over without loading the library.
+    """
+    spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
+    no_prefetch = "" if prefetch else " --no-prefetch"
+    key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
+    return f"{_entry(python, fast)} wal-fetch --repo {_q(repo_url)}{spool}{no_prefetch}{key} %f %p"
+
+
+__all__ = ["archive_command", "restore_command"]
