@@ -9,11 +9,12 @@ Layout (documented in docs/repository.md)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -21,14 +22,16 @@ import attrs
 
 from .errors import (
     AlreadyExists,
+    BackupError,
     BackupNotFound,
     ConfigurationError,
     EncryptionError,
     ManifestError,
     StorageError,
     TamperedObject,
+    ToolFailed,
 )
-from .manifest import BackupManifest
+from .manifest import BackupKind, BackupManifest
 from .storage.repository import Storage
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ def data_key(backup_id: str, name: str) -> str:
 
 
 def claim_backup_id(
-    repo: Storage, kind: str, now: datetime | None = None, *, needs: Sequence[str] | None = None
+    repo: Storage, kind: BackupKind, now: datetime | None = None, *, needs: Sequence[str] | None = None
 ) -> str:
     """A new id that sorts by time (``20261124T101500Z-logical``), claimed by a no-clobber marker.
 
@@ -80,6 +83,67 @@ def finish_backup(repo: Storage, manifest: BackupManifest) -> BackupManifest:
         manifest = attrs.evolve(manifest, encryption=repo.encryption_info())
     repo.put_bytes(manifest_key(manifest.id), manifest.to_json().encode())
     return manifest
+
+
+@attrs.define
+class BackupInProgress:
+    """A backup being written: its claimed ``id``, and `finish` to write its manifest (see `writing_backup`)."""
+
+    repo: Storage
+    id: str
+    kind: BackupKind
+    needs: tuple[str, ...] = ()
+    manifest: BackupManifest | None = None
+
+    def finish(self, manifest: BackupManifest) -> BackupManifest:
+        """Write ``manifest`` (this backup's), which makes the backup complete; return it as written.
+
+        A backup that takes files from others (``needs``) is refused if one of them went meanwhile: an expire or
+        delete that began before the claim was visible."""
+        if manifest.id != self.id or manifest.kind != self.kind:
+            raise ValueError(f"the manifest of {manifest.kind} backup {manifest.id} cannot finish {self.id}")
+        missing = gone(self.repo, self.needs)
+        if missing:
+            raise BackupError(
+                f"{self.kind} backup {self.id} takes files from backup {missing[0]}, which was deleted or expired "
+                "while it ran: take it again (on another parent, or a full backup)"
+            )
+        self.manifest = finish_backup(self.repo, manifest)
+        return self.manifest
+
+
+@contextlib.contextmanager
+def writing_backup(
+    repo: Storage,
+    kind: BackupKind,
+    started: datetime | None = None,
+    *,
+    needs: Sequence[str] | None = None,
+    title: str = "backup",
+    source: str | None = None,
+) -> Iterator[BackupInProgress]:
+    """The skeleton every backup kind is taken in: claim an id, write the files, `finish` with the manifest.
+
+    >>> with writing_backup(repo, "logical", started) as backup:            # doctest: +SKIP
+    ...     files = write_files(backup.id)
+    ...     manifest = backup.finish(BackupManifest(id=backup.id, kind="logical", files=files, ...))
+
+    On any failure (or leaving the block without `finish`) the unfinished backup's files are removed; a failing
+    PostgreSQL program (`ToolFailed`) becomes `BackupError` naming the backup (``"<title> <id> of <source>
+    failed: ..."``). ``needs``: the backups this one takes files from (`claim_backup_id`).
+    """
+    backup_id = claim_backup_id(repo, kind, started, needs=needs)
+    backup = BackupInProgress(repo=repo, id=backup_id, kind=kind, needs=tuple(needs or ()))
+    try:
+        yield backup
+    except BaseException as e:
+        abandon_backup(repo, backup_id)
+        if isinstance(e, ToolFailed):
+            of = f" of {source}" if source else ""
+            raise BackupError(f"{title} {backup_id}{of} failed: {e}") from None
+        raise
+    if backup.manifest is None:
+        abandon_backup(repo, backup_id)
 
 
 def needs_of(m: BackupManifest) -> list[str]:

@@ -11,12 +11,21 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import attrs
 
 from .codec import CODECS, Codec
 from .errors import ManifestError
+
+BackupKind = Literal["logical", "globals", "cluster", "base"]
+BACKUP_KINDS: Final[tuple[BackupKind, ...]] = get_args(BackupKind)
+# The archive format: pg_dump's (logical, globals: plain, cluster: custom) or a base backup's tar bundles
+Format = Literal["custom", "directory", "plain", "tar"]
+FORMATS: Final[tuple[Format, ...]] = get_args(Format)
+# A codec pgrecovery applies as the data streams, or pg_dump's own compression
+Compression = Literal["zstd", "gzip", "lz4", "none", "pg_dump"]
+COMPRESSIONS: Final[tuple[Compression, ...]] = get_args(Compression)
 
 SCHEMA_VERSION: Final = 1
 # The stored JSON carries the sha256 of its own content, so that a changed byte anywhere in a manifest (a name,
@@ -34,6 +43,24 @@ def _utc(value: datetime | str) -> datetime:
 def _codec(value: str) -> Codec:
     if value not in CODECS:
         raise ValueError(f"unknown codec {value!r}")
+    return value
+
+
+def _kind(value: str) -> BackupKind:
+    if value not in BACKUP_KINDS:
+        raise ValueError(f"unknown backup kind {value!r} (known: {', '.join(BACKUP_KINDS)})")
+    return value
+
+
+def _format(value: str) -> Format:
+    if value not in FORMATS:
+        raise ValueError(f"unknown format {value!r} (known: {', '.join(FORMATS)})")
+    return value
+
+
+def _compression(value: str) -> Compression:
+    if value not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {value!r} (known: {', '.join(COMPRESSIONS)})")
     return value
 
 
@@ -122,11 +149,11 @@ class BackupManifest:
     """Everything known about one complete backup. Never holds a password or storage key."""
 
     id: str
-    kind: str
+    kind: BackupKind = attrs.field(converter=_kind)
     started_at: datetime = attrs.field(converter=_utc)
     finished_at: datetime = attrs.field(converter=_utc)
-    format: str
-    compression: str
+    format: Format = attrs.field(converter=_format)
+    compression: Compression = attrs.field(converter=_compression)
     compression_level: int | None = None
     files: tuple[FileEntry, ...] = attrs.field(converter=_files)
     database: str | None = None

@@ -215,3 +215,30 @@ def table_entries(
         id(e) for e in entries if e.schema == schema and e.type in _DECORATIONS and decorates(e.name)
     }
     return [e for e in entries if id(e) in wanted]
+
+
+def belongs_to(entry: TocEntry, tables: Sequence[str]) -> bool:
+    """Whether a table-level entry concerns one of ``tables`` (TABLE, TABLE DATA and entries named after it)."""
+    return any(entry.name == t or entry.name.startswith(t + " ") for t in tables)
+
+
+def schema_entries(
+    toc: Sequence[TocEntry], schemas: Iterable[str], tables: Sequence[str] = (), *, present: Iterable[str] = ()
+) -> list[TocEntry]:
+    """Every entry of ``schemas`` (restricted to ``tables`` when given), plus the schemas themselves unless the
+    target already has them (``present``): pg_restore -n alone would not create them.
+
+    Raises `KeyError` naming the schemas (sorted, comma-separated) that ``toc`` does not have."""
+    wanted, have = set(schemas), set(present)
+    missing = wanted - {e.schema for e in toc if e.schema} - {e.name for e in toc if e.type == "SCHEMA"}
+    if missing:
+        raise KeyError(", ".join(sorted(missing)))
+    out = []
+    for e in toc:
+        if e.type == "SCHEMA" or (e.schema is None and e.name.startswith("SCHEMA ")):
+            name = e.name.removeprefix("SCHEMA ") if e.type != "SCHEMA" else e.name
+            if name in wanted and name not in have:
+                out.append(e)
+        elif e.schema in wanted and (not tables or belongs_to(e, tables)):
+            out.append(e)
+    return out

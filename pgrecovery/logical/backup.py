@@ -10,33 +10,29 @@ streams; ``compression="pg_dump"`` keeps pg_dump's own compression for a file th
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 
 from .. import pgtools
-from .._pgdb import ServerInfo, invalid_indexes_by_database, merge_index_records, now_utc, server_info
+from .._pgdb import ServerInfo, connect, invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from .._stream import fd_reader, pump, upload_file, widen_pipe
 from .._version import __version__
-from ..catalog import abandon_backup, claim_backup_id, data_key, finish_backup
+from ..catalog import data_key, writing_backup
 from ..codec import SUFFIX, Codec, check_codec, check_level
-from ..errors import BackupError, ConfigurationError, ToolFailed
-from ..manifest import BackupManifest, ContentSummary, FileEntry
+from ..errors import ConfigurationError
+from ..manifest import FORMATS, BackupManifest, Compression, ContentSummary, FileEntry, Format
 from ..progress import Meter, ProgressCallback
 from ..repository import Repository
 from ._archive import read_toc
 from ._toc import summarize
 from .restore import LogicalRestore, RestoreResult
 
-Format = Literal["custom", "directory", "plain", "tar"]
-FORMATS: Final = ("custom", "directory", "plain", "tar")
-Compression = Literal["zstd", "gzip", "lz4", "none", "pg_dump"]
 _BIG_MEMBER: Final = 32 << 20  # directory-format members at least this big are compressed with all cores
 _EXT: Final = {"custom": ".pgdump", "plain": ".sql", "tar": ".tar"}
 
@@ -62,18 +58,6 @@ def _resolve_compression(compression: str, level: int | None) -> tuple[Codec, in
         return "none", None, 6 if level is None else level
     codec = check_codec(compression)
     return codec, check_level(codec, level), 0
-
-
-@contextlib.contextmanager
-def _attempt(repo: Repository, backup_id: str, source: str) -> Iterator[None]:
-    """Remove an unfinished backup's files on any failure; a failing dump program becomes `BackupError`."""
-    try:
-        yield
-    except BaseException as e:
-        abandon_backup(repo, backup_id)
-        if isinstance(e, ToolFailed):
-            raise BackupError(f"backup {backup_id} of {pgtools.describe(source)} failed: {e}") from None
-        raise
 
 
 _PLAIN_MARKERS: Final = {
@@ -161,8 +145,8 @@ class LogicalBackup:
         pg_dump = pgtools.find_tool("pg_dump", min_major=info.major)
         conninfo, env = pgtools.split_secret(self.dbname)
         started = now_utc()
-        backup_id = claim_backup_id(repo, "logical", started)
-        with _attempt(repo, backup_id, self.dbname):
+        with writing_backup(repo, "logical", started, source=pgtools.describe(self.dbname)) as backup:
+            backup_id = backup.id
             # pg_dump reads the catalog at its snapshot, between these two records: an index invalid at either
             # is recorded as invalid (a restore drill tells a faithful copy of it from damage)
             invalid_before = invalid_indexes_by_database(self.dbname, [info.database])
@@ -198,7 +182,7 @@ class LogicalBackup:
                     invalid_before, invalid_indexes_by_database(self.dbname, [info.database])
                 ),
             )
-            manifest = finish_backup(repo, manifest)
+            manifest = backup.finish(manifest)
         return manifest
 
     def _command(self, pg_dump: pgtools.PgTool, conninfo: str, fmt: str, output: str | None) -> list[str]:
@@ -343,14 +327,14 @@ class GlobalsBackup:
     dbname: str = ""
     roles_only: bool = False
     no_role_passwords: bool = False
-    compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
+    compression: Codec = "zstd"
     level: int | None = None
 
     def run(self, repo: Repository, *, progress: ProgressCallback | None = None) -> BackupManifest:
         info = server_info(self.dbname)
         started = now_utc()
-        backup_id = claim_backup_id(repo, "globals", started)
-        with _attempt(repo, backup_id, self.dbname):
+        with writing_backup(repo, "globals", started, source=pgtools.describe(self.dbname)) as backup:
+            backup_id = backup.id
             meter = Meter("backup", progress)
             entry, tool = _dump_globals(
                 repo,
@@ -379,7 +363,7 @@ class GlobalsBackup:
                 options={k: v for k, v in attrs.asdict(self).items() if k != "dbname" and v},
                 pgrecovery_version=__version__,
             )
-            manifest = finish_backup(repo, manifest)
+            manifest = backup.finish(manifest)
         return manifest
 
 
@@ -422,16 +406,14 @@ class ClusterBackup:
     """The whole cluster, logically: globals plus a custom-format dump of every database that accepts connections."""
 
     dbname: str = ""
-    compression: Literal["zstd", "gzip", "lz4", "none"] = "zstd"
+    compression: Codec = "zstd"
     level: int | None = None
     threads: int = 0
     exclude_databases: Sequence[str] = attrs.field(default=(), converter=_names)
 
     def run(self, repo: Repository, *, progress: ProgressCallback | None = None) -> BackupManifest:
-        import psycopg
-
         info = server_info(self.dbname)
-        with psycopg.connect(self.dbname, autocommit=True) as conn:
+        with connect(self.dbname) as conn:
             names = [
                 r[0]
                 for r in conn.execute(
@@ -442,9 +424,9 @@ class ClusterBackup:
         codec = check_codec(self.compression)
         pg_dump = pgtools.find_tool("pg_dump", min_major=info.major)
         started = now_utc()
-        backup_id = claim_backup_id(repo, "cluster", started)
-        meter = Meter("backup", progress)
-        with _attempt(repo, backup_id, self.dbname):
+        with writing_backup(repo, "cluster", started, source=pgtools.describe(self.dbname)) as backup:
+            backup_id = backup.id
+            meter = Meter("backup", progress)
             files = [_dump_globals(repo, backup_id, self.dbname, info, False, False, codec, self.level, meter)[0]]
             for i, name in enumerate(names):
                 conninfo, env = pgtools.split_secret(pgtools.with_dbname(self.dbname, name))
@@ -483,7 +465,7 @@ class ClusterBackup:
                 options={"exclude_databases": list(self.exclude_databases)} if self.exclude_databases else {},
                 pgrecovery_version=__version__,
             )
-            manifest = finish_backup(repo, manifest)
+            manifest = backup.finish(manifest)
         return manifest
 
 

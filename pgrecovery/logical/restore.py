@@ -10,17 +10,25 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from .. import pgtools
-from .._pgdb import create_database, database_exists, drop_database, maintenance, server_info, tool_major
+from .._pgdb import (
+    connect,
+    create_database,
+    database_exists,
+    drop_database,
+    first_line,
+    maintenance,
+    server_info,
+    tool_major,
+)
 from .._stream import check_stored, materialise, open_entry
 from ..errors import (
     ConfigurationError,
@@ -28,11 +36,12 @@ from ..errors import (
     RestoreError,
     ToolFailed,
 )
-from ..manifest import FileEntry
+from ..manifest import BackupManifest, FileEntry
 from ..progress import Meter, ProgressCallback
 from ..repository import Repository
 from ._archive import Metered, directory_archive, entry_key, find_pg_restore, read_toc, run_fed
-from ._toc import TocEntry, list_file_text, split_sql_blocks, table_entries
+from ._tables import copy_table, rename_table
+from ._toc import TocEntry, list_file_text, schema_entries, split_sql_blocks, table_entries
 
 
 @attrs.frozen(kw_only=True)
@@ -112,34 +121,20 @@ class LogicalRestore:
         """
         m = self.manifest
         t0 = time.monotonic()
-        if jobs < 1:
-            raise ConfigurationError("jobs must be at least 1")
-        if m.kind == "logical":
-            require_dbname(dbname, f"backup {m.id} is a dump of database {m.database!r}")
-        if verify_first:
-            for f in m.files:
-                check_stored(self.repo, self._key(f), f)
+        self._preflight(dbname, jobs=jobs, verify_first=verify_first)
         if m.kind == "globals":
             self._restore_globals(dbname, progress)
             return RestoreResult(backup_id=m.id, database=None, seconds=time.monotonic() - t0)
         if m.kind == "cluster":
             return self._restore_cluster(dbname, jobs=jobs, progress=progress, t0=t0)
-        selective = bool(schemas or tables or entries is not None)
-        if m.format == "plain" and (selective or jobs > 1 or data_only or schema_only or disable_triggers):
-            raise ConfigurationError(
-                f"backup {m.id} is plain SQL: it can only be restored whole and serially "
-                "(take a custom-format backup for selective or parallel restores)"
-            )
-        if single_transaction and jobs > 1:
-            raise ConfigurationError("single_transaction cannot be combined with parallel jobs")
-        if m.format == "tar" and jobs > 1:
-            raise ConfigurationError("pg_restore cannot restore the tar format in parallel: use jobs=1")
+        whole = not (schemas or tables or entries is not None or data_only or schema_only or disable_triggers)
+        _check_options(m, whole=whole, jobs=jobs, single_transaction=single_transaction)
         if create:
             create_database(dbname)
             database = _dbname_of(dbname)
         else:
             database = server_info(dbname).database  # a clear error now rather than pg_restore's later
-        try:
+        with self._undone_on_failure(dbname, create):
             if schemas and entries is None:
                 entries = self._schema_entries(dbname, schemas, tables)
                 schemas, tables = (), ()
@@ -163,14 +158,6 @@ class LogicalRestore:
                 }
                 self._restore_archive(conninfo, env, meter, entries=entries, jobs=jobs, opts=opts)
             meter.finish()
-        except BaseException as e:
-            created = _dbname_of(dbname) if create else None
-            if created:
-                with contextlib.suppress(Exception):
-                    drop_database(dbname, created)
-            if isinstance(e, ToolFailed):
-                raise RestoreError(f"restore of backup {m.id} into {pgtools.describe(dbname)} failed: {e}") from None
-            raise
         return RestoreResult(
             backup_id=m.id,
             database=database,
@@ -178,29 +165,45 @@ class LogicalRestore:
             entries=len(entries) if entries is not None else None,
         )
 
+    def _preflight(self, dbname: str, *, jobs: int, verify_first: bool) -> None:
+        """Refuse what cannot work before anything is written: a bad ``jobs``, a logical backup's target that
+        names no database, stored files that no longer match the manifest (``verify_first``)."""
+        m = self.manifest
+        if jobs < 1:
+            raise ConfigurationError("jobs must be at least 1")
+        if m.kind == "logical":
+            require_dbname(dbname, f"backup {m.id} is a dump of database {m.database!r}")
+        if verify_first:
+            for f in m.files:
+                check_stored(self.repo, self._key(f), f)
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self, dbname: str, create: bool) -> Iterator[None]:
+        """On failure, drop the database this restore created; a failing program becomes `RestoreError`."""
+        try:
+            yield
+        except BaseException as e:
+            created = _dbname_of(dbname) if create else None
+            if created:
+                with contextlib.suppress(Exception):
+                    drop_database(dbname, created)
+            if isinstance(e, ToolFailed):
+                raise RestoreError(
+                    f"restore of backup {self.manifest.id} into {pgtools.describe(dbname)} failed: {e}"
+                ) from None
+            raise
+
     def _schema_entries(self, dbname: str, schemas: Sequence[str], tables: Sequence[str]) -> list[TocEntry]:
         """Every entry of ``schemas`` (restricted to ``tables`` when given), plus the schemas themselves when
         the target does not have them yet (pg_restore -n alone would not create them)."""
-        import psycopg
-
-        with psycopg.connect(dbname, autocommit=True) as conn:
+        with connect(dbname) as conn:
             present = {
                 r[0] for r in conn.execute("select nspname from pg_namespace where nspname = any(%s)", (list(schemas),))
             }
-        wanted = set(schemas)
-        toc = self.list_contents()
-        missing = wanted - {e.schema for e in toc if e.schema} - {e.name for e in toc if e.type == "SCHEMA"}
-        if missing:
-            raise ConfigurationError(f"backup {self.manifest.id} has no schema {', '.join(sorted(missing))}")
-        out = []
-        for e in toc:
-            if e.type == "SCHEMA" or (e.schema is None and e.name.startswith("SCHEMA ")):
-                name = e.name.removeprefix("SCHEMA ") if e.type != "SCHEMA" else e.name
-                if name in wanted and name not in present:
-                    out.append(e)
-            elif e.schema in wanted and (not tables or _belongs_to(e, tables)):
-                out.append(e)
-        return out
+        try:
+            return schema_entries(self.list_contents(), schemas, tables, present=present)
+        except KeyError as e:
+            raise ConfigurationError(f"backup {self.manifest.id} has no schema {e.args[0]}") from None
 
     def _restore_plain(self, conninfo: str, env: dict[str, str], meter: Meter, single: bool) -> None:
         psql = pgtools.find_tool("psql")
@@ -398,13 +401,12 @@ class LogicalRestore:
         final = new_name or name
         require_dbname(dbname, f"table {schema}.{name} goes into one database")
         try:
-            with psycopg.connect(dbname, autocommit=True) as conn:
+            with connect(dbname) as conn:
                 database = str(conn.info.dbname)
                 qualified = sql.Identifier(schema, final).as_string(conn)
                 row = conn.execute("select to_regclass(%s)", (qualified,)).fetchone()
         except psycopg.Error as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DatabaseError(f"cannot connect to {pgtools.describe(dbname)}: {first}") from None
+            raise DatabaseError(f"cannot connect to {pgtools.describe(dbname)}: {first_line(e)}") from None
         if row and row[0] is not None and definition:
             raise RestoreError(
                 f"table {schema}.{final} already exists in {pgtools.describe(dbname)}: drop or rename it, or "
@@ -418,7 +420,7 @@ class LogicalRestore:
             self.run(dbname, entries=picked, verify_first=False)
         else:
             self._restore_renamed(dbname, schema, name, new_name, toc, data=data)
-        with psycopg.connect(dbname, autocommit=True) as conn:
+        with connect(dbname) as conn:
             count = conn.execute(
                 sql.SQL("select count(*) from {}.{}").format(sql.Identifier(schema), sql.Identifier(final))
             ).fetchone()
@@ -434,7 +436,6 @@ class LogicalRestore:
     ) -> None:
         import secrets
 
-        import psycopg
         from psycopg import sql
 
         picked = [
@@ -446,51 +447,28 @@ class LogicalRestore:
         scratch_ci = pgtools.with_dbname(dbname, scratch)
         create_database(scratch_ci)
         try:
-            with psycopg.connect(scratch_ci, autocommit=True) as conn:
+            with connect(scratch_ci) as conn:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             self.run(scratch_ci, entries=picked, no_owner=True, no_privileges=True, verify_first=False)
-            with psycopg.connect(scratch_ci, autocommit=True) as conn:
-                indexes = conn.execute(
-                    "select i.relname from pg_index x join pg_class i on i.oid = x.indexrelid "
-                    "where x.indrelid = to_regclass(%s)",
-                    (sql.Identifier(schema, name).as_string(conn),),
-                ).fetchall()
-                conn.execute(
-                    sql.SQL("ALTER TABLE {}.{} RENAME TO {}").format(
-                        sql.Identifier(schema), sql.Identifier(name), sql.Identifier(new_name)
-                    )
-                )
-                for (idx,) in indexes:
-                    renamed = (new_name + idx[len(name) :]) if idx.startswith(name) else f"{new_name}_{idx}"
-                    conn.execute(
-                        sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
-                            sql.Identifier(schema), sql.Identifier(idx), sql.Identifier(renamed[:63])
-                        )
-                    )
-            info = server_info(scratch_ci)
-            pg_dump = pgtools.find_tool("pg_dump", min_major=info.major)
-            pg_restore = find_pg_restore(info.major)
-            src_ci, env = pgtools.split_secret(scratch_ci)
-            dst_ci, dst_env = pgtools.split_secret(dbname)
-            dump = pgtools.pg_dump_command(
-                pg_dump, src_ci, fmt="custom", compress=0, tables=[_quoted(schema) + "." + _quoted(new_name)]
-            )
-            with pgtools.Spawned(dump, env=env, stdout=subprocess.PIPE, what="pg_dump (scratch)") as producer:
-                assert producer.proc.stdout is not None
-                try:
-                    run_fed(
-                        pgtools.pg_restore_command(pg_restore, conninfo=dst_ci, no_owner=True),
-                        producer.proc.stdout,
-                        env=dst_env,
-                        what="pg_restore",
-                        capture=False,
-                    )
-                finally:
-                    producer.check()
+            rename_table(scratch_ci, schema, name, new_name)
+            copy_table(scratch_ci, dbname, schema, new_name)
         except ToolFailed as e:
             raise RestoreError(f"restoring {schema}.{name} as {new_name} failed: {e}") from None
         finally:
             drop_database(dbname, scratch)
+
+
+def _check_options(m: BackupManifest, *, whole: bool, jobs: int, single_transaction: bool) -> None:
+    """Refuse restore options the backup's format cannot honour (``whole``: no selection, all sections)."""
+    if m.format == "plain" and (not whole or jobs > 1):
+        raise ConfigurationError(
+            f"backup {m.id} is plain SQL: it can only be restored whole and serially "
+            "(take a custom-format backup for selective or parallel restores)"
+        )
+    if single_transaction and jobs > 1:
+        raise ConfigurationError("single_transaction cannot be combined with parallel jobs")
+    if m.format == "tar" and jobs > 1:
+        raise ConfigurationError("pg_restore cannot restore the tar format in parallel: use jobs=1")
 
 
 def require_dbname(conninfo: str, why: str) -> None:
@@ -508,12 +486,3 @@ def require_dbname(conninfo: str, why: str) -> None:
 
 def _dbname_of(conninfo: str) -> str | None:
     return pgtools.conninfo_dict(conninfo).get("dbname") or os.environ.get("PGDATABASE")
-
-
-def _belongs_to(entry: TocEntry, tables: Sequence[str]) -> bool:
-    """Whether a table-level entry concerns one of ``tables`` (TABLE, TABLE DATA and entries named after it)."""
-    return any(entry.name == t or entry.name.startswith(t + " ") for t in tables)
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -44,7 +44,7 @@ from pgrecovery import (
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import claim_backup_id, leftovers
 from pgrecovery.copies import copy_repository
-from pgrecovery.physical import backup as physical
+from pgrecovery.physical import _bundles as physical
 from pgrecovery.wal.archiver import WalArchiver, archive_command
 
 _counter = itertools.count()
