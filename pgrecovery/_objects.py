@@ -4,7 +4,7 @@ storage, so that encryption can wrap a writer without knowing storage)."""
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol
+from typing import Protocol, Self
 
 import attrs
 
@@ -46,13 +46,13 @@ class HashingWriter:
         self._size = 0
         self._done = False
 
-    def write(self, data: bytes, /) -> None:
+    def write(self, data: bytes | bytearray | memoryview, /) -> None:
         if data:
             self._hash.update(data)
             self._size += len(data)
             self._write_raw(data)
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError
 
     def commit(self) -> StoredObject:
@@ -65,7 +65,7 @@ class HashingWriter:
         self._done = True
         return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest())
 
-    def __enter__(self) -> HashingWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -28,7 +28,7 @@ class LocalWriter(HashingWriter):
             raise AlreadyExists(f"refusing to overwrite {key!r}: it is already in the repository")
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         try:
             while view:

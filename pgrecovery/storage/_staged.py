@@ -36,7 +36,7 @@ class StagedWriter(HashingWriter):
         self._tmp = f"{directory}/.{name}.{secrets.token_hex(4)}.tmp" if directory else f".{name}.tmp"
         self._file: Any = target.retry("start a write of", self.key, lambda: target.fs.open(self._tmp, "wb"))
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
         try:
             self._file.write(data)
         except Exception as e:

@@ -41,7 +41,7 @@ class BufferWriter(HashingWriter):
         super().__init__(key)
         self._fs, self._path, self._parts, self._overwrite = fs, path, list[bytes](), overwrite
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
         self._parts.append(bytes(data))
 
     def commit(self) -> StoredObject:
@@ -78,7 +78,7 @@ class UploadWriter(HashingWriter):
         self._sent = 0
 
     # -- writing -------------------------------------------------------------------------------------------
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
         if self._file is None:
             self._buffer.append(bytes(data))
             self._buffered += len(data)
@@ -98,7 +98,7 @@ class UploadWriter(HashingWriter):
         self._buffered = 0
         self._feed(data)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         try:
             for start in range(0, len(view), CHUNK):
