@@ -12,6 +12,7 @@ from .. import pgtools
 from .._pgdb import connect, first_line
 from .._redact import redact
 from ..errors import DatabaseError
+from ..wal.server import read_stat_archiver
 from .thresholds import human_duration
 
 if TYPE_CHECKING:
@@ -81,13 +82,12 @@ def _server(dbname: str) -> _Server:
     try:
         with connect(dbname, what="read the archiver's state from") as conn:
             row = conn.execute(
-                "select current_setting('archive_mode'), pg_is_in_recovery(), a.archived_count, "
-                "a.last_archived_wal, a.last_archived_time, a.failed_count, a.last_failed_wal, a.last_failed_time, "
+                "select current_setting('archive_mode'), pg_is_in_recovery(), "
                 "case when pg_is_in_recovery() then null else pg_walfile_name(pg_current_wal_lsn()) end, "
-                "(select setting::bigint from pg_settings where name = 'wal_segment_size') "
-                "from pg_stat_archiver a"
+                "(select setting::bigint from pg_settings where name = 'wal_segment_size')"
             ).fetchone()
             assert row is not None
+            stat = read_stat_archiver(conn)
             ready = oldest = error = None
             try:
                 counted = conn.execute(
@@ -105,14 +105,14 @@ def _server(dbname: str) -> _Server:
     return _Server(
         archive_mode=str(row[0]),
         in_recovery=bool(row[1]),
-        archived_count=int(row[2]),
-        last_archived_wal=row[3],
-        last_archived_time=row[4],
-        failed_count=int(row[5]),
-        last_failed_wal=row[6],
-        last_failed_time=row[7],
-        current_wal=row[8],
-        segment_size=int(row[9] or 16 << 20),
+        archived_count=stat.archived_count,
+        last_archived_wal=stat.last_archived_wal,
+        last_archived_time=stat.last_archived_time,
+        failed_count=stat.failed_count,
+        last_failed_wal=stat.last_failed_wal,
+        last_failed_time=stat.last_failed_time,
+        current_wal=row[2],
+        segment_size=int(row[3] or 16 << 20),
         ready_count=ready,
         oldest_ready=oldest,
         ready_error=error,

@@ -26,6 +26,7 @@ from .. import pgtools
 from .._pgdb import connect, invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from .._stream import fd_reader, pump, widen_pipe
 from .._version import __version__
+from .._walnames import segment_for_lsn
 from ..catalog import data_key, writing_backup
 from ..codec import SUFFIX, Codec, check_codec, check_level
 from ..errors import BackupError, ConfigurationError
@@ -44,10 +45,8 @@ __all__ = [
     "Method",
     "assign",
     "chown_tree",
-    "lsn_value",
     "restore_files",
     "scan_data_directory",
-    "wal_file_name",
 ]
 
 Method = Literal["local", "stream"]
@@ -223,17 +222,18 @@ class BaseBackup:
     def _wait_archived(self, repo: Repository, conn: Any, wal: str) -> None:
         """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``."""
         from ..wal.archiver import WalArchiver
+        from ..wal.server import read_stat_archiver
 
         archiver = WalArchiver(repo)
         deadline = time.monotonic() + self.archive_timeout
         delay = 0.02
         while archiver.find(wal) is None:
             if time.monotonic() > deadline:
-                row = conn.execute("select last_archived_wal, last_failed_wal from pg_stat_archiver").fetchone()
+                stat = read_stat_archiver(conn)
                 raise BackupError(
                     f"WAL file {wal}, which the backup needs, did not reach {repo.display_url} within "
-                    f"{self.archive_timeout:.0f} s (last archived: {row[0] if row else '?'}, last failed: "
-                    f"{row[1] if row else '?'}): check that archive_command pushes to this repository"
+                    f"{self.archive_timeout:.0f} s (last archived: {stat.last_archived_wal}, last failed: "
+                    f"{stat.last_failed_wal}): check that archive_command pushes to this repository"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
@@ -276,8 +276,8 @@ class BaseBackup:
             start_lsn=start_lsn,
             stop_lsn=stop_lsn,
             timeline=timeline,
-            start_wal=wal_file_name(timeline, start_lsn, seg),
-            stop_wal=wal_file_name(timeline, stop_lsn, seg),
+            start_wal=segment_for_lsn(start_lsn, timeline, seg),
+            stop_wal=segment_for_lsn(stop_lsn, timeline, seg),
             system_identifier=str(row[0]),
             data_checksums=row[1] == "on",
             wal_segment_size=seg,
@@ -339,15 +339,3 @@ class _Tail:
         return int(ranges[-1]["Timeline"]), str(ranges[0]["Start-LSN"]), str(ranges[-1]["End-LSN"])
 
 
-def wal_file_name(timeline: int, lsn: str, segment_size: int) -> str:
-    """The WAL file holding ``lsn`` ("X/Y") on ``timeline``."""
-    hi, lo = (int(x, 16) for x in lsn.split("/"))
-    pos = (hi << 32) | lo
-    segno = pos // segment_size
-    per_id = 0x100000000 // segment_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
-def lsn_value(lsn: str) -> int:
-    hi, lo = (int(x, 16) for x in lsn.split("/"))
-    return (hi << 32) | lo

@@ -132,7 +132,7 @@ def expire(
 
 
 def _expire_wal(repo: Repository, decision: WalDecision, *, dry_run: bool) -> tuple[str, ...]:
-    from .wal.archiver import WalArchiver
+    from ..wal.archiver import WalArchiver
 
     if decision.keep_from is None:
         return ()
