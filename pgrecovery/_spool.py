@@ -45,10 +45,6 @@ _MARKER_MAGIC: Final = "pgrecovery-marker"
 _children: list[subprocess.Popen[bytes]] = []
 
 
-def _token() -> str:
-    return os.urandom(4).hex()
-
-
 def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
@@ -88,15 +84,22 @@ def ensure_dir(path: str) -> str:
     return path
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{_token()}.tmp"
-    try:
-        with open(tmp, "x") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
+def _fsutil() -> ModuleType:
+    """`pgrecovery._fsutil`, loaded when a file is first written: a spool hit writes nothing, and the module's
+    imports (contextlib) would cost the fast path milliseconds. Run as a script, the sibling module is imported
+    without the package, as `_walnames` is."""
+    if __package__:
+        from . import _fsutil
+
+        return _fsutil
+    import importlib
+
+    return importlib.import_module("_fsutil")
+
+
+def _atomic_write_text(path: str, text: str, *, sync: bool) -> None:
+    """Write a small spool file whole or not at all; ``sync=False`` where it is a cache or a hint."""
+    _fsutil().write_atomic(path, text, mode=0o600, sync=sync)
 
 
 # -- archive-ahead markers -------------------------------------------------------------------------------------
@@ -111,7 +114,7 @@ def write_marker(spool: str, name: str, st: os.stat_result, sha256: str, tag: st
     ensure_dir(spool)
     ensure_dir(os.path.join(spool, "archived"))
     text = f"{_MARKER_MAGIC} 1 {st.st_size} {st.st_mtime_ns} {st.st_ino} {sha256} {tag}\n"
-    _atomic_write_text(marker_path(spool, name), text)
+    _atomic_write_text(marker_path(spool, name), text, sync=False)  # lost: the next push checks the repository
 
 
 def pushed_already(path: str, spool: str, tag: str) -> str | None:
@@ -180,16 +183,10 @@ def take_prefetched(name: str, dest: str, spool: str, tag: str) -> bool:
     except OSError as e:
         if e.errno != errno.EXDEV:
             return False
-    tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.{_token()}.tmp")
     try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            while chunk := fin.read(1 << 20):
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
+        with open(src, "rb") as fin:  # into pg_wal: durable (recovery reads it next)
+            _fsutil().write_atomic(dest, iter(lambda: fin.read(1 << 20), b""), mode=0o600, sync=True)
     except OSError:
-        _unlink(tmp)
         return False
     _unlink(src)
     return True
@@ -221,7 +218,7 @@ def remove_stale_temps(dest: str) -> list[str]:
 def note_wanted(spool: str, name: str) -> None:
     """Record the segment restore_command just asked for, so that a running prefetcher works ahead of it."""
     directory = ensure_dir(prefetch_dir(spool))
-    _atomic_write_text(os.path.join(directory, ".wanted"), name + "\n")
+    _atomic_write_text(os.path.join(directory, ".wanted"), name + "\n", sync=False)  # a hint
 
 
 def read_wanted(spool: str) -> str | None:
@@ -424,7 +421,9 @@ def set_source(spool: str, tag: str) -> None:
     directory = ensure_dir(prefetch_dir(spool))
     if not source_matches(spool, tag):
         clear_prefetched(spool)
-        _atomic_write_text(os.path.join(directory, ".source"), tag + "\n")
+        # durable, with the removals above (one directory): the queue must never hold another repository's files
+        # under this tag after a crash
+        _atomic_write_text(os.path.join(directory, ".source"), tag + "\n", sync=True)
 
 
 # -- the fast command ------------------------------------------------------------------------------------------

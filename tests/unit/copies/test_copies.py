@@ -11,35 +11,16 @@ from typing import Any
 
 import fsspec
 import pytest
+from fakes import backup_with_parts as backup
 from fsspec.implementations.local import LocalFileSystem
 
-from pgrecovery import BackupManifest, FileEntry, Repository, StorageError
-from pgrecovery.catalog import claim_backup_id, finish_backup
+from pgrecovery import Repository, StorageError
 from pgrecovery.cli.main import main
 from pgrecovery.codec import compress_bytes
 from pgrecovery.copies import check_321, copy_repository
 from pgrecovery.wal.archiver import object_key
 
 T0 = datetime(2026, 11, 24, 10, 15, tzinfo=UTC)
-
-
-def backup(repo: Repository, when: datetime, files: int = 3, kind: str = "logical") -> BackupManifest:
-    backup_id = claim_backup_id(repo, kind, when)
-    entries = []
-    for i in range(files):
-        obj = repo.put_bytes(f"backups/{backup_id}/data/part{i}", os.urandom(3000 + i))
-        entries.append(FileEntry(path=f"data/part{i}", size=obj.size, sha256=obj.sha256, codec="none", role="dump"))
-    m = BackupManifest(
-        id=backup_id,
-        kind=kind,
-        started_at=when,
-        finished_at=when + timedelta(seconds=1),
-        format="custom",
-        compression="none",
-        files=entries,
-    )
-    finish_backup(repo, m)
-    return m
 
 
 def wal(repo: Repository, segno: int) -> str:
