@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import attrs
@@ -16,7 +16,7 @@ WEEKDAYS: Final = ("monday", "tuesday", "wednesday", "thursday", "friday", "satu
 
 _UNITS: Final = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _MONDAY: Final = datetime(1970, 1, 5, tzinfo=UTC)  # the anchor of `every` schedules: a Monday, 00:00 UTC
-_MINUTE: Final = timedelta(minutes=1)
+_SECOND: Final = timedelta(seconds=1)
 _MACROS: Final = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
@@ -35,7 +35,6 @@ _CRON_FIELDS: Final = (
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 7, _DAYS),
 )
-_SEARCH_DAYS: Final = 9 * 366  # every valid cron expression fires within 8 years (29 February)
 
 
 def _weekday(text: str) -> int:
@@ -75,102 +74,42 @@ def _cron_value(token: str, lo: int, hi: int, names: Sequence[str], field: str, 
     return value
 
 
-def _cron_field(text: str, lo: int, hi: int, names: Sequence[str], field: str, expr: str) -> frozenset[int]:
-    values: set[int] = set()
+def _check_cron_field(text: str, lo: int, hi: int, names: Sequence[str], field: str, expr: str) -> None:
     for item in text.split(","):
-        body, slash, step_text = item.partition("/")
-        step = 1
-        if slash:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise _Invalid("cron", f"cron = {expr!r}: bad step {step_text!r} in the {field} field")
-            step = int(step_text)
+        body, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise _Invalid("cron", f"cron = {expr!r}: bad step {step!r} in the {field} field")
         if body == "*":
-            start, end = lo, hi
-        elif "-" in body:
-            a, b = body.split("-", 1)
-            start = _cron_value(a, lo, hi, names, field, expr)
-            end = _cron_value(b, lo, hi, names, field, expr)
-            if start > end:
-                raise _Invalid("cron", f"cron = {expr!r}: the range {body!r} in the {field} field runs backwards")
-        else:
-            start = _cron_value(body, lo, hi, names, field, expr)
-            end = hi if slash else start
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
+            continue
+        first, dash, last = body.partition("-")
+        start = _cron_value(first, lo, hi, names, field, expr)
+        if dash and start > _cron_value(last, lo, hi, names, field, expr):
+            raise _Invalid("cron", f"cron = {expr!r}: the range {body!r} in the {field} field runs backwards")
 
 
-@attrs.frozen
-class _Cron:
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]  # cron numbering: Sunday = 0
-    any_day: bool  # day of month is '*'
-    any_weekday: bool  # day of week is '*'
-
-    @classmethod
-    def parse(cls, expr: str) -> _Cron:
-        text = _MACROS.get(expr.strip().lower(), expr)
-        fields = text.split()
-        if len(fields) != 5:
-            raise _Invalid(
-                "cron",
-                f"cron = {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. "
-                '"0 3 * * 0", or @hourly, @daily, @weekly, @monthly, @yearly',
-            )
-        sets = [
-            _cron_field(f, lo, hi, names, name, expr)
-            for f, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True)
-        ]
-        weekdays = frozenset(d % 7 for d in sets[4])
-        return cls(
-            minutes=tuple(sorted(sets[0])),
-            hours=tuple(sorted(sets[1])),
-            days=sets[2],
-            months=sets[3],
-            weekdays=weekdays,
-            any_day=fields[2].startswith("*"),
-            any_weekday=fields[4].startswith("*"),
+def _cron_expression(expr: str) -> str:
+    """``expr`` (or a macro such as ``@daily``) as the 5-field expression `cronsim` evaluates, checked here first
+    so that an error names the field and the token (and only the classic syntax is taken: no L, W, # or ?)."""
+    fields = _MACROS.get(expr.strip().lower(), expr).split()
+    if len(fields) != 5:
+        raise _Invalid(
+            "cron",
+            f"cron = {expr!r}: expected 5 fields (minute hour day-of-month month day-of-week), e.g. "
+            '"0 3 * * 0", or @hourly, @daily, @weekly, @monthly, @yearly',
         )
+    for text, (name, lo, hi, names) in zip(fields, _CRON_FIELDS, strict=True):
+        _check_cron_field(text, lo, hi, names, name, expr)
+    return " ".join(fields)
 
-    def day_matches(self, d: date) -> bool:
-        if d.month not in self.months:
-            return False
-        by_day = d.day in self.days
-        by_weekday = (d.weekday() + 1) % 7 in self.weekdays
-        if not self.any_day and not self.any_weekday:
-            return by_day or by_weekday  # as in every cron: either one, when both are restricted
-        return by_day and by_weekday
 
-    def previous(self, now: datetime) -> datetime | None:
-        """The latest fire time at or before ``now``."""
-        t = now.replace(second=0, microsecond=0)
-        for back in range(_SEARCH_DAYS):
-            d = t.date() - timedelta(days=back)
-            if not self.day_matches(d):
-                continue
-            for h in reversed(self.hours):
-                if back == 0 and h > t.hour:
-                    continue
-                mins = [m for m in self.minutes if back > 0 or h < t.hour or m <= t.minute]
-                if mins:
-                    return datetime(d.year, d.month, d.day, h, mins[-1], tzinfo=UTC)
-        return None
+def _cron_fire(expr: str, start: datetime, *, reverse: bool) -> datetime | None:
+    """The first fire time of ``expr`` after ``start`` (before it with ``reverse``), whole minutes, UTC; None when
+    there is none within 50 years (cronsim's horizon)."""
+    from cronsim import CronSim, CronSimError  # only cron schedules pay for the import
 
-    def following(self, now: datetime) -> datetime | None:
-        """The earliest fire time after ``now``."""
-        t = now.replace(second=0, microsecond=0) + _MINUTE
-        for ahead in range(_SEARCH_DAYS):
-            d = t.date() + timedelta(days=ahead)
-            if not self.day_matches(d):
-                continue
-            for h in self.hours:
-                if ahead == 0 and h < t.hour:
-                    continue
-                mins = [m for m in self.minutes if ahead > 0 or h > t.hour or m >= t.minute]
-                if mins:
-                    return datetime(d.year, d.month, d.day, h, mins[0], tzinfo=UTC)
+    try:
+        return next(CronSim(expr, start, reverse=reverse))
+    except (StopIteration, CronSimError):  # CronSimError: a day no month has (31 February)
         return None
 
 
@@ -196,7 +135,7 @@ class Schedule:
     cron: str | None = None
     _period_s: int = attrs.field(init=False, default=0, eq=False, repr=False)
     _anchor: datetime = attrs.field(init=False, default=_MONDAY, eq=False, repr=False)
-    _cron: _Cron | None = attrs.field(init=False, default=None, eq=False, repr=False)
+    _cron: str | None = attrs.field(init=False, default=None, eq=False, repr=False)  # as cronsim takes it
 
     def __attrs_post_init__(self) -> None:
         if (self.every is None) == (self.cron is None):
@@ -205,8 +144,8 @@ class Schedule:
             if self.at is not None or self.on is not None:
                 key = "at" if self.at is not None else "on"
                 raise _Invalid(key, f"{key} goes with every, not with cron: put the time in the cron expression")
-            parsed = _Cron.parse(self.cron)
-            if parsed.previous(datetime(2040, 1, 1, tzinfo=UTC)) is None:
+            parsed = _cron_expression(self.cron)
+            if _cron_fire(parsed, datetime(2040, 1, 1, tzinfo=UTC), reverse=True) is None:
                 raise _Invalid("cron", f"cron = {self.cron!r} never fires (no such day): fix the day or month")
             object.__setattr__(self, "_cron", parsed)
             return
@@ -226,9 +165,10 @@ class Schedule:
         """The latest fire time at or before ``now``."""
         now = _utc(now)
         if self._cron is not None:
-            found = self._cron.previous(now)
+            # from the next second back, so that a fire time of exactly now counts
+            found = _cron_fire(self._cron, now.replace(second=0, microsecond=0) + _SECOND, reverse=True)
             if found is None:  # pragma: no cover - excluded when the schedule is made
-                raise ConfigurationError(f"cron = {self.cron!r} does not fire in the 9 years before {now}")
+                raise ConfigurationError(f"cron = {self.cron!r} does not fire in the 50 years before {now}")
             return found
         period = timedelta(seconds=self._period_s)
         return self._anchor + ((now - self._anchor) // period) * period
@@ -237,9 +177,9 @@ class Schedule:
         """The earliest fire time after ``now``."""
         now = _utc(now)
         if self._cron is not None:
-            found = self._cron.following(now)
+            found = _cron_fire(self._cron, now.replace(second=0, microsecond=0), reverse=False)
             if found is None:  # pragma: no cover
-                raise ConfigurationError(f"cron = {self.cron!r} does not fire in the 9 years after {now}")
+                raise ConfigurationError(f"cron = {self.cron!r} does not fire in the 50 years after {now}")
             return found
         return self.previous(now) + timedelta(seconds=self._period_s)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import put_logical_backup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgrecovery import BackupManifest, ConfigurationError, FileEntry, PolicyLocked, Repository
-from pgrecovery.catalog import finish_backup
+from pgrecovery import ConfigurationError, PolicyLocked, Repository
 from pgrecovery.cli.main import main
 from pgrecovery.policy import (
     BackupPolicy,
@@ -116,6 +116,17 @@ def test_cron_day_of_month_or_day_of_week() -> None:
     assert fired == [1, 6, 13, 20, 27]  # 1 March 2026 is a Sunday
     weekdays_only = Schedule(cron="0 0 * * 5")  # day of month '*': Fridays only
     assert weekdays_only.following(at(1)) == at(6)
+
+
+def test_a_rare_cron_schedule_is_found_years_away() -> None:
+    """1 February on a Wednesday ('*/31' restricts the day of month, yet starts with '*': both must match): 11
+    years apart here, beyond the 9 years the hand-written matcher searched."""
+    s = Schedule(cron="0 0 */31 2 wed")
+    assert s.following(datetime(2023, 2, 2, tzinfo=UTC)) == datetime(2034, 2, 1, tzinfo=UTC)
+    assert s.previous(datetime(2034, 1, 31, tzinfo=UTC)) == datetime(2023, 2, 1, tzinfo=UTC)
+    assert Schedule(cron="0 0 */31 9 sun").following(datetime(2030, 9, 2, tzinfo=UTC)) == datetime(
+        2041, 9, 1, tzinfo=UTC
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -348,25 +359,6 @@ kind = "wal-cleanup"
 every = "1d"
 at = "02:00"
 """
-
-
-def put_logical_backup(repo: Repository, started: datetime, database: str = "shop") -> BackupManifest:
-    """A complete (tiny, synthetic) logical backup with a chosen start time."""
-    backup_id = f"{started:%Y%m%dT%H%M%SZ}-logical"
-    data = b"dump"
-    stored = repo.put_bytes(f"backups/{backup_id}/data/dump", data)
-    m = BackupManifest(
-        id=backup_id,
-        kind="logical",
-        started_at=started,
-        finished_at=started + timedelta(minutes=1),
-        format="custom",
-        compression="none",
-        files=[FileEntry(path="data/dump", size=stored.size, sha256=stored.sha256, codec="none", role="dump")],
-        database=database,
-    )
-    finish_backup(repo, m)
-    return m
 
 
 def state_of(tmp_path: Path) -> dict[str, Any]:
