@@ -50,6 +50,13 @@ def _flaky(results: list[Any]) -> Any:
     return op
 
 
+def _fail_inside(writer: HashingWriter) -> None:
+    """Write into ``writer`` in a ``with`` block that then fails."""
+    with writer as w:
+        w.write(b"partial")
+        raise RuntimeError("stop")
+
+
 # -- the retry object -------------------------------------------------------------------------------------------
 
 
@@ -60,7 +67,8 @@ def test_transient_errors_are_retried_with_a_log_line_naming_the_object(caplog: 
     lines = [r.getMessage() for r in caplog.records if r.name == "pgrecovery.storage"]
     assert len(lines) == 2
     assert all("read wal/000000010000000000000001 in memory://unit" in line for line in lines)
-    assert "(attempt 2 of 3)" in lines[0] and "(attempt 3 of 3)" in lines[1]
+    assert "(attempt 2 of 3)" in lines[0]
+    assert "(attempt 3 of 3)" in lines[1]
 
 
 def test_attempts_are_bounded_and_the_failure_names_key_place_and_count() -> None:
@@ -137,7 +145,8 @@ def test_the_capability_table() -> None:
 def test_a_dir_filesystem_is_unwrapped_to_the_one_it_prefixes(tmp_path: Path) -> None:
     local = fsspec.filesystem("file")
     fs, root = unwrap_dir(DirFileSystem(path=str(tmp_path), fs=local), "repo")
-    assert fs is local and root == f"{tmp_path}/repo"
+    assert fs is local
+    assert root == f"{tmp_path}/repo"
 
 
 def test_repository_urls_are_checked() -> None:
@@ -146,7 +155,8 @@ def test_repository_urls_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="unknown storage protocol 'nosuch'"):
         open_fs("nosuch://x", {})
     fs, path = open_fs("memory://unit-urls", {})
-    assert isinstance(fs, MemoryFileSystem) and path == "/unit-urls"
+    assert isinstance(fs, MemoryFileSystem)
+    assert path == "/unit-urls"
 
 
 # -- writers ----------------------------------------------------------------------------------------------------
@@ -172,9 +182,8 @@ def test_the_local_writer_publishes_durably_and_never_clobbers(tmp_path: Path) -
 
 
 def test_the_local_writer_leaves_nothing_when_aborted(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), LocalWriter("obj", str(tmp_path / "obj"), overwrite=False) as w:
-        w.write(b"partial")
-        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError, match="stop"):
+        _fail_inside(LocalWriter("obj", str(tmp_path / "obj"), overwrite=False))
     assert os.listdir(tmp_path) == []
 
 
@@ -274,7 +283,6 @@ def test_the_encrypting_writer_is_a_hashing_writer_that_commits_and_aborts_like_
     with pytest.raises(EncryptionError, match="after it was committed or aborted"):
         w.write(b"more")
     aborted = f"/parts-{uuid.uuid4().hex}/obj"
-    with pytest.raises(RuntimeError), EncryptingWriter(BufferWriter("obj", fs, aborted, overwrite=False), key) as w:
-        w.write(b"partial")
-        raise RuntimeError("stop")
+    with pytest.raises(RuntimeError, match="stop"):
+        _fail_inside(EncryptingWriter(BufferWriter("obj", fs, aborted, overwrite=False), key))
     assert not fs.exists(aborted)
