@@ -6,6 +6,8 @@ exceptions into exit codes and one-line messages.
 
 from __future__ import annotations
 
+import os
+
 from ._redact import redact
 
 
@@ -14,12 +16,51 @@ class PgRecoveryError(Exception):
 
     Its message is redacted when the error is made (passwords, keys, tokens, URL passwords become ``***``), so
     that no secret a driver or a tool echoed reaches ``str()``, ``repr()``, a log line or the command's stderr.
+
+    Besides the message an error may carry structured fields, given as keywords and redacted when the error is made
+    like the message, so that a caller need not parse the message (as psycopg's errors carry ``sqlstate``):
+    ``backup_id`` (the backup concerned), ``key`` (an object key in the repository), ``segment`` (a WAL file name),
+    ``path`` (a local path) and ``target`` (a recovery target, as described). Each is None when not known.
+
+    >>> e = WalGap("WAL segment 000000010000000000000007 is missing", segment="000000010000000000000007")
+    >>> e.segment, str(e)
+    ('000000010000000000000007', 'WAL segment 000000010000000000000007 is missing')
     """
 
-    def __init__(self, *args: object) -> None:
+    backup_id: str | None
+    key: str | None
+    segment: str | None
+    path: str | None
+    target: str | None
+
+    def __init__(
+        self,
+        *args: object,
+        backup_id: str | None = None,
+        key: str | None = None,
+        segment: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        target: str | None = None,
+    ) -> None:
         if args and isinstance(args[0], str):
             args = (redact(args[0]), *args[1:])
         super().__init__(*args)
+        self.backup_id = _field(backup_id)
+        self.key = _field(key)
+        self.segment = _field(segment)
+        self.path = _field(None if path is None else os.fspath(path))
+        self.target = _field(target)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        """The structured fields that are set, by name (already redacted)."""
+        names = ("backup_id", "key", "segment", "path", "target")
+        return {n: v for n in names if (v := getattr(self, n, None)) is not None}
+
+
+def _field(value: str | None) -> str | None:
+    """A structured field, redacted like a message (a key or path may hold a signed URL or a password)."""
+    return None if value is None else redact(str(value))
 
 
 class ConfigurationError(PgRecoveryError):

@@ -9,40 +9,42 @@ archive can get there, then restores a data directory and (optionally) runs the 
 
 A restored server does not archive WAL unless asked (``archive=True``, for a server that replaces the source):
 a copy restored to look at must not write its new timeline into the source's repository.
+
+The target lives in `pgrecovery.recovery.target`, running a recovery in `pgrecovery.recovery.run`; their public
+names are importable from here too.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
 import shutil
-import socket
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
 
-import attrs
-
-from .._walnames import HistoryEntry, history_name, parse_lsn
+from .._walnames import HistoryEntry, history_name, parse_lsn, segment_for_lsn
 from ..cluster import LocalCluster, default_run_as
-from ..errors import (
-    AlreadyExists,
-    ClusterError,
-    ConfigurationError,
-    PgRecoveryError,
-    RestoreError,
-    TargetUnreachable,
-    WalGap,
-)
+from ..errors import ConfigurationError, RestoreError, TargetUnreachable, WalGap
 from ..manifest import BackupManifest, PhysicalInfo
-from ..physical.backup import chown_tree, lsn_value, restore_files, wal_file_name
+from ..pgtools import find_tool
+from ..physical.restore import chown_tree, restore_files
 from ..progress import ProgressCallback
 from ..repository import Repository
+from ..wal.commands import restore_command
+from ..wal.index import WalIndex
+from .run import Incident, IncidentStep, Journal, RecoveryResult, RecoveryRun, recover, server_major
+from .target import Action, RecoveryTarget, TargetKind
 
-log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
+__all__ = [
+    "Action",
+    "Incident",
+    "IncidentStep",
+    "RecoveryPlan",
+    "RecoveryResult",
+    "RecoveryTarget",
+    "TargetKind",
+]
 
 _TARGET_SETTINGS = (
     "recovery_target",
@@ -54,23 +56,6 @@ _TARGET_SETTINGS = (
     "recovery_target_timeline",
     "recovery_target_action",
 )
-
-TargetKind = Literal["time", "xid", "name", "lsn", "immediate", "latest"]
-Action = Literal["promote", "pause", "shutdown"]
-
-
-def _restored_wal(cluster: LocalCluster) -> list[str]:
-    """The WAL files the server says it restored from the archive, in order (from its log)."""
-    if cluster.log_file is None or not cluster.log_file.exists():
-        return []
-    found = re.findall(r'restored log file "([0-9A-F]{24})" from archive', cluster.log_file.read_text(errors="replace"))
-    return list(dict.fromkeys(found))
-
-
-def _major(server_version: str) -> int | None:
-    """The major version in a manifest's ``server_version`` ("15.18 (Debian ...)" -> 15), None if unknown."""
-    found = re.match(r"\s*(\d+)", server_version)
-    return int(found.group(1)) if found else None
 
 
 def _remove_partial(target: Path, created: bool) -> None:
@@ -85,14 +70,29 @@ def _remove_partial(target: Path, created: bool) -> None:
             child.unlink(missing_ok=True)
 
 
-def _given(value: str, what: str) -> str:
-    """``value`` stripped; an empty or blank one is refused (it must never mean "the end of the archive")."""
-    text = value.strip()
-    if not text:
+def _prepare_directory(target: Path, *, overwrite: bool, delta: bool) -> bool:
+    """Make ``target`` ready to restore into (emptied with ``overwrite``, kept with ``delta``, else it must be
+    empty); whether it was created here."""
+    if target.exists() and any(target.iterdir()) and not delta:
+        if not overwrite:
+            raise ConfigurationError(
+                f"{target} is not empty: choose an empty directory, or pass overwrite=True (empty it) or "
+                "delta=True (rewrite only the files that differ)",
+                path=target,
+            )
+        for child in target.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
         raise ConfigurationError(
-            f"the target {what} is empty: give one, or ask for the end of the archive with RecoveryTarget.latest()"
-        )
-    return text
+            f"cannot create {target}: {e.strerror or e}: choose a writable directory", path=target
+        ) from None
+    return created
 
 
 def _archive_settings(archive: bool, settings: dict[str, object] | None) -> dict[str, object]:
@@ -112,209 +112,6 @@ def _archive_settings(archive: bool, settings: dict[str, object] | None) -> dict
                 "pass archive=True to archive"
             )
     return extra if archive else {"archive_mode": "off", **extra}
-
-
-def _aware(when: datetime | str) -> datetime:
-    if isinstance(when, str):
-        when = _given(when, "time")
-    try:
-        dt = datetime.fromisoformat(when.strip()) if isinstance(when, str) else when
-    except ValueError:
-        raise ConfigurationError(
-            f"target time {when!r} is not a timestamp: write it as '2026-03-15 14:30:00+00' (ISO 8601, with a zone)"
-        ) from None
-    if dt.tzinfo is None:
-        raise ConfigurationError(f"target time {when!s} has no time zone: add one, e.g. '+00' or 'Z'")
-    return dt.astimezone(UTC)
-
-
-def _one_of(choices: tuple[str, ...]) -> Any:
-    """An attrs validator that refuses anything outside ``choices`` with a `ConfigurationError` naming them."""
-
-    def check(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-        if value not in choices:
-            raise ConfigurationError(f"recovery target {attribute.name} {value!r}: use {', '.join(choices)}")
-
-    return check
-
-
-def _check_value(target: RecoveryTarget, _: attrs.Attribute[str | None], value: str | None) -> None:
-    """A time, xid, name or LSN target carries a non-blank value; ``immediate`` and ``latest`` carry none."""
-    if target.kind in ("immediate", "latest"):
-        if value is not None:
-            raise ConfigurationError(f"a target of {target.kind} takes no value (got {value!r})")
-    elif value is None or not value.strip():
-        raise ConfigurationError(
-            f"the target {target.kind} is empty: give one, or ask for the end of the archive with "
-            "RecoveryTarget.latest()"
-        )
-
-
-@attrs.frozen(kw_only=True)
-class RecoveryTarget:
-    """Where recovery stops. Build one with the class methods: ``RecoveryTarget.time("2026-03-15 14:30+00")``.
-
-    Every kind but ``latest`` and ``immediate`` needs a value: an empty or blank one is a `ConfigurationError`,
-    never a recovery to the end of the archive (that is asked for with ``RecoveryTarget.latest()``).
-    """
-
-    kind: TargetKind = attrs.field(validator=_one_of(get_args(TargetKind)))
-    value: str | None = attrs.field(default=None, validator=_check_value)
-    inclusive: bool = True
-    action: Action = attrs.field(default="promote", validator=_one_of(get_args(Action)))
-    timeline: str = "latest"
-
-    @classmethod
-    def time(cls, when: datetime | str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
-        return cls(kind="time", value=_aware(when).isoformat(), inclusive=inclusive, action=action)
-
-    @classmethod
-    def xid(cls, xid: int | str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
-        xid = _given(str(xid), "xid")
-        if not xid.isdigit():
-            raise ConfigurationError(f"target xid {xid!r} is not a transaction id (a positive integer)")
-        return cls(kind="xid", value=str(xid), inclusive=inclusive, action=action)
-
-    @classmethod
-    def name(cls, name: str, *, action: Action = "promote") -> RecoveryTarget:
-        """A restore point (``pg_create_restore_point``), matched exactly as given."""
-        _given(name, "restore point name")
-        return cls(kind="name", value=name, action=action)
-
-    @classmethod
-    def lsn(cls, lsn: str, *, inclusive: bool = True, action: Action = "promote") -> RecoveryTarget:
-        lsn = _given(lsn, "LSN")
-        try:
-            lsn_value(lsn)
-        except ValueError:
-            raise ConfigurationError(f"target LSN {lsn!r} is not of the form X/Y (hexadecimal)") from None
-        return cls(kind="lsn", value=lsn.upper(), inclusive=inclusive, action=action)
-
-    @classmethod
-    def immediate(cls, *, action: Action = "promote") -> RecoveryTarget:
-        """Stop as soon as the base backup is consistent."""
-        return cls(kind="immediate", action=action)
-
-    @classmethod
-    def latest(cls) -> RecoveryTarget:
-        """Replay everything the archive holds."""
-        return cls(kind="latest")
-
-    def with_timeline(self, timeline: str | int) -> RecoveryTarget:
-        """The same target on timeline ``latest``, ``current`` or a number."""
-        value = str(timeline)
-        if value not in ("latest", "current") and not value.isdigit():
-            raise ConfigurationError(f"target timeline {timeline!r}: use latest, current or a timeline number")
-        return attrs.evolve(self, timeline=value)
-
-    def settings(self) -> dict[str, str]:
-        """The recovery_target_* settings for postgresql.auto.conf."""
-        out = {"recovery_target_timeline": self.timeline}
-        if self.kind == "latest":
-            return out
-        if self.kind == "immediate":
-            out["recovery_target"] = "immediate"
-        else:
-            assert self.value is not None
-            out[f"recovery_target_{self.kind}"] = self.value
-            if self.kind != "name":
-                out["recovery_target_inclusive"] = "on" if self.inclusive else "off"
-        out["recovery_target_action"] = self.action
-        return out
-
-    def describe(self) -> str:
-        if self.kind in ("latest", "immediate"):
-            return self.kind
-        return f"{self.kind} {self.value}" + ("" if self.inclusive or self.kind == "name" else " (exclusive)")
-
-
-@attrs.frozen(kw_only=True)
-class RecoveryResult:
-    """What a recovery reached, and how long it took (the recovery time, for RTO reporting).
-
-    ``incident`` is the record of the run (see `Incident`); ``incident_key`` where it was stored in the
-    repository (None when it could not be written there: the recovery itself is not failed for that).
-
-    The recovered server is left running (unless ``run(keep_running=False)`` or a ``shutdown`` action):
-    ``cluster`` is it as a `LocalCluster` (connect, query, promote), ``stop()`` stops it, and the result is a
-    context manager that stops it on leaving the block. Stopping never removes the data directory:
-
-    >>> with plan.run("/srv/restore") as result:                                     # doctest: +SKIP
-    ...     print(result.cluster.query("select count(*) from orders", dbname="shop"))
-    """
-
-    backup_id: str
-    target: str
-    pgdata: str
-    port: int
-    state: str  # promoted, paused, shut down
-    end_lsn: str | None
-    timeline: int | None
-    last_transaction_time: str | None
-    restore_seconds: float
-    recovery_seconds: float
-    wal_restored: int = 0
-    incident: Incident | None = None
-    incident_key: str | None = None
-    _cluster: LocalCluster | None = attrs.field(default=None, alias="cluster", repr=False, eq=False)
-
-    @property
-    def cluster(self) -> LocalCluster:
-        """The recovered server (running or not) as a `LocalCluster`, on ``port``."""
-        return self._cluster if self._cluster is not None else LocalCluster(data_dir=Path(self.pgdata), port=self.port)
-
-    def stop(self, mode: str = "fast") -> None:
-        """Stop the recovered server (a no-op when it is not running); its data directory stays."""
-        self.cluster.stop(mode=mode)
-
-    def __enter__(self) -> RecoveryResult:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self, filter=lambda a, _: a.name != "_cluster")
-
-
-@attrs.frozen(kw_only=True)
-class IncidentStep:
-    """One step of a recovery, with when it ended."""
-
-    at: datetime
-    step: str
-    detail: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class Incident:
-    """The record of one recovery, for the incident report: what was asked, what was used, what came back, and
-    the timeline of steps. Stored as JSON under ``incidents/`` in the repository."""
-
-    id: str
-    host: str
-    target: str
-    backup_id: str
-    backup_finished_at: datetime
-    pgdata: str
-    started_at: datetime
-    finished_at: datetime
-    state: str
-    end_lsn: str | None
-    timeline: int | None
-    last_transaction_time: str | None
-    wal_restored: int
-    first_wal: str | None
-    last_wal: str | None
-    restore_seconds: float
-    recovery_seconds: float
-    steps: tuple[IncidentStep, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        def value(_: Any, __: Any, v: Any) -> Any:
-            return v.isoformat() if isinstance(v, datetime) else v
-
-        return attrs.asdict(self, value_serializer=value)
 
 
 class RecoveryPlan:
@@ -342,18 +139,24 @@ class RecoveryPlan:
             if not self._on_target_timeline(m):
                 raise TargetUnreachable(
                     f"backup {m.id} (timeline {self._phys(m).timeline}) is not on the history of target timeline "
-                    f"{self.target.timeline}: choose a backup of that timeline or its ancestors"
+                    f"{self.target.timeline}: choose a backup of that timeline or its ancestors",
+                    backup_id=m.id,
+                    target=self.target.describe(),
                 )
             return m
         backups = [m for m in self.repo.backups("base") if m.physical is not None]
         if not backups:
-            raise TargetUnreachable(f"no base backup in {self.repo.display_url}: take one with BaseBackup first")
+            raise TargetUnreachable(
+                f"no base backup in {self.repo.display_url}: take one with BaseBackup first",
+                target=self.target.describe(),
+            )
         t = self.target
         on_history = [m for m in backups if self._on_target_timeline(m)]
         if not on_history:
             raise TargetUnreachable(
                 f"no base backup in {self.repo.display_url} lies on the history of target timeline {t.timeline} "
-                "(each was taken on another timeline, or after that timeline branched off): choose another timeline"
+                "(each was taken on another timeline, or after that timeline branched off): choose another timeline",
+                target=t.describe(),
             )
         backups = on_history
         if t.kind in ("latest", "immediate"):
@@ -365,7 +168,9 @@ class RecoveryPlan:
             oldest = backups[0]
             raise TargetUnreachable(
                 f"target {t.describe()} is before the end of the oldest base backup {oldest.id} "
-                f"({self._end_point(oldest)}): nothing in {self.repo.display_url} can recover to it"
+                f"({self._end_point(oldest)}): nothing in {self.repo.display_url} can recover to it",
+                backup_id=oldest.id,
+                target=t.describe(),
             )
         return fits[-1]
 
@@ -376,13 +181,11 @@ class RecoveryPlan:
     def _history(self, timeline: int) -> list[HistoryEntry] | None:
         """``timeline``'s history entries as archived (None when its history file is not in the archive)."""
         if timeline not in self._histories:
-            from ..wal.archiver import WalArchiver
-
-            archiver = WalArchiver(self.repo)
-            if timeline > 1 and not archiver.objects(history_name(timeline)):
+            index = WalIndex(self.repo)
+            if timeline > 1 and not index.objects(history_name(timeline)):
                 self._histories[timeline] = None
             else:  # a damaged history file raises: never follow another timeline than the archive says
-                self._histories[timeline] = archiver.history(timeline)
+                self._histories[timeline] = index.history(timeline)
         return self._histories[timeline]
 
     def _target_timeline(self, m: BackupManifest) -> int:
@@ -405,7 +208,7 @@ class RecoveryPlan:
         switch = next(
             (e.switch_lsn for e in self._history(target_tli) or [] if e.parent_timeline == phys.timeline), None
         )
-        return switch is not None and lsn_value(phys.stop_lsn) <= parse_lsn(switch)
+        return switch is not None and parse_lsn(phys.stop_lsn) <= parse_lsn(switch)
 
     def _end_point(self, m: BackupManifest) -> str:
         t = self.target
@@ -421,57 +224,64 @@ class RecoveryPlan:
         if t.kind == "time":
             return m.finished_at <= datetime.fromisoformat(t.value)
         if t.kind == "lsn":
-            return lsn_value(phys.stop_lsn) <= lsn_value(t.value)
+            return parse_lsn(phys.stop_lsn) <= parse_lsn(t.value)
         if t.kind == "xid":
             return phys.next_xid is not None and phys.next_xid <= int(t.value)
         return True
 
     def _check_before_target(self, m: BackupManifest) -> None:
         if m.physical is None:
-            raise ConfigurationError(f"backup {m.id} is not a base backup")
+            raise ConfigurationError(f"backup {m.id} is not a base backup", backup_id=m.id)
         if self.target.kind in ("time", "lsn", "xid") and not self._ends_before_target(m):
             raise TargetUnreachable(
                 f"target {self.target.describe()} is before the end of backup {m.id} ({self._end_point(m)}): "
-                "choose an older backup or a later target"
+                "choose an older backup or a later target",
+                backup_id=m.id,
+                target=self.target.describe(),
             )
 
     def validate(self) -> None:
         """Raise `TargetUnreachable` or `WalGap` (naming the missing segment) unless the target is reachable."""
-        from ..wal.archiver import WalArchiver
-
         t, phys = self.target, self._phys(self.backup)
         if t.kind == "time" and t.value is not None and datetime.fromisoformat(t.value) > datetime.now(UTC):
-            raise TargetUnreachable(f"target time {t.value} is in the future")
-        archiver = WalArchiver(self.repo)
+            raise TargetUnreachable(f"target time {t.value} is in the future", target=t.describe())
+        archive = WalIndex(self.repo)
+        fields = {"backup_id": self.backup.id, "target": t.describe()}
         last = None
         if t.kind == "lsn" and t.value is not None:
-            last = wal_file_name(phys.timeline, t.value, phys.wal_segment_size)
+            last = segment_for_lsn(t.value, phys.timeline, phys.wal_segment_size)
         elif t.kind == "immediate":
             last = phys.stop_wal
         # along the timeline recovery will follow ("latest" resolved now: the segment holding an LSN on a newer
         # timeline is not on the backup's, and the backup's timeline may end before it)
         follow = self._target_timeline(self.backup)
         if t.timeline == "latest":  # a newer timeline whose history file is gone would be passed over silently
-            for tli in archiver.timelines():
-                if tli > follow and not archiver.objects(history_name(tli)):
+            for tli in archive.timelines():
+                if tli > follow and not archive.objects(history_name(tli)):
                     raise WalGap(
                         f"{history_name(tli)} is missing from {self.repo.display_url}: timeline {tli} holds WAL that "
-                        f"recovery cannot follow without it; put the file back, or choose target timeline {follow}"
+                        f"recovery cannot follow without it; put the file back, or choose target timeline {follow}",
+                        key=history_name(tli),
+                        **fields,
                     )
         if last is not None:
             last = f"{follow:08X}{last[8:]}"
-        missing = archiver.missing(phys.start_wal, last, timeline=follow)
+        missing = archive.missing(phys.start_wal, last, timeline=follow)
         if missing:
             raise WalGap(
                 f"WAL segment {missing[0]} is missing from {self.repo.display_url}"
                 + (f" ({len(missing)} missing in all)" if len(missing) > 1 else "")
                 + f": recovery from backup {self.backup.id} cannot pass it; "
-                f"the latest reachable point is just before it"
+                f"the latest reachable point is just before it",
+                segment=missing[0],
+                **fields,
             )
-        archived = archiver.list_archived().get(phys.timeline, [])
+        archived = archive.list_archived().get(phys.timeline, [])
         if phys.stop_wal not in {n for n in archived}:
             raise WalGap(
-                f"WAL segment {phys.stop_wal}, needed to make backup {self.backup.id} consistent, is not archived"
+                f"WAL segment {phys.stop_wal}, needed to make backup {self.backup.id} consistent, is not archived",
+                segment=phys.stop_wal,
+                **fields,
             )
 
     # -- restoring and running ---------------------------------------------------------------------------------
@@ -502,43 +312,14 @@ class RecoveryPlan:
         archived. ``settings`` are written last (``postgresql.auto.conf``); an ``archive_mode`` among them that
         contradicts ``archive`` is refused (`ConfigurationError`, before anything is written).
         """
-        from ..wal.archiver import restore_command
-
         conf_extra = _archive_settings(archive, settings)
         self.validate()
         target = Path(pgdata).absolute()
         who = run_as if run_as is not None else default_run_as()
-        if target.exists() and any(target.iterdir()) and not delta:
-            if not overwrite:
-                raise ConfigurationError(
-                    f"{target} is not empty: choose an empty directory, or pass overwrite=True (empty it) or "
-                    "delta=True (rewrite only the files that differ)"
-                )
-            for child in target.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-        created = not target.exists()
-        try:
-            target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise ConfigurationError(
-                f"cannot create {target}: {e.strerror or e}: choose a writable directory"
-            ) from None
+        created = _prepare_directory(target, overwrite=overwrite, delta=delta)
         try:
             restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
-            for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
-                (target / leftover).unlink(missing_ok=True)
-            cluster = LocalCluster(data_dir=target, run_as=who)
-            # a backup of a cluster that was itself recovered carries that recovery's target in postgresql.auto.conf:
-            # drop every recovery_target* setting first, or PostgreSQL sees two targets (or stops at the old one)
-            conf: dict[str, object | None] = dict.fromkeys(_TARGET_SETTINGS)
-            conf["restore_command"] = restore_command(self.repo.url, self.python, key_file=self._key_file())
-            conf.update(self.target.settings())
-            conf.update(conf_extra)
-            cluster.configure(**conf)
-            (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
+            self._configure(target, who, conf_extra, standby=standby)
             spaces = [
                 Path((tablespace_map or {}).get(o, loc)) for o, loc in self._phys(self.backup).tablespaces.items()
             ]
@@ -551,10 +332,26 @@ class RecoveryPlan:
                     f"restoring backup {self.backup.id} into {target} failed: {e.strerror or e}"
                     + (f" ({e.filename})" if e.filename else "")
                     + ("" if delta else "; what was written is removed")
-                    + ": free space there or choose another directory"
+                    + ": free space there or choose another directory",
+                    backup_id=self.backup.id,
+                    path=e.filename if isinstance(e.filename, str) else target,
                 ) from None
             raise
         return target
+
+    def _configure(self, target: Path, who: str | None, conf_extra: dict[str, object], *, standby: bool) -> None:
+        """Configure the restored ``target`` for recovery: restore_command, the target, the signal file."""
+        for leftover in ("postmaster.pid", "recovery.signal", "standby.signal"):
+            (target / leftover).unlink(missing_ok=True)
+        cluster = LocalCluster(data_dir=target, run_as=who)
+        # a backup of a cluster that was itself recovered carries that recovery's target in postgresql.auto.conf:
+        # drop every recovery_target* setting first, or PostgreSQL sees two targets (or stops at the old one)
+        conf: dict[str, object | None] = dict.fromkeys(_TARGET_SETTINGS)
+        conf["restore_command"] = restore_command(self.repo.url, self.python, key_file=self._key_file())
+        conf.update(self.target.settings())
+        conf.update(conf_extra)
+        cluster.configure(**conf)
+        (target / ("standby.signal" if standby else "recovery.signal")).touch(mode=0o600)
 
     def _key_file(self) -> str | None:
         """How the recovering server's restore_command gets an encrypted repository's key: its file's path on the
@@ -599,27 +396,28 @@ class RecoveryPlan:
 
         The run is recorded as an `Incident` (the timeline of its steps, the backup used, the WAL replayed, the
         position reached, the recovery time), returned in the result and, with ``record_incident``, stored as
-        ``incidents/<id>.json`` in the repository."""
-        import psycopg
-
+        ``incidents/<id>.json`` in the repository. The steps, in order, are in `pgrecovery.recovery.run`."""
         if not restore and (archive or settings):
             raise ConfigurationError(
                 "archive= and settings= apply when run() restores: with restore=False pass them to restore()"
             )
         _archive_settings(archive, settings)  # a contradiction is refused before anything is written
-
-        started_at = datetime.now(UTC)
-        steps: list[IncidentStep] = []
-
-        def step(what: str, detail: str = "") -> None:
-            steps.append(IncidentStep(at=datetime.now(UTC), step=what, detail=detail))
-
-        step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
-        major = _major(self.backup.server_version)
-        if major is not None:  # before anything is written: this host must have the backup's server programs
-            from ..pgtools import find_tool
-
-            find_tool("pg_ctl", major=major)
+        journal = Journal()
+        run = RecoveryRun(
+            repo=self.repo,
+            backup=self.backup,
+            target=self.target,
+            pgdata=pgdata,
+            major=server_major(self.backup.server_version),
+            port=port or 0,
+            ports=ports,
+            timeout=timeout,
+            keep_running=keep_running,
+            record_incident=record_incident,
+        )
+        journal.step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
+        if run.major is not None:  # before anything is written: this host must have the backup's server programs
+            find_tool("pg_ctl", major=run.major)
         t0 = time.monotonic()
         if restore:
             self.restore(
@@ -631,123 +429,5 @@ class RecoveryPlan:
                 tablespace_map=tablespace_map,
                 progress=progress,
             )
-            step("restore", f"base backup {self.backup.id} restored into {Path(pgdata).absolute()}")
-        restored = time.monotonic() - t0
-        t1 = time.monotonic()
-        cluster = LocalCluster(data_dir=Path(pgdata), port=port or 0, ports=ports, major=major)
-        action = self.target.action if self.target.kind != "latest" else "promote"
-        try:
-            cluster.start(timeout=int(timeout))
-        except ClusterError as e:
-            log = cluster.log_file.read_text(errors="replace") if cluster.log_file and cluster.log_file.exists() else ""
-            # with action=shutdown the server may reach the target and stop before pg_ctl sees it ready
-            if not (action == "shutdown" and "recovery stopping" in log and not cluster.is_running()):
-                raise self._failure(str(e)) from None
-        deadline = time.monotonic() + timeout
-        state = ""
-        while time.monotonic() < deadline:
-            if not cluster.is_running():
-                if action == "shutdown":
-                    state = "shut down"
-                    break
-                raise self._failure(cluster.log_tail())
-            try:
-                with psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn:
-                    row = conn.execute("select pg_is_in_recovery()").fetchone()
-                    in_recovery = bool(row and row[0])
-                    pause = ""
-                    if in_recovery and action == "pause":  # the pause state exists only during recovery
-                        row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
-                        pause = str(row[0]) if row else ""
-            except psycopg.OperationalError:
-                time.sleep(0.1)
-                continue
-            if not in_recovery:
-                state = "promoted"
-                break
-            if action == "pause" and pause == "paused":
-                state = "paused"
-                break
-            time.sleep(0.1)
-        else:
-            raise TargetUnreachable(f"recovery did not reach {self.target.describe()} within {timeout:.0f} s")
-        recovered = time.monotonic() - t1
-        wal = _restored_wal(cluster)
-        step(
-            "replay", f"{len(wal)} WAL file(s) restored from the archive" + (f", {wal[0]} .. {wal[-1]}" if wal else "")
-        )
-        end_lsn = timeline = last_time = None
-        if state != "shut down":
-            with psycopg.connect(cluster.conninfo(), autocommit=True) as conn:
-                row = conn.execute(
-                    "select coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, "
-                    "(select timeline_id from pg_control_checkpoint()), pg_last_xact_replay_timestamp()::text"
-                ).fetchone()
-            if row:
-                end_lsn, timeline, last_time = row[0], int(row[1]), row[2]
-            if not keep_running:
-                cluster.stop()
-        step(state, f"at {end_lsn} on timeline {timeline}" if end_lsn else "")
-        incident = Incident(
-            id=f"{started_at:%Y%m%dT%H%M%SZ}-recovery",
-            host=socket.gethostname(),
-            target=self.target.describe(),
-            backup_id=self.backup.id,
-            backup_finished_at=self.backup.finished_at,
-            pgdata=str(Path(pgdata).absolute()),
-            started_at=started_at,
-            finished_at=datetime.now(UTC),
-            state=state,
-            end_lsn=end_lsn,
-            timeline=timeline,
-            last_transaction_time=last_time,
-            wal_restored=len(wal),
-            first_wal=wal[0] if wal else None,
-            last_wal=wal[-1] if wal else None,
-            restore_seconds=round(restored, 3),
-            recovery_seconds=round(recovered, 3),
-            steps=tuple(steps),
-        )
-        return RecoveryResult(
-            backup_id=self.backup.id,
-            target=self.target.describe(),
-            pgdata=str(Path(pgdata).absolute()),
-            port=cluster.port,
-            state=state,
-            end_lsn=end_lsn,
-            timeline=timeline,
-            last_transaction_time=last_time,
-            restore_seconds=round(restored, 3),
-            recovery_seconds=round(recovered, 3),
-            wal_restored=len(wal),
-            incident=incident,
-            incident_key=self._record(incident) if record_incident else None,
-            cluster=cluster,
-        )
-
-    def _record(self, incident: Incident) -> str | None:
-        """Store the incident record in the repository; a failure here is logged, not raised."""
-        import json
-
-        key = f"incidents/{incident.id}.json"
-        text = json.dumps(incident.to_dict(), indent=2, sort_keys=True).encode()
-        for n in range(100):
-            candidate = key if n == 0 else f"incidents/{incident.id}-{n}.json"
-            try:
-                self.repo.put_bytes(candidate, text)
-                return candidate
-            except AlreadyExists:
-                continue
-            except PgRecoveryError as e:
-                log.warning("could not store the incident record in %s: %s", self.repo.display_url, e)
-                return None
-        return None
-
-    def _failure(self, log: str) -> TargetUnreachable:
-        if "recovery ended before configured recovery target was reached" in log:
-            return TargetUnreachable(
-                f"the archive ends before {self.target.describe()}: recovery from {self.backup.id} replayed "
-                f"everything archived without reaching it{log}"
-            )
-        sep = "" if log.startswith("\n") else ": "
-        return TargetUnreachable(f"recovery to {self.target.describe()} failed{sep}{log}")
+            journal.step("restore", f"base backup {self.backup.id} restored into {run.pgdata}")
+        return recover(run, journal, time.monotonic() - t0)

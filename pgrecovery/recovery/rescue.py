@@ -19,68 +19,31 @@ in the repository, and it is stopped and deleted afterwards whatever happens (an
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
 
 from .. import pgtools
-from ..cluster import LocalCluster, _owner_ids, default_run_as
-from ..errors import (
-    ClusterError,
-    ConfigurationError,
-    DatabaseError,
-    PgRecoveryError,
-    RestoreError,
-    ToolFailed,
-    ToolNotFound,
-)
+from ..cluster import LocalCluster
+from ..errors import ConfigurationError, DatabaseError, RestoreError
+from ..logical.backup import LogicalBackup
 from ..logical.restore import LogicalRestore, require_dbname
-from .plan import RecoveryPlan, RecoveryResult, RecoveryTarget
-
-if TYPE_CHECKING:
-    import psycopg
-
-    from ..repository import Repository
+from ..repository import Repository
+from .sandbox import Sandbox, connect_utf8, sandbox_at, workdir_error
+from .target import RecoveryTarget
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 OnConflict = Literal["error", "skip"]
 
-# The sandbox must never write into the production archive: archiving off (RecoveryPlan.run(archive=False)), and
-# no command to run if it were turned on.
-SANDBOX_SETTINGS: dict[str, object] = {"archive_command": "", "hot_standby": "on"}
 _MAX_IDENT = 63  # PostgreSQL's identifier length (NAMEDATALEN - 1)
 _COPY_CHUNK = 1 << 20
-
-
-def _workdir_error(workdir: str | None, e: OSError) -> ConfigurationError:
-    """One line naming the directory a sandbox could not be made in, and the fix."""
-    where = workdir if workdir is not None else tempfile.gettempdir()
-    return ConfigurationError(
-        f"cannot create the sandbox's directory in {where}: {e.strerror or e}; choose a directory you can write "
-        "to, with room for a copy of the cluster (--workdir DIR, workdir=)"
-    )
-
-
-def _check_reachable(base: Path, who: str, workdir: str | None) -> None:
-    """As root, the server runs as ``who``: it must reach the sandbox's directory through every parent."""
-    try:
-        pgtools.run(["test", "-w", str(base)], run_as=who, cwd="/", what="test", timeout=60)
-    except (ToolFailed, ToolNotFound):
-        where = workdir if workdir is not None else tempfile.gettempdir()
-        raise ConfigurationError(
-            f"PostgreSQL's OS user {who!r} cannot reach {where} (the sandbox's server runs as {who}): choose a "
-            f"directory whose every parent {who} can enter (--workdir DIR, workdir=)"
-        ) from None
 
 
 def _split_table(table: str) -> tuple[str, str]:
@@ -99,153 +62,6 @@ def default_new_name(table: str, target: RecoveryTarget) -> str:
     else:
         suffix = "_recovered"
     return name[: _MAX_IDENT - len(suffix)] + suffix
-
-
-def _sandbox_target(target: RecoveryTarget) -> RecoveryTarget:
-    """The same target, paused there when PostgreSQL allows it (a target of ``latest`` always promotes)."""
-    if target.kind == "latest":
-        return target
-    return attrs.evolve(target, action="pause")
-
-
-# -- the sandbox ---------------------------------------------------------------------------------------------------
-
-
-class Sandbox:
-    """A throwaway cluster recovered from ``repo`` to ``target``, for reading the past.
-
-    Use it as a context manager; entering yields the running `LocalCluster`, leaving stops it and removes its
-    directory (also on errors and KeyboardInterrupt):
-
-    >>> with Sandbox(repo, RecoveryTarget.name("before_upgrade")) as pg:                  # doctest: +SKIP
-    ...     print(pg.query("select count(*) from orders", dbname="shop"))
-
-    The plan (which base backup, whether the archive reaches the target) is made when the object is built, so a
-    target that cannot be reached is refused before anything is restored. ``state`` says how the sandbox ended
-    up: ``paused`` at the target, or ``promoted`` (see the module's notes). ``workdir`` holds the sandbox's
-    directory (default: the system's temporary directory; when running as root, PostgreSQL's OS user must be
-    able to reach it). ``python`` is the interpreter restore_command runs (default: this one).
-    """
-
-    def __init__(
-        self,
-        repo: Repository,
-        target: RecoveryTarget | None = None,
-        *,
-        backup_id: str | None = None,
-        workdir: str | os.PathLike[str] | None = None,
-        python: str | None = None,
-        timeout: float = 600,
-    ) -> None:
-        self.repo = repo
-        self.requested = target or RecoveryTarget.latest()
-        self.target = _sandbox_target(self.requested)
-        self.plan = RecoveryPlan(repo, self.target, backup_id=backup_id, python=python)
-        self.workdir = os.fspath(workdir) if workdir is not None else None
-        self.timeout = timeout
-        self.base: Path | None = None
-        self.cluster: LocalCluster | None = None
-        self.result: RecoveryResult | None = None
-        self.state: str | None = None  # paused (at the target) or promoted (see start)
-
-    @property
-    def backup_id(self) -> str:
-        return self.plan.backup.id
-
-    def start(self) -> LocalCluster:
-        """Restore the base backup, replay WAL up to the target, and return the running cluster (paused there, or
-        promoted: see `state`)."""
-        if self.base is not None:
-            raise ClusterError("this sandbox is already started: use a new Sandbox for another target")
-        try:
-            base = Path(tempfile.mkdtemp(prefix="pgrecovery-sandbox-", dir=self.workdir))
-        except OSError as e:
-            raise _workdir_error(self.workdir, e) from None
-        self.base = base
-        try:
-            who = default_run_as()
-            ids = _owner_ids(who)  # as root: the server's OS user must own the data dir's parent
-            if ids is not None:
-                os.chown(base, *ids)
-            base.chmod(0o700)
-            if who is not None:
-                _check_reachable(base, who, self.workdir)
-            log.info("sandbox: recovering %s to %s in %s", self.plan.backup.id, self.target.describe(), base)
-            result = self.plan.run(
-                base / "data",
-                archive=False,
-                settings=dict(SANDBOX_SETTINGS),
-                record_incident=False,
-                timeout=self.timeout,
-            )
-            self.result = result
-            self.state = result.state
-            cluster = result.cluster
-            self.cluster = cluster
-            if result.state == "paused" and _startup_locks(cluster):
-                # The target lies inside a transaction that holds ACCESS EXCLUSIVE locks (a DROP TABLE, a
-                # TRUNCATE, an ALTER TABLE not committed yet at the target): replay holds them while paused and
-                # every read of those tables would wait forever. Promoting ends recovery, which aborts that
-                # transaction and releases them; the new timeline stays here (archive_mode is off).
-                log.info("sandbox: the target is inside a transaction holding exclusive locks: promoting it")
-                cluster.promote(wait=True, timeout=int(self.timeout))
-                cluster.wait_ready(timeout=self.timeout)
-                self.state = "promoted"
-        except BaseException:
-            self.close()
-            raise
-        return cluster
-
-    def close(self) -> None:
-        """Stop the server (immediately: nothing in it is kept), wait for a WAL prefetcher, remove the directory."""
-        base, self.base, self.cluster = self.base, None, None
-        if base is None:
-            return
-        from .._spool import SPOOL_NAME
-        from ..wal.archiver import WalArchiver
-
-        data = base / "data"
-        server = LocalCluster(data_dir=data, log_file=base / "data.log")
-        try:
-            if server.is_running():
-                server.stop(mode="immediate")
-        except (PgRecoveryError, OSError) as e:
-            log.warning("could not stop the sandbox server in %s: %s", data, e)
-        with contextlib.suppress(PgRecoveryError, OSError):
-            WalArchiver(self.repo).wait_for_prefetch(data / SPOOL_NAME, timeout=60)
-        shutil.rmtree(base, ignore_errors=True)
-        log.info("sandbox %s removed", base)
-
-    def __enter__(self) -> LocalCluster:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _startup_locks(cluster: LocalCluster) -> int:
-    """How many ACCESS EXCLUSIVE locks WAL replay holds (for transactions still open at the target)."""
-    with _connect(cluster.conninfo(), "the sandbox", autocommit=True) as conn:
-        row = conn.execute(
-            "select count(*) from pg_locks l join pg_stat_activity a on a.pid = l.pid "
-            "where a.backend_type = 'startup' and l.mode = 'AccessExclusiveLock' and l.granted"
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
-@contextlib.contextmanager
-def sandbox_at(
-    repo: Repository,
-    target: RecoveryTarget | None = None,
-    *,
-    backup_id: str | None = None,
-    workdir: str | os.PathLike[str] | None = None,
-    python: str | None = None,
-    timeout: float = 600,
-) -> Iterator[LocalCluster]:
-    """A running `LocalCluster` recovered from ``repo`` to ``target`` (see `Sandbox`), removed on exit."""
-    with Sandbox(repo, target, backup_id=backup_id, workdir=workdir, python=python, timeout=timeout) as cluster:
-        yield cluster
 
 
 # -- results -------------------------------------------------------------------------------------------------------
@@ -307,19 +123,9 @@ class TableRescue:
 # -- helpers -------------------------------------------------------------------------------------------------------
 
 
-def _connect(conninfo: str, what: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[Any, ...]]:
-    import psycopg
-
-    try:
-        return psycopg.connect(conninfo, autocommit=autocommit, client_encoding="UTF8", connect_timeout=30)
-    except psycopg.Error as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DatabaseError(f"cannot connect to {what} ({pgtools.describe(conninfo)}): {first}") from None
-
-
 def _check_database(cluster: LocalCluster, dbname: str, target: str) -> None:
     """Refuse a database the sandbox does not have (it did not exist at the target), listing the ones it has."""
-    with _connect(cluster.conninfo(), "the sandbox", autocommit=True) as conn:
+    with connect_utf8(cluster.conninfo(), "the sandbox", autocommit=True) as conn:
         names = [r[0] for r in conn.execute("select datname from pg_database where datallowconn order by 1")]
     if dbname not in names:
         raise ConfigurationError(
@@ -333,7 +139,7 @@ def _live_columns(into: str, schema: str, name: str) -> dict[str, bool]:
     import psycopg
     from psycopg import sql
 
-    with _connect(into, "the live database", autocommit=True) as conn:
+    with connect_utf8(into, "the live database", autocommit=True) as conn:
         try:
             qualified = sql.Identifier(schema, name).as_string(conn)
             row = conn.execute("select to_regclass(%s)::oid", (qualified,)).fetchone()
@@ -381,7 +187,7 @@ def _select(
     """Run ``query`` read-only in the sandbox: (column names, Python rows, raw text rows)."""
     import psycopg
 
-    with _connect(cluster.conninfo(dbname), f"database {dbname!r} in the sandbox") as conn:
+    with connect_utf8(cluster.conninfo(dbname), f"database {dbname!r} in the sandbox") as conn:
         conn.read_only = True
         try:
             cur = conn.execute(query, params)
@@ -414,7 +220,7 @@ def _insert(
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     table = sql.Identifier(schema, name)
     scratch = sql.Identifier("pgrecovery_rescued_rows")
-    with _connect(into, "the live database") as conn:
+    with connect_utf8(into, "the live database") as conn:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
@@ -441,6 +247,21 @@ def _insert(
             raise DatabaseError(
                 f"inserting the rescued rows into {schema}.{name} failed, nothing was inserted: {e}"
             ) from None
+
+
+def _insert_columns(columns: Sequence[str], live: dict[str, bool], table: str) -> list[int]:
+    """Which of the rescue query's ``columns`` are inserted into the live ``table`` (by position): all but the
+    generated ones. A column named twice, or one the live table lacks, is refused."""
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise ConfigurationError(f"the rescue query returns column(s) {', '.join(dupes)} twice: alias them")
+    unknown = [c for c in columns if c not in live]
+    if unknown:
+        raise ConfigurationError(
+            f"column(s) {', '.join(unknown)} of the rescue query do not exist in {table}: select only "
+            "the table's columns, or rename them with AS to the live table's column names"
+        )
+    return [i for i, c in enumerate(columns) if not live[c]]
 
 
 # -- the rescues ---------------------------------------------------------------------------------------------------
@@ -491,16 +312,7 @@ def recover_rows(
     sandbox_seconds = time.monotonic() - t1  # restored, replayed, queried and removed
     inserted = 0
     if into is not None:
-        dupes = sorted({c for c in columns if columns.count(c) > 1})
-        if dupes:
-            raise ConfigurationError(f"the rescue query returns column(s) {', '.join(dupes)} twice: alias them")
-        unknown = [c for c in columns if c not in live]
-        if unknown:
-            raise ConfigurationError(
-                f"column(s) {', '.join(unknown)} of the rescue query do not exist in {schema}.{name}: select only "
-                "the table's columns, or rename them with AS to the live table's column names"
-            )
-        keep = [i for i, c in enumerate(columns) if not live[c]]
+        keep = _insert_columns(columns, live, f"{schema}.{name}")
         if rows:
             inserted = _insert(
                 into,
@@ -535,7 +347,7 @@ def _refuse_existing(into: str, schema: str, name: str) -> None:
     import psycopg
     from psycopg import sql
 
-    with _connect(into, "the live database", autocommit=True) as conn:
+    with connect_utf8(into, "the live database", autocommit=True) as conn:
         try:
             has_schema = conn.execute("select 1 from pg_namespace where nspname = %s", (schema,)).fetchone()
             qualified = sql.Identifier(schema, name).as_string(conn)
@@ -576,9 +388,6 @@ def recover_table(
     and indexes (loaded through a scratch database on the live server, so the user of ``into`` needs CREATEDB);
     under its own name (a dropped table, ``new_name`` = its name) everything that hangs off it.
     """
-    from ..logical.backup import LogicalBackup
-    from ..repository import Repository
-
     t0 = time.monotonic()
     schema, name = _split_table(table)
     final = new_name or default_new_name(name, target)
@@ -590,7 +399,7 @@ def recover_table(
     try:
         scratch = tempfile.TemporaryDirectory(prefix="pgrecovery-rescue-", dir=sandbox.workdir)
     except OSError as e:
-        raise _workdir_error(sandbox.workdir, e) from None
+        raise workdir_error(sandbox.workdir, e) from None
     with scratch as tmp:
         dump_repo = Repository(f"file://{tmp}/dump")
         t1 = time.monotonic()
@@ -624,7 +433,7 @@ def recover_table(
 def _check_table(source: str, schema: str, name: str, dbname: str, target: str) -> None:
     from psycopg import sql
 
-    with _connect(source, f"database {dbname!r} in the sandbox", autocommit=True) as conn:
+    with connect_utf8(source, f"database {dbname!r} in the sandbox", autocommit=True) as conn:
         found = conn.execute("select to_regclass(%s)", (sql.Identifier(schema, name).as_string(conn),)).fetchone()
     if found is None or found[0] is None:
         raise RestoreError(

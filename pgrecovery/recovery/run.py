@@ -1,0 +1,319 @@
+"""Running a recovery: the run as data (`RecoveryRun`), then a small runner that starts the server, waits until
+the target is reached and its action applied, reads the position reached, and records the run as an `Incident`.
+
+`RecoveryPlan.run` decides everything first (the backup, the target, where and how the server runs), restores the
+data directory, then hands the `RecoveryRun` to `recover`. The order of a run:
+
+1. ``plan``: the target and the backup (the plan's choice), this host's server programs found for its major;
+2. ``restore``: the data directory materialised and configured (skipped when it was prepared beforehand);
+3. the server started; ``replay``: polled until it leaves recovery (``promote``), pauses (``pause``) or stops
+   (``shutdown``), within the timeout;
+4. the position reached read (unless it shut down), the server stopped unless kept running;
+5. the incident stored under ``incidents/`` (a failure to store it is logged, never fails the recovery).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._pgdb import connect
+from ..cluster import LocalCluster, port_choice
+from ..errors import AlreadyExists, ClusterError, PgRecoveryError, TargetUnreachable
+from ..manifest import BackupManifest
+from ..repository import Repository
+from .target import Action, RecoveryTarget
+
+log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
+
+
+def _restored_wal(cluster: LocalCluster) -> list[str]:
+    """The WAL files the server says it restored from the archive, in order (from its log)."""
+    if cluster.log_file is None or not cluster.log_file.exists():
+        return []
+    found = re.findall(r'restored log file "([0-9A-F]{24})" from archive', cluster.log_file.read_text(errors="replace"))
+    return list(dict.fromkeys(found))
+
+
+def server_major(server_version: str) -> int | None:
+    """The major version in a manifest's ``server_version`` ("15.18 (Debian ...)" -> 15), None if unknown."""
+    found = re.match(r"\s*(\d+)", server_version)
+    return int(found.group(1)) if found else None
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryResult:
+    """What a recovery reached, and how long it took (the recovery time, for RTO reporting).
+
+    ``incident`` is the record of the run (see `Incident`); ``incident_key`` where it was stored in the
+    repository (None when it could not be written there: the recovery itself is not failed for that).
+
+    The recovered server is left running (unless ``run(keep_running=False)`` or a ``shutdown`` action):
+    ``cluster`` is it as a `LocalCluster` (connect, query, promote), ``stop()`` stops it, and the result is a
+    context manager that stops it on leaving the block. Stopping never removes the data directory:
+
+    >>> with plan.run("/srv/restore") as result:                                     # doctest: +SKIP
+    ...     print(result.cluster.query("select count(*) from orders", dbname="shop"))
+    """
+
+    backup_id: str
+    target: str
+    pgdata: str
+    port: int
+    state: str  # promoted, paused, shut down
+    end_lsn: str | None
+    timeline: int | None
+    last_transaction_time: str | None
+    restore_seconds: float
+    recovery_seconds: float
+    wal_restored: int = 0
+    incident: Incident | None = None
+    incident_key: str | None = None
+    _cluster: LocalCluster | None = attrs.field(default=None, alias="cluster", repr=False, eq=False)
+
+    @property
+    def cluster(self) -> LocalCluster:
+        """The recovered server (running or not) as a `LocalCluster`, on ``port``."""
+        return self._cluster if self._cluster is not None else LocalCluster(data_dir=Path(self.pgdata), port=self.port)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the recovered server (a no-op when it is not running); its data directory stays."""
+        self.cluster.stop(mode=mode)
+
+    def __enter__(self) -> RecoveryResult:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self, filter=lambda a, _: a.name != "_cluster")
+
+
+@attrs.frozen(kw_only=True)
+class IncidentStep:
+    """One step of a recovery, with when it ended."""
+
+    at: datetime
+    step: str
+    detail: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Incident:
+    """The record of one recovery, for the incident report: what was asked, what was used, what came back, and
+    the timeline of steps. Stored as JSON under ``incidents/`` in the repository."""
+
+    id: str
+    host: str
+    target: str
+    backup_id: str
+    backup_finished_at: datetime
+    pgdata: str
+    started_at: datetime
+    finished_at: datetime
+    state: str
+    end_lsn: str | None
+    timeline: int | None
+    last_transaction_time: str | None
+    wal_restored: int
+    first_wal: str | None
+    last_wal: str | None
+    restore_seconds: float
+    recovery_seconds: float
+    steps: tuple[IncidentStep, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        def value(_: Any, __: Any, v: Any) -> Any:
+            return v.isoformat() if isinstance(v, datetime) else v
+
+        return attrs.asdict(self, value_serializer=value)
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).absolute()
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryRun:
+    """One recovery run, decided before anything is written: the backup and target (the plan's), the data
+    directory, where the server listens, how long to wait, and what to do afterwards."""
+
+    repo: Repository
+    backup: BackupManifest
+    target: RecoveryTarget
+    pgdata: Path = attrs.field(converter=_absolute)
+    major: int | None  # the backup's server major: this host's pg_ctl must be that one
+    port: int = 0  # 0: a free one (of ``ports`` when given)
+    ports: tuple[int, ...] | None = attrs.field(default=None, converter=port_choice)
+    timeout: float = 600
+    keep_running: bool = True
+    record_incident: bool = True
+
+    @property
+    def action(self) -> Action:
+        """What the server does at the target (``latest`` replays to the end, then promotes)."""
+        return self.target.action if self.target.kind != "latest" else "promote"
+
+
+@attrs.define
+class Journal:
+    """The steps of a run as they happen, for its `Incident`."""
+
+    started_at: datetime = attrs.field(factory=lambda: datetime.now(UTC))
+    steps: list[IncidentStep] = attrs.field(factory=list)
+
+    def step(self, what: str, detail: str = "") -> None:
+        self.steps.append(IncidentStep(at=datetime.now(UTC), step=what, detail=detail))
+
+
+@attrs.frozen(kw_only=True)
+class _Reached:
+    """Where a recovered server stands: its state and (unless it shut down) the position it reached."""
+
+    state: str
+    end_lsn: str | None = None
+    timeline: int | None = None
+    last_transaction_time: str | None = None
+
+
+def recover(run: RecoveryRun, journal: Journal, restore_seconds: float) -> RecoveryResult:
+    """Start the server on the prepared data directory of ``run``, wait for its target, and report (steps 3-5)."""
+    t1 = time.monotonic()
+    cluster = LocalCluster(data_dir=run.pgdata, port=run.port, ports=run.ports, major=run.major)
+    _start(run, cluster)
+    state = _wait_for_target(run, cluster)
+    recovered = time.monotonic() - t1
+    wal = _restored_wal(cluster)
+    journal.step(
+        "replay", f"{len(wal)} WAL file(s) restored from the archive" + (f", {wal[0]} .. {wal[-1]}" if wal else "")
+    )
+    reached = _Reached(state=state) if state == "shut down" else _position(cluster, state)
+    if state != "shut down" and not run.keep_running:
+        cluster.stop()
+    journal.step(state, f"at {reached.end_lsn} on timeline {reached.timeline}" if reached.end_lsn else "")
+    timing = {"restore_seconds": round(restore_seconds, 3), "recovery_seconds": round(recovered, 3)}
+    common: dict[str, Any] = {
+        "backup_id": run.backup.id,
+        "target": run.target.describe(),
+        "pgdata": str(run.pgdata),
+        "state": state,
+        "end_lsn": reached.end_lsn,
+        "timeline": reached.timeline,
+        "last_transaction_time": reached.last_transaction_time,
+        "wal_restored": len(wal),
+        **timing,
+    }
+    incident = Incident(
+        id=f"{journal.started_at:%Y%m%dT%H%M%SZ}-recovery",
+        host=socket.gethostname(),
+        backup_finished_at=run.backup.finished_at,
+        started_at=journal.started_at,
+        finished_at=datetime.now(UTC),
+        first_wal=wal[0] if wal else None,
+        last_wal=wal[-1] if wal else None,
+        steps=tuple(journal.steps),
+        **common,
+    )
+    return RecoveryResult(
+        **common,
+        port=cluster.port,
+        incident=incident,
+        incident_key=record_incident(run.repo, incident) if run.record_incident else None,
+        cluster=cluster,
+    )
+
+
+def _start(run: RecoveryRun, cluster: LocalCluster) -> None:
+    """Start the server; with action ``shutdown`` it may reach the target and stop before pg_ctl sees it ready."""
+    try:
+        cluster.start(timeout=int(run.timeout))
+    except ClusterError as e:
+        text = cluster.log_file.read_text(errors="replace") if cluster.log_file and cluster.log_file.exists() else ""
+        if not (run.action == "shutdown" and "recovery stopping" in text and not cluster.is_running()):
+            raise failure(run, str(e)) from None
+
+
+def _wait_for_target(run: RecoveryRun, cluster: LocalCluster) -> str:
+    """Poll the server until it is promoted, paused or shut down, as its action says; its state then."""
+    import psycopg
+
+    deadline = time.monotonic() + run.timeout
+    while time.monotonic() < deadline:
+        if not cluster.is_running():
+            if run.action == "shutdown":
+                return "shut down"
+            raise failure(run, cluster.log_tail())
+        try:  # psycopg directly: a server still starting refuses connections, and that is retried
+            with psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+                in_recovery = bool(row and row[0])
+                pause = ""
+                if in_recovery and run.action == "pause":  # the pause state exists only during recovery
+                    row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
+                    pause = str(row[0]) if row else ""
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+            continue
+        if not in_recovery:
+            return "promoted"
+        if run.action == "pause" and pause == "paused":
+            return "paused"
+        time.sleep(0.1)
+    raise TargetUnreachable(
+        f"recovery did not reach {run.target.describe()} within {run.timeout:.0f} s",
+        target=run.target.describe(),
+        backup_id=run.backup.id,
+    )
+
+
+def _position(cluster: LocalCluster, state: str) -> _Reached:
+    """The position a running recovered server reached: LSN, timeline, last replayed transaction's time."""
+    with connect(cluster.conninfo(), what="read the recovered position from") as conn:
+        row = conn.execute(
+            "select coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, "
+            "(select timeline_id from pg_control_checkpoint()), pg_last_xact_replay_timestamp()::text"
+        ).fetchone()
+    if not row:
+        return _Reached(state=state)
+    return _Reached(state=state, end_lsn=row[0], timeline=int(row[1]), last_transaction_time=row[2])
+
+
+def record_incident(repo: Repository, incident: Incident) -> str | None:
+    """Store the incident record in the repository (a free name under ``incidents/``); a failure here is logged,
+    not raised."""
+    key = f"incidents/{incident.id}.json"
+    text = json.dumps(incident.to_dict(), indent=2, sort_keys=True).encode()
+    for n in range(100):
+        candidate = key if n == 0 else f"incidents/{incident.id}-{n}.json"
+        try:
+            repo.put_bytes(candidate, text)
+            return candidate
+        except AlreadyExists:
+            continue
+        except PgRecoveryError as e:
+            log.warning("could not store the incident record in %s: %s", repo.display_url, e)
+            return None
+    return None
+
+
+def failure(run: RecoveryRun, text: str) -> TargetUnreachable:
+    """The error for a recovery that stopped short, from the server's log ``text``."""
+    fields = {"target": run.target.describe(), "backup_id": run.backup.id}
+    if "recovery ended before configured recovery target was reached" in text:
+        return TargetUnreachable(
+            f"the archive ends before {run.target.describe()}: recovery from {run.backup.id} replayed "
+            f"everything archived without reaching it{text}",
+            **fields,
+        )
+    sep = "" if text.startswith("\n") else ": "
+    return TargetUnreachable(f"recovery to {run.target.describe()} failed{sep}{text}", **fields)
