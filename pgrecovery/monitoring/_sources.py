@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .. import pgtools
+from .. import _walnames, pgtools
 from .._pgdb import connect, first_line
 from .._redact import redact
 from ..errors import DatabaseError
@@ -50,8 +50,6 @@ class _Server:
 
     def lag(self, now: datetime) -> tuple[timedelta | None, str]:
         """How long the oldest finished segment has waited to be archived, and how that was found."""
-        from .. import _walnames
-
         if self.ready_count is not None:
             if self.ready_count == 0 or self.oldest_ready is None:
                 return timedelta(0), "nothing waiting to be archived"
@@ -121,7 +119,6 @@ def _server(dbname: str) -> _Server:
 
 def _newest_wal(repo: Repository) -> tuple[str, datetime] | None:
     """The newest archived WAL segment (highest timeline, then name) and when it was stored."""
-    from .. import _walnames
     from ..wal.archiver import WalArchiver
 
     archiver = WalArchiver(repo)

@@ -20,7 +20,7 @@ import attrs
 
 from .. import pgtools
 from .._pgdb import connect, first_line
-from .._redact import redact
+from .._redact import redact, redact_url
 from ..errors import ConfigurationError, DatabaseError, PgRecoveryError
 from ._sql import DEFAULT_STATUS_TABLE, _table_name, check_function_sql, function_sql
 from .thresholds import Thresholds
@@ -47,8 +47,6 @@ def _kind(_instance: object, _attr: object, value: str) -> None:
 def _redact_path(value: str | None) -> str | None:
     if value is None:
         return None
-    from .._redact import redact_url
-
     return redact(redact_url(value))
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
+from .._redact import redact_url
 from ..errors import ConfigurationError
 from ._invalid import _Invalid, _unknown
 from .schedule import Schedule
@@ -230,8 +231,6 @@ class RepositoryRef:
 
     @property
     def display_url(self) -> str:
-        from .._redact import redact_url
-
         return redact_url(self.url)
 
     def open(self) -> Repository:

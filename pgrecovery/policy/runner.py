@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from .._redact import scrub
+from .._redact import redact_url, scrub
 from ..errors import ConfigurationError, PgRecoveryError
 from .jobs import BACKUP_KINDS, BackupPolicy, Job, RepositoryRef, _as_list, _backup_object
 from .results import JobRun, PolicyRun, Status
@@ -51,10 +51,6 @@ log = logging.getLogger(__package__)  # one logger per area, whichever module of
 
 def _fmt(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _safe(text: str) -> str:
-    return scrub(text)
 
 
 def _database_of(conninfo: str) -> str | None:
@@ -123,7 +119,7 @@ class _Run:
             try:
                 newest = self.newest_backup(job)
             except PgRecoveryError as e:
-                return verdict("due", f"never ran here, and the repository cannot be read: {_safe(str(e))}")
+                return verdict("due", f"never ran here, and the repository cannot be read: {scrub(str(e))}")
             if newest is not None:
                 last, origin = newest.started_at, f"newest {job.kind} backup in the repository ({newest.id})"
         failed_at, error = self.state.last_failure(job.name)
@@ -156,9 +152,9 @@ class _Run:
         try:
             backup_id, detail, error = _RUNNERS[job.kind](self, job)
         except PgRecoveryError as e:
-            error = _safe(str(e))
+            error = scrub(str(e))
         except Exception as e:  # one broken job must not stop the others: recorded and logged
-            error = _safe(f"unexpected {type(e).__name__}: {e}")
+            error = scrub(f"unexpected {type(e).__name__}: {e}")
             log.debug("job %s: traceback", job.name, exc_info=True)
         seconds = time.monotonic() - t0
         if error is None:
@@ -179,7 +175,6 @@ class _Run:
 
 
 def _record_status(table: StatusTable, run: _Run, job: Job, done: JobRun) -> None:
-    from .._redact import redact_url
     from ..monitoring import RunRecord
 
     repo = run.policy.repository.url
@@ -264,8 +259,8 @@ def _run_copy(run: _Run, job: Job) -> _Outcome:
                 wal=bool(job.options.get("wal", True)),
             )
         except PgRecoveryError as e:
-            errors.append(f"copy to {ref.display_url}: {_safe(str(e))}")
-            results.append({"target": ref.display_url, "ok": False, "error": _safe(str(e))})
+            errors.append(f"copy to {ref.display_url}: {scrub(str(e))}")
+            results.append({"target": ref.display_url, "ok": False, "error": scrub(str(e))})
             continue
         results.append(result.to_dict())
         if not result.ok:
@@ -289,8 +284,8 @@ def _run_expire(run: _Run, job: Job) -> _Outcome:
         try:
             result = expire(run.repo(ref), policy, now=run.now if run.fake_clock else None)
         except PgRecoveryError as e:
-            errors.append(f"expire in {ref.display_url}: {_safe(str(e))}")
-            results.append({"repository": ref.display_url, "error": _safe(str(e)), "deleted": [], "wal_removed": 0})
+            errors.append(f"expire in {ref.display_url}: {scrub(str(e))}")
+            results.append({"repository": ref.display_url, "error": scrub(str(e)), "deleted": [], "wal_removed": 0})
             continue
         results.append(
             {"repository": ref.display_url, "deleted": list(result.deleted), "wal_removed": len(result.wal_removed)}
