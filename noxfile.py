@@ -158,7 +158,7 @@ def docs(session: nox.Session) -> None:
     """API reference (pdoc) into docs/_build, and the checks that every documented command exists."""
     session.install("-e", ".[test]", "pdoc")
     session.run("pdoc", "pgrecovery", "-o", "docs/_build")
-    session.run("pytest", "-p", "no:cacheprovider", "tests/unit/test_docs.py")
+    session.run("pytest", "-p", "no:cacheprovider", "tests/unit/cli/test_docs.py")
 
 
 @nox.session(python=PYTHON)

@@ -38,11 +38,12 @@ def main(argv: Sequence[str]) -> int:
         import pgrecovery.cli  # noqa: F401 - is the package importable now (installed, editable or PYTHONPATH)?
     except ImportError:
         sys.path.append(os.path.dirname(here))
+    from pgrecovery.cli.exitcodes import EXIT_FATAL, EXIT_MISS, EXIT_OK
     from pgrecovery.cli.main import main as cli_main
 
     code = cli_main(list(argv))
-    if list(argv[:1]) == ["wal-fetch"] and code not in (0, 1):
-        return 255  # a usage error must stop recovery, not read as "not archived" (exit 1 and 2 both would)
+    if list(argv[:1]) == ["wal-fetch"] and code not in (EXIT_OK, EXIT_MISS):
+        return EXIT_FATAL  # a usage error must stop recovery, not read as "not archived" (exit 1 and 2 both would)
     return code
 
 

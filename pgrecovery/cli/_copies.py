@@ -5,22 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-EXIT_OK, EXIT_FAILED = 0, 1
+from ._common import add_verb, emit, progress, recorded, repository, status_options, storage_option, storage_options
+from .exitcodes import EXIT_FAILED, EXIT_OK
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    from .main import _storage_option, status_options
-
-    cp = verbs.add_parser(
-        "copy",
-        help="copy the backups and WAL another repository lacks (safe to rerun and to interrupt)",
-        parents=[common],
+    cp = add_verb(
+        verbs, "copy", common, "copy the backups and WAL another repository lacks (safe to rerun and to interrupt)"
     )
     cp.add_argument("--to", required=True, metavar="URL", help="the repository to bring up to date")
     cp.add_argument(
         "--to-storage-option",
         action="append",
-        type=_storage_option,
+        type=storage_option,
         default=[],
         metavar="KEY=VALUE",
         help="fsspec storage option for --to (repeatable)",
@@ -30,10 +27,11 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     cp.add_argument("--workers", type=int, default=4, help="objects copied at once (default 4)")
     status_options(cp)
 
-    rule = verbs.add_parser(
+    rule = add_verb(
+        verbs,
         "check-321",
-        help="does the 3-2-1 rule hold: 3 copies, 2 kinds of storage, 1 offsite (exit 0 yes, 1 no)",
-        parents=[common],
+        common,
+        "does the 3-2-1 rule hold: 3 copies, 2 kinds of storage, 1 offsite (exit 0 yes, 1 no)",
     )
     rule.add_argument("--copy", action="append", default=[], metavar="URL", dest="copies", help="a copy (repeatable)")
     rule.add_argument(
@@ -55,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
 def _copy(args: argparse.Namespace) -> int:
     from ..copies import copy_repository
     from ..repository import Repository
-    from .main import _emit, _progress, _repo, recorded
 
-    source = _repo(args)
+    source = repository(args)
     target = Repository(args.to, encryption=source.encryption, **dict(args.to_storage_option))
     from ..errors import StorageError
 
@@ -72,7 +69,7 @@ def _copy(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 backups=args.backups,
                 wal=not args.no_wal,
-                progress=_progress(args),
+                progress=progress(args),
             )
             run.file_path = target.display_url
             run.size_bytes = result.bytes_copied
@@ -91,7 +88,7 @@ def _copy(args: argparse.Namespace) -> int:
         lines += [f"corrupt in the source (not copied): {c}" for c in result.corrupt]
         return "\n".join(lines)
 
-    _emit(args, result.to_dict(), text)
+    emit(args, result.to_dict(), text)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -100,7 +97,6 @@ def _check_321(args: argparse.Namespace) -> int:
     from ..copies import check_321
     from ..errors import ConfigurationError
     from ..repository import Repository
-    from .main import _emit, _repo
 
     sites = {}
     for item in args.site:
@@ -108,8 +104,8 @@ def _check_321(args: argparse.Namespace) -> int:
         if not sep or not url or not site:
             raise ConfigurationError(f"--site expects URL=SITE, got {item!r}")
         sites[redact_url(url)] = site
-    options = dict(getattr(args, "storage_option", None) or [])
-    primary = _repo(args)
+    options = storage_options(args)
+    primary = repository(args)
     repos = [primary, *(Repository(u, encryption=primary.encryption, **options) for u in args.copies)]
     report = check_321(repos, sites=sites, count_production=not args.no_production)
 
@@ -126,5 +122,5 @@ def _check_321(args: argparse.Namespace) -> int:
         lines += [f"missing: {m}" for m in report.missing]
         return "\n".join(lines)
 
-    _emit(args, report.to_dict(), text)
+    emit(args, report.to_dict(), text)
     return EXIT_OK if report.holds else EXIT_FAILED

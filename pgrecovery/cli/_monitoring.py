@@ -11,11 +11,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ._common import add_verb, emit, repository, status_options
+from .exitcodes import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN
+
 if TYPE_CHECKING:
     from ..monitoring import StatusTable, Thresholds
     from ..repository import Repository
-
-EXIT_OK, EXIT_FAILED, EXIT_UNKNOWN = 0, 1, 3
 
 
 def _sources(p: argparse.ArgumentParser) -> None:
@@ -26,17 +27,13 @@ def _sources(p: argparse.ArgumentParser) -> None:
         help="the monitored server (libpq string): WAL checks from pg_stat_archiver and archive_status "
         "(default: the newest WAL object in the repository)",
     )
-    from .main import status_options
-
     status_options(p, reading=True)
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     """Register ``check`` and ``metrics`` on the main parser's subparsers."""
-    chk = verbs.add_parser(
-        "check",
-        help="health checks with Nagios exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
-        parents=[common],
+    chk = add_verb(
+        verbs, "check", common, "health checks with Nagios exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
     )
     _sources(chk)
     chk.add_argument(
@@ -63,7 +60,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     chk.add_argument("--show-sql", action="store_true", help="print the pgrecovery_check() SQL instead")
 
-    met = verbs.add_parser("metrics", help="backup and WAL metrics in the Prometheus text format", parents=[common])
+    met = add_verb(verbs, "metrics", common, "backup and WAL metrics in the Prometheus text format")
     _sources(met)
     met.add_argument(
         "-o",
@@ -81,10 +78,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _check(args)
     except PgRecoveryError as e:
-        from .main import _emit
-
         line = f"UNKNOWN - pgrecovery: {e}"
-        _emit(args, {"state": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "summary": line, "checks": []}, line)
+        emit(args, {"state": "UNKNOWN", "exit_code": EXIT_UNKNOWN, "summary": line, "checks": []}, line)
         return EXIT_UNKNOWN
 
 
@@ -146,10 +141,8 @@ def _status_table(args: argparse.Namespace, *, fallback: str | None = None) -> S
 
 
 def _maybe_repo(args: argparse.Namespace) -> Repository | None:
-    from .main import _repo
-
     if getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO"):
-        repo: Repository = _repo(args)
+        repo: Repository = repository(args)
         return repo
     return None
 
@@ -160,7 +153,6 @@ def _maybe_repo(args: argparse.Namespace) -> Repository | None:
 def _check(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
     from ..monitoring import check, check_function_sql
-    from .main import _emit
 
     thresholds = thresholds_from(args)
     if args.show_sql:
@@ -173,7 +165,7 @@ def _check(args: argparse.Namespace) -> int:
         if table is None:
             raise ConfigurationError("--install-sql needs the monitoring database: pass --status-dbname (or --dbname)")
         name = table.install_check_function(thresholds)
-        _emit(
+        emit(
             args,
             {"function": name, "status_table": table.where},
             f"installed {name}() beside status table {table.where}: select * from {name}();",
@@ -186,7 +178,7 @@ def _check(args: argparse.Namespace) -> int:
             "nothing to check: pass --repo URL (or set PGRECOVERY_REPO), and/or --status-dbname CONNINFO"
         )
     report = check(repo, dbname=args.dbname, status_table=status, thresholds=thresholds)
-    _emit(args, report.to_dict(), report.text)
+    emit(args, report.to_dict(), report.text)
     return report.exit_code
 
 

@@ -13,19 +13,21 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._common import add_verb, emit, status_options, storage_options, table
+from .exitcodes import EXIT_FAILED, EXIT_OK
+
 if TYPE_CHECKING:
     from ..policy import BackupPolicy, PolicyRun
 
-EXIT_OK, EXIT_FAILED = 0, 1
-
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    p = verbs.add_parser(
+    p = add_verb(
+        verbs,
         "run-policy",
-        help="run the jobs of a backup policy that are due (safe to call from cron every few minutes)",
+        common,
+        "run the jobs of a backup policy that are due (safe to call from cron every few minutes)",
         description="Run the jobs of a policy file (TOML, see docs/policy.md) whose schedule says they are due, "
         "one call at a time (a lock in the state directory). --repo replaces the policy's repository.",
-        parents=[common],
     )
     p.add_argument("file", metavar="FILE", help="the policy file (TOML)")
     p.add_argument("--dry-run", action="store_true", help="show which jobs are due and why; run nothing")
@@ -37,8 +39,6 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--job", action="append", dest="jobs", metavar="NAME", help="only this job (repeatable)")
     p.add_argument("--force", action="store_true", help="run the selected jobs even when they are not due")
-    from .main import status_options
-
     status_options(p)
     p.add_argument(
         "--now",
@@ -53,7 +53,7 @@ def _policy(args: argparse.Namespace) -> BackupPolicy:
     from ..policy import RepositoryRef, load_policy
 
     policy = load_policy(args.file)
-    options = dict(getattr(args, "storage_option", None) or [])
+    options = storage_options(args)
     url = getattr(args, "repo", None)
     if url:
         return attrs.evolve(policy, repository=RepositoryRef(url=url, storage_options=options))
@@ -82,13 +82,11 @@ def _when(value: datetime | None) -> str:
 
 
 def _text(result: PolicyRun) -> str:
-    from .main import _table
-
     if result.dry_run:
         head = f"policy {result.policy} at {_when(result.now)} UTC (state: {result.state_file})"
         rows = [("job", "kind", "status", "schedule", "why")]
         rows += [(j.name, j.kind, j.status, j.schedule, j.reason) for j in result.jobs]
-        return head + "\n" + _table(rows)
+        return head + "\n" + table(rows)
     lines = []
     for j in result.ran:
         if j.status == "succeeded":
@@ -104,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..policy import run_policy
-    from .main import _emit
 
     # The per-job lines are the point of this verb: show them without --verbose (-v adds the jobs not due).
     logging.getLogger("pgrecovery.policy").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
@@ -125,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     )
     text = _text(result)
     if getattr(args, "json", False) or text:
-        _emit(args, result.to_dict(), text)
+        emit(args, result.to_dict(), text)
     sys.stdout.flush()
     return EXIT_OK if result.ok else EXIT_FAILED
 

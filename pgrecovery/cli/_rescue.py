@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-EXIT_OK = 0
+from ._common import add_kinds, add_verb, emit, recovery_target, repository, table
+from .exitcodes import EXIT_OK
 
 
 def _target_options(p: argparse.ArgumentParser) -> None:
@@ -26,18 +27,16 @@ def _target_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
-    from .main import _Parser
-
-    rescue = verbs.add_parser(
+    rescue = add_verb(
+        verbs,
         "rescue",
-        help="bring back rows or a table as they were at a point in time (through a sandbox recovery)",
-        parents=[common],
+        common,
+        "bring back rows or a table as they were at a point in time (through a sandbox recovery)",
     )
-    kinds = rescue.add_subparsers(dest="rescue_kind", metavar="KIND", parser_class=_Parser)
-    kinds.required = True
+    kinds = add_kinds(rescue, "rescue_kind")
 
-    rows = kinds.add_parser(
-        "rows", help="run a SELECT at the target; print the rows or insert them into the live table", parents=[common]
+    rows = add_verb(
+        kinds, "rows", common, "run a SELECT at the target; print the rows or insert them into the live table"
     )
     _target_options(rows)
     rows.add_argument("--query", required=True, metavar="SQL", help="a SELECT run in the sandbox's database")
@@ -53,38 +52,33 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="a row that breaks a unique constraint: fail and insert nothing (default), or skip it",
     )
 
-    table = kinds.add_parser(
-        "table", help="load a table as it was at the target under a new name in the live database", parents=[common]
-    )
-    table.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
-    _target_options(table)
-    table.add_argument("--into", required=True, metavar="CONNINFO", help="the live database to load the table into")
-    table.add_argument(
+    one = add_verb(kinds, "table", common, "load a table as it was at the target under a new name in the live database")
+    one.add_argument("table", help="table name, optionally schema-qualified (schema.table)")
+    _target_options(one)
+    one.add_argument("--into", required=True, metavar="CONNINFO", help="the live database to load the table into")
+    one.add_argument(
         "--new-name", help="name of the loaded table (default: TABLE_at_YYYYmmddHHMMSS or TABLE_recovered)"
     )
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from .main import recovery_target
-
     return recovery_target(args, latest_allowed=False)  # argparse makes one of the options required
 
 
 def run(args: argparse.Namespace) -> int:
     if args.rescue_kind == "rows":
         return _rows(args)
-    return _table(args)
+    return _table_at(args)
 
 
 def _rows(args: argparse.Namespace) -> int:
     from ..errors import ConfigurationError
     from ..recovery.rescue import recover_rows
-    from .main import _emit, _repo
 
     if (args.into is None) != (args.table is None):
         raise ConfigurationError("--into and --table go together: the live database and the table to insert into")
     res = recover_rows(
-        _repo(args),
+        repository(args),
         _target(args),
         args.query,
         dbname=args.sandbox_db,
@@ -105,20 +99,17 @@ def _rows(args: argparse.Namespace) -> int:
         if res.table is not None:
             return f"{head}: {res.inserted} inserted into {res.table}, {res.skipped} skipped"
         cells = [list(res.columns)] + [["NULL" if v is None else v for v in r] for r in res.text_rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(res.columns))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-        return "\n".join([head, *lines])
+        return "\n".join([head, table(cells)])
 
-    _emit(args, res.to_dict(), text)
+    emit(args, res.to_dict(), text)
     return EXIT_OK
 
 
-def _table(args: argparse.Namespace) -> int:
+def _table_at(args: argparse.Namespace) -> int:
     from ..recovery.rescue import recover_table
-    from .main import _emit, _repo
 
     res = recover_table(
-        _repo(args),
+        repository(args),
         _target(args),
         args.table,
         dbname=args.sandbox_db,
@@ -128,7 +119,7 @@ def _table(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         timeout=args.timeout,
     )
-    _emit(
+    emit(
         args,
         res.to_dict(),
         f"loaded {res.table} as it was at {res.target} into {res.into} as {res.new_table}: {res.rows} row(s) "

@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ._wal import _emit, _repo
+from ._common import add_verb, emit, progress, recorded, repository, status_options
+from .exitcodes import EXIT_OK
 
 if TYPE_CHECKING:
     from ..retention import ExpireResult, RetentionPolicy
-
-EXIT_OK = 0
 PRESET_NAMES = ("production", "critical", "development", "archive")  # retention.PRESET_NAMES (checked by a test)
 
 
@@ -37,12 +36,13 @@ def _gfs(text: str) -> tuple[int, int, int, int]:
 
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     """Register ``expire`` on the main parser's subparsers."""
-    p = verbs.add_parser(
+    p = add_verb(
+        verbs,
         "expire",
-        help="delete backups and WAL outside a retention policy",
+        common,
+        "delete backups and WAL outside a retention policy",
         description="Delete the backups a retention policy does not keep, then the WAL no kept backup needs. "
         "Options given with --policy override the preset's.",
-        parents=[common],
     )
     p.add_argument("--policy", choices=PRESET_NAMES, help="start from this preset (see docs/retention.md)")
     p.add_argument("--keep-last", type=_count, metavar="N", help="keep the N newest full backups of each series")
@@ -60,8 +60,6 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pitr-days", type=_count, metavar="D", help="PITR window with --wal (default: --keep-days)")
     p.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
-    from .main import status_options
-
     status_options(p)
 
 
@@ -104,13 +102,12 @@ def _text(result: ExpireResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..retention import expire
-    from .main import _progress, recorded
 
-    repo = _repo(args)
+    repo = repository(args)
     with recorded(args, "expire") as run:
-        result = expire(repo, policy_from(args), dry_run=args.dry_run, progress=_progress(args))
+        result = expire(repo, policy_from(args), dry_run=args.dry_run, progress=progress(args))
         run.file_path = repo.display_url
-    _emit(args, result.to_dict(), _text(result))
+    emit(args, result.to_dict(), _text(result))
     return EXIT_OK
 
 

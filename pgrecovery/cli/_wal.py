@@ -1,10 +1,10 @@
 """CLI verbs for WAL archiving (wal-push, wal-fetch, wal-verify, wal-cleanup, archiver-status, restore-point).
 
-Kept apart from cli.py so that archive_command and restore_command start with the standard library only: a
+Kept apart from the other verbs so that archive_command and restore_command start with the standard library only: a
 wal-push that the spool's archive-ahead marker answers, and a wal-fetch that the prefetch queue answers, import
 nothing but ``_spool`` and ``_walnames``.
 
-Exit codes for PostgreSQL:
+Exit codes for PostgreSQL (from `pgrecovery.cli.exitcodes`):
   wal-push   0 once the file is durable in the repository; 1 on any failure (PostgreSQL retries later).
   wal-fetch  0 when delivered; 1 only for a confirmed miss (the file is not archived: recovery ends there);
              255 for anything else (storage error, corrupt object, bad configuration): PostgreSQL treats exit
@@ -21,12 +21,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .. import _spool
+from . import _common
+from ._common import add_verb, dbname_option, emit, repository_url, storage_options
+from .exitcodes import EXIT_FAILED, EXIT_FATAL, EXIT_MISS, EXIT_OK
 
 if TYPE_CHECKING:
     from ..repository import Repository
     from ..wal.archiver import WalArchiver
 
-EXIT_OK, EXIT_FAILED, EXIT_MISS, EXIT_FATAL = 0, 1, 1, 255
 _MIB = 1024 * 1024
 
 
@@ -45,24 +47,16 @@ def _segment_size_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _dbname(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-d", "--dbname", default="", help="libpq connection string or URI (default: PGHOST, PGPORT, PGUSER, ...)"
-    )
-
-
 def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     """Register the WAL verbs on the main parser's subparsers."""
-    push = verbs.add_parser("wal-push", help="archive a WAL file (archive_command: wal-push %%p)", parents=[common])
+    push = add_verb(verbs, "wal-push", common, "archive a WAL file (archive_command: wal-push %%p)")
     push.add_argument("path", help="the WAL file (%%p, relative to the data directory)")
     push.add_argument("--spool", help="spool directory (default: pgrecovery_spool beside pg_wal)")
     push.add_argument("--compression", choices=["zstd", "gzip", "lz4", "none"], default="zstd")
     push.add_argument("--level", type=int, default=None, help="compression level (default: 1 for zstd)")
     push.add_argument("--parallel", type=int, default=4, help="threads for archive-ahead (default: 4)")
 
-    fetch = verbs.add_parser(
-        "wal-fetch", help="restore a WAL file (restore_command: wal-fetch %%f %%p)", parents=[common]
-    )
+    fetch = add_verb(verbs, "wal-fetch", common, "restore a WAL file (restore_command: wal-fetch %%f %%p)")
     fetch.add_argument("name", help="the WAL file name (%%f)")
     fetch.add_argument("dest", help="where to put it (%%p, relative to the data directory)")
     fetch.add_argument("--spool", help="spool directory (default: pgrecovery_spool beside pg_wal)")
@@ -79,21 +73,21 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     prefetch.add_argument("--lock-fd", type=int, help="descriptor of the spool's lock, taken by wal-fetch")
     _segment_size_option(prefetch)
 
-    verify = verbs.add_parser("wal-verify", help="check the WAL archive for gaps", parents=[common])
+    verify = add_verb(verbs, "wal-verify", common, "check the WAL archive for gaps")
     verify.add_argument("--from", dest="first", metavar="SEGMENT", help="first segment (default: the oldest)")
     verify.add_argument("--timeline", type=int, help="follow this timeline's history (default: the newest)")
     verify.add_argument("--check-digests", action="store_true", help="also download and check every segment")
     _segment_size_option(verify)
 
-    status = verbs.add_parser("archiver-status", help="the server's WAL archiver statistics", parents=[common])
-    _dbname(status)
+    status = add_verb(verbs, "archiver-status", common, "the server's WAL archiver statistics")
+    dbname_option(status)
     status.add_argument("--pgdata", help="data directory, to count the files waiting to be archived")
 
-    point = verbs.add_parser("restore-point", help="create a named restore point", parents=[common])
+    point = add_verb(verbs, "restore-point", common, "create a named restore point")
     point.add_argument("name")
-    _dbname(point)
+    dbname_option(point)
 
-    cleanup = verbs.add_parser("wal-cleanup", help="delete archived WAL older than a segment", parents=[common])
+    cleanup = add_verb(verbs, "wal-cleanup", common, "delete archived WAL older than a segment")
     cleanup.add_argument(
         "--keep-from", metavar="SEGMENT", help="oldest segment to keep (default: the first one the oldest backup needs)"
     )
@@ -106,27 +100,11 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _url(args: argparse.Namespace) -> str:
-    from ..errors import ConfigurationError
-
-    url = getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")
-    if not url:
-        raise ConfigurationError("no repository: pass --repo URL or set PGRECOVERY_REPO")
-    return str(url)
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(getattr(args, "storage_option", None) or [])
-
-
 def _repo(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Repository:
-    from ..repository import Repository
-    from .main import encryption_key
-
     key_file = getattr(args, "encryption_key_file", None)
     if key_file:  # the prefetcher this may start reads the same key
         os.environ["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
-    return Repository(_url(args), encryption=encryption_key(args), **{**(extra or {}), **_options(args)})
+    return _common.repository(args, extra)
 
 
 def _archiver(args: argparse.Namespace, repo: Repository | None = None, **kwargs: Any) -> WalArchiver:
@@ -146,19 +124,12 @@ def _fail(verb: str, e: BaseException) -> None:
     sys.stderr.write(f"pgrecovery: {verb}: {text}\n")
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    else:
-        sys.stdout.write(text.rstrip("\n") + "\n")
-
-
 # -- verbs -----------------------------------------------------------------------------------------------------
 
 
 def _push(args: argparse.Namespace) -> int:
     try:
-        url = _url(args)
+        url = repository_url(args)
         path = os.path.abspath(args.path)
         spool = args.spool or _spool.default_spool(path)
         if _spool.pushed_already(path, spool, _spool.repo_tag(url)):
@@ -177,7 +148,7 @@ def _push(args: argparse.Namespace) -> int:
 
 def _fetch(args: argparse.Namespace) -> int:
     try:
-        url = _url(args)
+        url = repository_url(args)
         dest = os.path.abspath(args.dest)
         spool = args.spool or _spool.default_spool(dest)
         count = 0 if args.no_prefetch else args.prefetch
@@ -187,7 +158,7 @@ def _fetch(args: argparse.Namespace) -> int:
                     args.name,
                     spool,
                     repo_url=url,
-                    storage_options=_options(args),
+                    storage_options=storage_options(args),
                     count=count,
                     parallel=args.parallel,
                     segment_size=args.segment_size,
@@ -228,7 +199,7 @@ def _verify(args: argparse.Namespace) -> int:
         text += f"{len(report.missing)} missing, {len(report.corrupt)} corrupt"
         text += "".join(f"\n  missing {n}" for n in report.missing)
         text += "".join(f"\n  corrupt {n}" for n in report.corrupt)
-    _emit(args, report.to_dict(), text)
+    emit(args, report.to_dict(), text)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -237,7 +208,7 @@ def _status(args: argparse.Namespace) -> int:
 
     st = archiver_status(args.dbname, args.pgdata)
     data = st.to_dict()
-    _emit(args, data, "\n".join(f"{k}: {'-' if v is None else v}" for k, v in data.items()))
+    emit(args, data, "\n".join(f"{k}: {'-' if v is None else v}" for k, v in data.items()))
     return EXIT_OK
 
 
@@ -245,14 +216,14 @@ def _restore_point(args: argparse.Namespace) -> int:
     from ..wal.archiver import create_restore_point
 
     lsn = create_restore_point(args.dbname, args.name)
-    _emit(args, {"name": args.name, "lsn": lsn}, f"restore point {args.name!r} at {lsn}")
+    emit(args, {"name": args.name, "lsn": lsn}, f"restore point {args.name!r} at {lsn}")
     return EXIT_OK
 
 
 def _cleanup(args: argparse.Namespace) -> int:
     removed = _archiver(args).cleanup(args.keep_from, args.timeline, dry_run=args.dry_run, force=args.force)
     verb = "would remove" if args.dry_run else "removed"
-    _emit(
+    emit(
         args,
         {"dry_run": args.dry_run, "removed": removed},
         "\n".join(f"{verb} {n}" for n in removed) or "nothing to remove",

@@ -60,7 +60,7 @@ def test_bad_storage_option(capsys: pytest.CaptureFixture[str]) -> None:
 def test_progress_is_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from pgrecovery.cli.main import _progress
+    from pgrecovery.cli._common import progress as _progress
     from pgrecovery.progress import Progress
 
     show = _progress(argparse.Namespace(), every=3600)
@@ -109,7 +109,7 @@ def test_the_last_progress_line_of_a_finished_operation_is_exact(capsys: pytest.
     """The total is an estimate while running; the end says what was done (not "22.5 MiB of 22.0 MiB")."""
     import argparse
 
-    from pgrecovery.cli.main import _progress
+    from pgrecovery.cli._common import progress as _progress
     from pgrecovery.progress import Meter
 
     show = _progress(argparse.Namespace(), every=3600)
