@@ -240,3 +240,24 @@ def test_subpackages_export_what_they_say(package: str) -> None:
     module = importlib.import_module(f"pgrecovery.{package}")
     for name in module.__all__:
         assert getattr(module, name) is not None
+
+
+def test_the_wal_package_agrees_with_itself() -> None:
+    """pgrecovery.wal loads its names lazily: __all__, its lazy table and its type-checking imports must agree, and
+    the table must name the module that defines each one."""
+    import pgrecovery.wal as wal
+
+    tree = ast.parse((PACKAGE / "wal" / "__init__.py").read_text())
+    typed: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for imp in ast.walk(node):
+                if isinstance(imp, ast.ImportFrom) and imp.module:
+                    typed.update({a.asname or a.name: imp.module for a in imp.names})
+    lazy = wal._LAZY
+    assert set(wal.__all__) == set(lazy) == set(typed), set(wal.__all__) ^ set(lazy) ^ set(typed)
+    for name, module in lazy.items():
+        assert typed[name] == module, f"{name}: lazy table says {module}, the type checker imports {typed[name]}"
+        value = getattr(importlib.import_module(f"pgrecovery.wal.{module}"), name)
+        assert value is getattr(wal, name)
+        assert getattr(value, "__module__", f"pgrecovery.wal.{module}") == f"pgrecovery.wal.{module}", name
