@@ -5,25 +5,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fakes import complete
 
-from pgrecovery import BackupManifest, BackupNotFound, FileEntry, Repository
-from pgrecovery.catalog import claim_backup_id, clean_leftovers, finish_backup, leftovers
-
-
-def complete(repo: Repository, when: datetime, kind: str = "logical") -> BackupManifest:
-    backup_id = claim_backup_id(repo, kind, when)
-    obj = repo.put_bytes(f"backups/{backup_id}/data/dump", b"payload")
-    m = BackupManifest(
-        id=backup_id,
-        kind=kind,
-        started_at=when,
-        finished_at=when + timedelta(seconds=1),
-        format="custom",
-        compression="none",
-        files=[FileEntry(path="data/dump", size=obj.size, sha256=obj.sha256, codec="none", role="dump")],
-    )
-    finish_backup(repo, m)
-    return m
+from pgrecovery import BackupNotFound, Repository
+from pgrecovery.catalog import claim_backup_id, clean_leftovers, leftovers
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import finished_backup as backup
 from fsspec.implementations.local import LocalFileSystem
 
-from pgrecovery import BackupManifest, ConfigurationError, FileEntry, Repository
-from pgrecovery.catalog import claim_backup_id, finish_backup
+from pgrecovery import ConfigurationError, Repository
 from pgrecovery.cli.main import main
 from pgrecovery.codec import compress_bytes
 from pgrecovery.logs import configure_logging, redact
@@ -48,23 +48,6 @@ from pgrecovery.wal.archiver import object_key
 T0 = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 NO_WAL = Thresholds(wal=False)
 SECRET = "s3cr3t-Pa55"
-
-
-def backup(repo: Repository, finished: datetime, kind: str = "logical", size: int = 3000) -> BackupManifest:
-    started = finished - timedelta(minutes=10)
-    backup_id = claim_backup_id(repo, kind, started)
-    obj = repo.put_bytes(f"backups/{backup_id}/data/dump", os.urandom(size))
-    m = BackupManifest(
-        id=backup_id,
-        kind=kind,
-        started_at=started,
-        finished_at=finished,
-        format="custom",
-        compression="zstd",
-        files=[FileEntry(path="data/dump", size=obj.size, sha256=obj.sha256, codec="zstd", raw_size=size * 3)],
-    )
-    finish_backup(repo, m)
-    return m
 
 
 def wal(repo: Repository, segno: int, stored_at: datetime) -> str:
