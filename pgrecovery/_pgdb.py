@@ -56,16 +56,16 @@ def server_info(conninfo: str) -> ServerInfo:
     """Connect once to learn the server's version and the database name (and fail early and clearly)."""
     import psycopg
 
+    hint = "check --dbname / PGHOST, PGPORT, PGUSER, PGDATABASE"
     try:
-        with psycopg.connect(conninfo, connect_timeout=15, autocommit=True) as conn:
+        with connect(conninfo) as conn:
             row = conn.execute("select current_setting('server_version'), current_database()").fetchone()
             assert row is not None
             return ServerInfo(conn.info.server_version, str(row[0]), str(row[1]))
+    except DatabaseError as e:
+        raise DatabaseError(f"{e}; {hint}") from None
     except psycopg.Error as e:
-        raise DatabaseError(
-            f"cannot connect to {pgtools.describe(conninfo)}: {first_line(e)}; check --dbname / PGHOST, PGPORT, "
-            "PGUSER, PGDATABASE"
-        ) from None
+        raise DatabaseError(f"cannot connect to {pgtools.describe(conninfo)}: {first_line(e)}; {hint}") from None
 
 
 def tool_major(text: str) -> int | None:
@@ -78,9 +78,7 @@ def now_utc() -> datetime:
 
 
 def database_exists(conninfo: str, name: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with connect(conninfo) as conn:
         return conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
 
 
@@ -102,17 +100,16 @@ def create_database(conninfo: str) -> None:
             raise RestoreError(
                 f"database {name!r} already exists: restore into it without create, or choose a new name"
             )
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with connect(admin, what=f"create database {name!r} on") as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.Error as e:
-        raise DatabaseError(f"cannot create database {name!r} on {pgtools.describe(admin)}: {e}") from None
+        raise DatabaseError(f"cannot create database {name!r} on {pgtools.describe(admin)}: {first_line(e)}") from None
 
 
 def drop_database(conninfo: str, name: str) -> None:
-    import psycopg
     from psycopg import sql
 
-    with psycopg.connect(maintenance(conninfo), autocommit=True) as conn:
+    with connect(maintenance(conninfo)) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
@@ -128,9 +125,7 @@ _INVALID_INDEXES = (
 
 def invalid_indexes(conninfo: str) -> tuple[str, ...]:
     """The invalid indexes of one database, as ``schema.name`` (quoted where SQL needs it), sorted."""
-    import psycopg
-
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=15) as conn:
+    with connect(conninfo) as conn:
         return tuple(str(r[0]) for r in conn.execute(_INVALID_INDEXES).fetchall())
 
 
@@ -147,16 +142,16 @@ def invalid_indexes_by_database(
 
     try:
         if databases is None:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=15) as conn:
+            with connect(conninfo) as conn:
                 rows = conn.execute("select datname from pg_database where datallowconn order by 1").fetchall()
             databases = [str(r[0]) for r in rows]
-    except psycopg.Error:
+    except (psycopg.Error, DatabaseError):
         return None
     out: dict[str, tuple[str, ...]] = {}
     for name in databases:
         try:
             out[name] = invalid_indexes(pgtools.with_dbname(conninfo, name))
-        except psycopg.Error:
+        except (psycopg.Error, DatabaseError):
             continue
     return out
 

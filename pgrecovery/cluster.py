@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import pgtools
+from ._pgdb import connect
 from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed
 
 if TYPE_CHECKING:
@@ -312,14 +313,12 @@ class LocalCluster:
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Wait until a connection succeeds (a server in recovery counts once it accepts read-only sessions)."""
-        import psycopg
-
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with psycopg.connect(self.conninfo(), connect_timeout=5):
+                with connect(self.conninfo(), timeout=5):
                     return
-            except psycopg.OperationalError as e:
+            except DatabaseError as e:
                 if time.monotonic() > deadline or not self.is_running():
                     raise ClusterError(
                         f"server on port {self.port} is not accepting connections: {e}{self.log_tail()}"
@@ -355,12 +354,7 @@ class LocalCluster:
         )
 
     def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[tuple[Any, ...]]:
-        import psycopg
-
-        try:
-            return psycopg.connect(self.conninfo(dbname), autocommit=autocommit)
-        except psycopg.OperationalError as e:
-            raise DatabaseError(f"cannot connect to database {dbname!r} on port {self.port}: {e}") from None
+        return connect(self.conninfo(dbname), autocommit=autocommit)
 
     def execute(self, sql: str, params: Sequence[object] | None = None, *, dbname: str = "postgres") -> None:
         """Run one or more SQL statements (autocommit)."""

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pgrecovery import BackupManifest, ContentSummary, FileEntry, ManifestError
+from pgrecovery.codec import CODECS
+from pgrecovery.manifest import BACKUP_KINDS, COMPRESSIONS, FORMATS
 
 
 def make() -> BackupManifest:
@@ -56,3 +58,29 @@ def test_naive_time_refused() -> None:
     data["started_at"] = "2026-11-24T10:15:00"
     with pytest.raises(ManifestError, match="time zone"):
         BackupManifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("kind", "incremental", "unknown backup kind 'incremental'"),
+        ("format", "zip", "unknown format 'zip'"),
+        ("compression", "bzip2", "unknown compression 'bzip2'"),
+    ],
+)
+def test_a_value_outside_a_closed_set_is_a_manifest_error(field: str, value: str, named: str) -> None:
+    """Kinds, formats and compressions are closed sets: an unknown one (a damaged or future manifest) is refused
+    with a `ManifestError` naming it, both from a dict and from the stored JSON (with a matching digest)."""
+    data = make().to_dict()
+    data[field] = value
+    with pytest.raises(ManifestError, match=f"manifest is malformed: {named}"):
+        BackupManifest.from_dict(data)
+    text = make().to_json().replace(f'"{field}": "{getattr(make(), field)}"', f'"{field}": "{value}"')
+    with pytest.raises(ManifestError):  # the digest no longer matches, or the value is refused: never a crash
+        BackupManifest.from_json(text)
+
+
+def test_the_closed_sets_name_what_each_backup_kind_writes() -> None:
+    assert BACKUP_KINDS == ("logical", "globals", "cluster", "base")
+    assert set(FORMATS) == {"custom", "directory", "plain", "tar"}
+    assert set(COMPRESSIONS) == {*CODECS, "pg_dump"}
