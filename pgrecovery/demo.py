@@ -21,6 +21,7 @@ import attrs
 from .cluster import LocalCluster, check_runnable_by, default_run_as
 from .logical.backup import LogicalBackup
 from .logical.restore import LogicalRestore
+from .manifest import BackupManifest
 from .physical.backup import BaseBackup
 from .progress import human_bytes
 from .recovery.plan import RecoveryPlan, RecoveryTarget
@@ -113,12 +114,164 @@ def _archive_now(cluster: LocalCluster, timeout: float = 60) -> None:
     raise TimeoutError(f"WAL {wal} was not archived within {timeout:.0f} s: see the server log")
 
 
+@attrs.define
+class _Sandbox:
+    """What the story's steps share: the sandbox directory, its servers and repository, and what they found."""
+
+    base: Path
+    url: str = ""
+    repository: Repository | None = None
+    cluster: LocalCluster | None = None
+    recovered: LocalCluster | None = None
+    before: tuple[Any, ...] = ()  # the orders' fingerprint before the first accident
+    logical: BackupManifest | None = None
+    base_backup: BackupManifest | None = None
+    good: tuple[Any, ...] = ()  # the fingerprint the moment before the second accident
+    moment: datetime | None = None
+
+    @property
+    def pg(self) -> LocalCluster:
+        assert self.cluster is not None, "the sandbox cluster is started first"
+        return self.cluster
+
+    @property
+    def repo(self) -> Repository:
+        assert self.repository is not None, "the repository is made with the sandbox cluster"
+        return self.repository
+
+    def fingerprint(self, cluster: LocalCluster | None = None) -> tuple[Any, ...]:
+        return tuple((cluster or self.pg).query(FINGERPRINT, dbname="shop")[0])
+
+    def remove(self) -> None:
+        for c in (self.recovered, self.cluster):
+            if c is not None:
+                c.destroy()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+# A step of the story: it acts on the sandbox and returns (name, detail, whether it went as it should).
+Outcome = tuple[str, str, bool]
+
+
+def _start(sb: _Sandbox) -> Outcome:
+    check_runnable_by()  # archive_command runs this interpreter as the server's OS user
+    sb.url = f"file://{_server_owned(sb.base / 'repository')}"
+    sb.cluster = LocalCluster.temporary(
+        parent=str(sb.base),
+        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(sb.url)},
+    )
+    sb.cluster.start()
+    sb.repository = Repository(sb.url)
+    detail = f"PostgreSQL {sb.cluster.major} initialised and started on port {sb.cluster.port}, archiving WAL"
+    return "sandbox cluster", detail, True
+
+
+def _sample_data(sb: _Sandbox) -> Outcome:
+    sb.pg.execute("create database shop")
+    sb.pg.execute(SAMPLE_SCHEMA, dbname="shop")
+    sb.before = sb.fingerprint()
+    return "sample data", f"database shop: customers, products, {sb.before[0]} orders", True
+
+
+def _logical_backup(sb: _Sandbox) -> Outcome:
+    m = sb.logical = LogicalBackup(dbname=sb.pg.conninfo("shop")).run(sb.repo)
+    return (
+        "logical backup",
+        f"{m.id}: {human_bytes(m.raw_size or 0)} dumped, {human_bytes(m.size)} stored "
+        f"({m.compression}), {m.summary.tables if m.summary else '?'} tables",
+        True,
+    )
+
+
+def _verify(
+    backup: Callable[[_Sandbox], BackupManifest | None], name: str, on_server: bool
+) -> Callable[[_Sandbox], Outcome]:
+    def verify(sb: _Sandbox) -> Outcome:
+        m = backup(sb)
+        assert m is not None
+        rep = Verifier(sb.repo).verify(m.id, drill=True, drill_server=sb.pg.conninfo() if on_server else None)
+        return name, "; ".join(f"{c.name} {c.status}" for c in rep.checks), rep.ok
+
+    return verify
+
+
+def _drop_table(sb: _Sandbox) -> Outcome:
+    sb.pg.execute("drop table orders", dbname="shop")
+    return "accident", "DROP TABLE orders", True
+
+
+def _recover_table(sb: _Sandbox) -> Outcome:
+    assert sb.logical is not None
+    res = LogicalRestore(sb.repo, sb.logical.id).restore_table("orders", sb.pg.conninfo("shop"))
+    same = sb.fingerprint() == sb.before
+    content = "identical to before the accident" if same else "DIFFERS from before the accident"
+    return "table recovered", f"{res.rows} rows back from {sb.logical.id}; content {content}", same
+
+
+def _base_backup(sb: _Sandbox) -> Outcome:
+    b = sb.base_backup = BaseBackup(dbname=sb.pg.conninfo()).run(sb.repo)
+    return (
+        "base backup",
+        f"{b.id}: {human_bytes(b.raw_size or 0)} in {len(b.files) - 1} bundle(s), "
+        f"{human_bytes(b.size)} stored, WAL from {b.physical.start_wal if b.physical else '?'}",
+        True,
+    )
+
+
+def _delete_rows(sb: _Sandbox) -> Outcome:
+    sb.pg.execute(WORKLOAD, dbname="shop")
+    sb.good = sb.fingerprint()
+    (sb.moment,) = sb.pg.query("select clock_timestamp()")[0]
+    time.sleep(0.2)
+    sb.pg.execute("delete from orders where ordered_at < '2026-02-20'", dbname="shop")
+    left = sb.fingerprint()
+    _archive_now(sb.pg)
+    return (
+        "accident",
+        f"{sb.good[0]} orders after a day of work, then DELETE left {left[0]} at {datetime.now(UTC):%H:%M:%S}; "
+        "WAL archived",
+        True,
+    )
+
+
+def _point_in_time(sb: _Sandbox) -> Outcome:
+    assert sb.moment is not None
+    plan = RecoveryPlan(sb.repo, RecoveryTarget.time(sb.moment))
+    plan.validate()
+    result = plan.run(_server_owned(sb.base / "recovered") / "data", archive=False)  # a copy to look at
+    sb.recovered = result.cluster
+    back = sb.fingerprint(sb.recovered)
+    same = back == sb.good
+    return (
+        "point-in-time recovery",
+        f"to {sb.moment:%H:%M:%S.%f} from {result.backup_id}: {back[0]} orders, "
+        + ("identical to the moment before the DELETE" if same else "DIFFERENT from before the DELETE")
+        + f" (restore {result.restore_seconds:.2f} s, replay {result.recovery_seconds:.2f} s)",
+        same,
+    )
+
+
+# The story, in order: each step runs once the ones before it went through (a failure ends it).
+STORY: list[Callable[[_Sandbox], Outcome]] = [
+    _start,
+    _sample_data,
+    _logical_backup,
+    _verify(lambda sb: sb.logical, "verification", on_server=True),
+    _drop_table,
+    _recover_table,
+    _base_backup,
+    _delete_rows,
+    _point_in_time,
+    _verify(lambda sb: sb.base_backup, "base backup verified", on_server=False),
+]
+
+
 def run_demo(workdir: str | None = None, out: Callable[[str], None] | None = None) -> DemoReport:
     """Run the story; ``out`` receives a line per step as it happens."""
     report = DemoReport()
     say = out or (lambda _s: None)
-    base = Path(tempfile.mkdtemp(prefix="pgrecovery-demo-", dir=workdir))
-    base.chmod(0o755)  # the server's OS user must reach its data directory below
+    sandbox = _Sandbox(base=Path(tempfile.mkdtemp(prefix="pgrecovery-demo-", dir=workdir)))
+    sandbox.base.chmod(0o755)  # the server's OS user must reach its data directory below
     t_all = time.monotonic()
 
     def step(name: str, detail: str, t0: float) -> None:
@@ -126,111 +279,17 @@ def run_demo(workdir: str | None = None, out: Callable[[str], None] | None = Non
         report.steps.append(s)
         say(f"  {s.seconds:7.2f} s  {name}: {detail}")
 
-    say(f"pgrecovery demo in {base}")
-    cluster = recovered = None
+    say(f"pgrecovery demo in {sandbox.base}")
     try:
-        t0 = time.monotonic()
-        check_runnable_by()  # archive_command runs this interpreter as the server's OS user
-        url = f"file://{_server_owned(base / 'repository')}"
-        cluster = LocalCluster.temporary(
-            parent=str(base),
-            settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)},
-        )
-        cluster.start()
-        step(
-            "sandbox cluster",
-            f"PostgreSQL {cluster.major} initialised and started on port {cluster.port}, archiving WAL",
-            t0,
-        )
-
-        t0 = time.monotonic()
-        cluster.execute("create database shop")
-        cluster.execute(SAMPLE_SCHEMA, dbname="shop")
-        before = cluster.query(FINGERPRINT, dbname="shop")[0]
-        step("sample data", f"database shop: customers, products, {before[0]} orders", t0)
-
-        t0 = time.monotonic()
-        repo = Repository(url)
-        m = LogicalBackup(dbname=cluster.conninfo("shop")).run(repo)
-        step(
-            "logical backup",
-            f"{m.id}: {human_bytes(m.raw_size or 0)} dumped, {human_bytes(m.size)} stored "
-            f"({m.compression}), {m.summary.tables if m.summary else '?'} tables",
-            t0,
-        )
-
-        t0 = time.monotonic()
-        rep = Verifier(repo).verify(m.id, drill=True, drill_server=cluster.conninfo())
-        step("verification", "; ".join(f"{c.name} {c.status}" for c in rep.checks), t0)
-        report.ok &= rep.ok
-
-        t0 = time.monotonic()
-        cluster.execute("drop table orders", dbname="shop")
-        step("accident", "DROP TABLE orders", t0)
-
-        t0 = time.monotonic()
-        res = LogicalRestore(repo, m.id).restore_table("orders", cluster.conninfo("shop"))
-        after = cluster.query(FINGERPRINT, dbname="shop")[0]
-        same = tuple(after) == tuple(before)
-        report.ok &= same
-        step(
-            "table recovered",
-            f"{res.rows} rows back from {m.id}; content "
-            + ("identical to before the accident" if same else "DIFFERS from before the accident"),
-            t0,
-        )
-
-        t0 = time.monotonic()
-        b = BaseBackup(dbname=cluster.conninfo()).run(repo)
-        step(
-            "base backup",
-            f"{b.id}: {human_bytes(b.raw_size or 0)} in {len(b.files) - 1} bundle(s), "
-            f"{human_bytes(b.size)} stored, WAL from {b.physical.start_wal if b.physical else '?'}",
-            t0,
-        )
-
-        t0 = time.monotonic()
-        cluster.execute(WORKLOAD, dbname="shop")
-        good = cluster.query(FINGERPRINT, dbname="shop")[0]
-        (moment,) = cluster.query("select clock_timestamp()")[0]
-        time.sleep(0.2)
-        cluster.execute("delete from orders where ordered_at < '2026-02-20'", dbname="shop")
-        left = cluster.query(FINGERPRINT, dbname="shop")[0]
-        _archive_now(cluster)
-        step(
-            "accident",
-            f"{good[0]} orders after a day of work, then DELETE left {left[0]} at "
-            f"{datetime.now(UTC):%H:%M:%S}; WAL archived",
-            t0,
-        )
-
-        t0 = time.monotonic()
-        plan = RecoveryPlan(repo, RecoveryTarget.time(moment))
-        plan.validate()
-        result = plan.run(_server_owned(base / "recovered") / "data", archive=False)  # a copy to look at
-        recovered = result.cluster
-        back = recovered.query(FINGERPRINT, dbname="shop")[0]
-        same = tuple(back) == tuple(good)
-        report.ok &= same
-        step(
-            "point-in-time recovery",
-            f"to {moment:%H:%M:%S.%f} from {result.backup_id}: {back[0]} orders, "
-            + ("identical to the moment before the DELETE" if same else "DIFFERENT from before the DELETE")
-            + f" (restore {result.restore_seconds:.2f} s, replay {result.recovery_seconds:.2f} s)",
-            t0,
-        )
-
-        t0 = time.monotonic()
-        rep = Verifier(repo).verify(b.id, drill=True)
-        report.ok &= rep.ok
-        step("base backup verified", "; ".join(f"{c.name} {c.status}" for c in rep.checks), t0)
+        for action in STORY:
+            t0 = time.monotonic()
+            name, detail, ok = action(sandbox)
+            report.ok &= ok
+            step(name, detail, t0)
     except Exception as e:  # noqa: BLE001 - the report shows any failure as its last step
         report.ok = False
         step("failed", str(e), t_all)
     finally:
-        for c in (recovered, cluster):
-            if c is not None:
-                c.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+        sandbox.remove()
     say(f"{'OK' if report.ok else 'FAILED'}: demo finished in {time.monotonic() - t_all:.1f} s")
     return report
