@@ -66,7 +66,6 @@ smoke test of about a minute. The results are printed and written to ``benchmark
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pwd
 import re
@@ -83,7 +82,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_logical import DBNAME, MB, Result, dataset_info, load_data, paired, tree_size, versus
+from _common import (
+    DBNAME,
+    MB,
+    Method,
+    Result,
+    dataset_info,
+    load_data,
+    machine_info,
+    parser,
+    print_machine,
+    print_tables,
+    quick_or_full,
+    report_methods,
+    rotated,
+    run_rounds,
+    tree_size,
+    write_results,
+    zstd_version,
+)
 
 from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository
 from pgrecovery import _walnames as wn
@@ -91,7 +108,6 @@ from pgrecovery.cluster import check_runnable_by, default_run_as
 from pgrecovery.pgtools import find_tool
 from pgrecovery.wal.archiver import WalArchiver, archive_command, archiver_status, restore_command
 
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "physical.json"
 BASELINE = "pg_basebackup -Ft client-zstd:1"
 DEFAULT_METHOD = "BaseBackup(workers=2, zstd level 1)"
 PUSH_BASELINE = "cp %p DIR/%f"
@@ -149,40 +165,6 @@ def warm_page_cache(root: Path) -> None:
 
 
 # -- 1. base backups ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Method:
-    """One way of taking the backup. ``run`` backs up (into an empty scratch directory, or a repository) and returns
-    the stored bytes and, when known, the uncompressed size; ``cleanup`` (untimed) deletes what it stored."""
-
-    name: str
-    run: Callable[[Path], tuple[int, int | None]]
-    target: float | None = None  # highest acceptable median time as a multiple of the baseline's
-    cleanup: Callable[[], None] = lambda: None
-
-
-def run_rounds(methods: Sequence[Method], rounds: int, workdir: Path) -> dict[str, Result]:
-    """Every round runs every method once, in an order rotated by one each round."""
-    results = {m.name: Result(m) for m in methods}  # type: ignore[arg-type]  # bench_logical's Result, duck-typed
-    for r in range(rounds):
-        shift = r % len(methods)
-        for m in [*methods[shift:], *methods[:shift]]:
-            scratch = workdir / f"round{r}"
-            scratch.mkdir()
-            try:
-                t0 = time.perf_counter()
-                stored, raw = m.run(scratch)
-                elapsed = time.perf_counter() - t0
-            finally:
-                shutil.rmtree(scratch)
-                m.cleanup()
-            res = results[m.name]
-            res.seconds.append(elapsed)
-            res.stored.append(stored)
-            res.raw = raw if raw is not None else res.raw
-            print(f"  round {r + 1}/{rounds}  {m.name:<42} {elapsed:7.2f} s  {stored / MB:8.1f} MB", flush=True)
-    return results
 
 
 def pg_basebackup_method(conninfo: str) -> Method:
@@ -329,8 +311,7 @@ def push_calls(scratch: Path, segment: Path) -> tuple[list[PushCall], Path]:
 def run_push_rounds(calls: Sequence[PushCall], runs: int, cwd: Path) -> dict[str, PushTiming]:
     results = {c.name: PushTiming(c) for c in calls}
     for r in range(runs):
-        shift = r % len(calls)
-        for c in [*calls[shift:], *calls[:shift]]:
+        for c in rotated(calls, r):
             command = c.prepare(r)
             t0 = time.perf_counter()
             done = subprocess.run(["/bin/sh", "-c", command], cwd=cwd, capture_output=True, check=False)
@@ -469,8 +450,7 @@ def run_recovery_rounds(repo: Repository, rounds: int, segments: Sequence[str]) 
     names = list(variants)
     try:
         for r in range(rounds):
-            shift = r % len(names)
-            for i, name in enumerate([*names[shift:], *names[:shift]]):
+            for i, name in enumerate(rotated(names, r)):
                 pgdata = workdir / f"round{r}-{i}"
                 try:
                     rec, res, files, lsn = variants[name](pgdata)
@@ -495,63 +475,13 @@ def run_recovery_rounds(repo: Repository, rounds: int, segments: Sequence[str]) 
 # -- machine and reporting ----------------------------------------------------------------------------------------
 
 
-def machine_info(cluster: LocalCluster) -> dict[str, Any]:
-    import platform
-
-    import zstandard
-
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if cpuinfo.exists() else []
-    cpu = models[0].split(":", 1)[1].strip() if models else platform.processor()
-    zstd = shutil.which("zstd")
-    zstd_version = subprocess.run([zstd, "-V"], capture_output=True, text=True).stdout.strip() if zstd else None
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "zstandard": zstandard.__version__,
-        "zstd": zstd_version,
-        "postgresql": str(cluster.query("select version()")[0][0]),
-        "pg_basebackup": find_tool("pg_basebackup").version,
-    }
-
-
 def report_base_backups(results: dict[str, Result], data: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     print(
         f"\n1. base backup -- database {data['database_bytes'] / MB:,.0f} MB, {data['rows']:,} rows "
         f"(pgbench scale {args.scale} + {args.text_rows:,} rows of mixed text), {args.rounds} rounds"
     )
-    for t in data["tables"]:
-        print(f"            {t['name']:<20} {t['rows']:>12,} rows {t['bytes'] / MB:>9,.0f} MB")
-    header = f"{'method':<42} {'median s':>9} {'min s':>8} {'stored MB':>10} {'vs pg_bb':>8}  target"
-    print(header)
-    print("-" * len(header))
-    rows = []
-    for res in results.values():
-        m = res.method
-        ratio = versus(results, res, BASELINE)
-        passed = None if m.target is None or ratio is None else ratio <= m.target
-        verdict = "" if passed is None else f"<= {m.target:.2f}x {'PASS' if passed else 'MISS'}"
-        ratio_text = "-" if ratio is None else f"{ratio:.2f}x"
-        print(
-            f"{m.name:<42} {res.median:9.2f} {min(res.seconds):8.2f} {res.stored_mb:10.1f} {ratio_text:>8}  "
-            f"{verdict}".rstrip()
-        )
-        rows.append(
-            {
-                "method": m.name,
-                "seconds": res.seconds,
-                "median_s": res.median,
-                "min_s": min(res.seconds),
-                "stored_bytes": statistics.median(res.stored),
-                "raw_bytes": res.raw,
-                "ratio_vs_baseline": ratio,
-                "paired_ratio_vs_baseline": paired(results, res, BASELINE),
-                "target": m.target,
-                "pass": passed,
-            }
-        )
+    print_tables(data)
+    rows = report_methods(results, BASELINE, "vs pg_bb", notes=False)
     default = results.get(DEFAULT_METHOD)
     if default is not None and default.raw:
         print(
@@ -648,7 +578,7 @@ def report_recovery(results: dict[str, RecoveryRun], info: dict[str, Any]) -> li
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p = parser(__doc__)
     p.add_argument("--scale", type=int, default=None, help="pgbench scale factor (default 30; --quick: 5)")
     p.add_argument(
         "--text-rows", type=int, default=None, help="rows of mixed text data (default 3,000,000; --quick: 500,000)"
@@ -664,18 +594,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recovery-rounds", type=int, default=None, help="recoveries of each kind (default 3; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="a small data set and few rounds, for a smoke test")
     args = p.parse_args(argv)
-    defaults = (
-        ("scale", 30, 5),
-        ("text_rows", 3_000_000, 500_000),
-        ("rounds", 5, 2),
-        ("push_runs", 30, 10),
-        ("load_seconds", 60, 15),
-        ("segments", 100, 20),
-        ("recovery_rounds", 3, 1),
+    quick_or_full(
+        args,
+        (
+            ("scale", 30, 5),
+            ("text_rows", 3_000_000, 500_000),
+            ("rounds", 5, 2),
+            ("push_runs", 30, 10),
+            ("load_seconds", 60, 15),
+            ("segments", 100, 20),
+            ("recovery_rounds", 3, 1),
+        ),
     )
-    for name, full, quick in defaults:
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
     if min(args.scale, args.rounds, args.push_runs, args.load_seconds, args.segments, args.recovery_rounds) < 1:
         p.error("every count must be at least 1")
     if args.text_rows < 2:
@@ -709,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_archived(cluster)
         print(f"  archive caught up: {time.perf_counter() - t0:.1f} s")
         data = dataset_info(cluster)
-        machine = machine_info(cluster)
+        machine = machine_info(cluster, ["pg_basebackup"], zstd=zstd_version())
         conninfo = cluster.conninfo(DBNAME)
         warm_page_cache(cluster.data_dir)
 
@@ -746,8 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recoveries = run_recovery_rounds(repo, args.recovery_rounds, replay)
 
         print()
-        print(f"machine:    {machine['nproc']} CPUs ({machine['cpu']}), {machine['platform']}")
-        print(f"postgresql: {machine['postgresql']}")
+        print_machine(machine)
         backup_rows = report_base_backups(backups, data, args)
         push_rows = report_push(pushes, args.push_runs)
         report_sustained(load)
@@ -772,10 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(repo_dir, ignore_errors=True)
-    summary["total_seconds"] = time.perf_counter() - started
-    RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_FILE.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\ntotal {summary['total_seconds']:.0f} s; results written to {RESULTS_FILE}")
+    write_results("physical", summary, started)
     return 0
 
 

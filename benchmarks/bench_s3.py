@@ -31,7 +31,6 @@ cores) or ``--quick``. Results go to ``benchmarks/results/s3.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -48,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_logical import DBNAME, MB, load_data
+from _common import DBNAME, MB, load_data, rotated, write_results
 from bench_physical import SEGMENT, generate_wal, postgres_dir, wait_archived, warm_page_cache
 
 from pgrecovery import BaseBackup, LocalCluster, Repository
@@ -57,7 +56,6 @@ from pgrecovery.cluster import check_runnable_by
 from pgrecovery.pgtools import find_tool
 from pgrecovery.wal.archiver import archive_command
 
-RESULTS_FILE = Path(__file__).resolve().parent / "results" / "s3.json"
 BUCKET = "bench"
 BASELINE = "pg_basebackup | one S3 stream"
 PUSH_BASELINE = "raw upload, one client, in order"
@@ -156,8 +154,7 @@ def run_base_backups(conninfo: str, repo: Repository, fs: Any, rounds: int) -> d
     ]
     results: dict[str, dict[str, Any]] = {name: {"seconds": [], "bytes": 0} for name, _ in methods}
     for r in range(rounds):
-        shift = r % len(methods)
-        for name, run in [*methods[shift:], *methods[:shift]]:
+        for name, run in rotated(methods, r):
             t0 = time.perf_counter()
             size = run()
             elapsed = time.perf_counter() - t0
@@ -309,19 +306,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, secs in pushes.items():
         print(f"{name:<36} {median(secs):9.2f} {n / median(secs):11.1f} {median(secs) / raw_s:7.2f}x")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    RESULTS_FILE.parent.mkdir(exist_ok=True)
-    RESULTS_FILE.write_text(
-        json.dumps(
-            {
-                "finished_at": datetime.now(UTC).isoformat(),
-                "arguments": vars(args),
-                "segment_bytes": SEGMENT,
-                "base_backup": backups,
-                "wal_push": {"segments": n, "seconds": pushes},
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "finished_at": datetime.now(UTC).isoformat(),
+        "arguments": vars(args),
+        "segment_bytes": SEGMENT,
+        "base_backup": backups,
+        "wal_push": {"segments": n, "seconds": pushes},
+    }
+    write_results("s3", summary)
     return 0
 
 
