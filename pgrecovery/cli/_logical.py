@@ -20,6 +20,9 @@ _LOGICAL_BACKUP_OPTIONS = (
     *("schemas", "exclude_schemas", "tables", "exclude_tables", *LOGICAL_BACKUP_FLAGS, "create"),
 )
 
+# The options of restore logical, passed to `LogicalRestore.run` under the same names.
+_LOGICAL_RESTORE_OPTIONS = ("create", "schemas", "tables", "jobs", *LOGICAL_RESTORE_FLAGS)
+
 
 def backup(args: argparse.Namespace) -> int:
     """``backup logical``, ``backup globals`` and ``backup cluster``."""
@@ -47,19 +50,12 @@ def restore(args: argparse.Namespace) -> int:
     job = LogicalRestore(repository(args), args.id)
     if args.kind == "table":
         return _restore_table(args, job)
-    entries = None
-    if args.use_list:
-        entries = _listed(args.use_list, job)
     res = job.run(
         args.dbname,
-        create=args.create,
-        schemas=args.schemas,
-        tables=args.tables,
-        entries=entries,
-        jobs=args.jobs,
-        **options_of(args, LOGICAL_RESTORE_FLAGS),
+        entries=_listed(args.use_list, job) if args.use_list else None,
         verify_first=not args.no_verify_first,
         progress=progress(args),
+        **options_of(args, _LOGICAL_RESTORE_OPTIONS),
     )
     emit(args, res.to_dict(), _restored_into(job.manifest, res, args.dbname))
     return EXIT_OK

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._common import emit, manifest_text, progress, recorded, recovery_target, repository
 from .exitcodes import EXIT_OK
@@ -63,7 +63,7 @@ def restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, plan: RecoveryPlan, spaces: dict[str, Any]) -> int:
+def _run(args: argparse.Namespace, plan: RecoveryPlan, spaces: dict[str, str]) -> int:
     result = plan.run(
         args.pgdata,
         overwrite=args.overwrite,
