@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 
 import attrs
 
@@ -26,6 +26,8 @@ FORMATS: Final[tuple[Format, ...]] = get_args(Format)
 # A codec pgrecovery applies as the data streams, or pg_dump's own compression
 Compression = Literal["zstd", "gzip", "lz4", "none", "pg_dump"]
 COMPRESSIONS: Final[tuple[Compression, ...]] = get_args(Compression)
+
+_T = TypeVar("_T", bound=str)
 
 SCHEMA_VERSION: Final = 1
 # The stored JSON carries the sha256 of its own content, so that a changed byte anywhere in a manifest (a name,
@@ -46,22 +48,23 @@ def _codec(value: str) -> Codec:
     return value
 
 
-def _kind(value: str) -> BackupKind:
-    if value not in BACKUP_KINDS:
-        raise ValueError(f"unknown backup kind {value!r} (known: {', '.join(BACKUP_KINDS)})")
+def _one_of(value: str, allowed: tuple[_T, ...], what: str) -> _T:
+    """``value`` if it is one of ``allowed`` (a closed set), else `ValueError` naming it and the known values."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r} (known: {', '.join(map(str, allowed))})")
     return value
+
+
+def _kind(value: str) -> BackupKind:
+    return _one_of(value, BACKUP_KINDS, "backup kind")
 
 
 def _format(value: str) -> Format:
-    if value not in FORMATS:
-        raise ValueError(f"unknown format {value!r} (known: {', '.join(FORMATS)})")
-    return value
+    return _one_of(value, FORMATS, "format")
 
 
 def _compression(value: str) -> Compression:
-    if value not in COMPRESSIONS:
-        raise ValueError(f"unknown compression {value!r} (known: {', '.join(COMPRESSIONS)})")
-    return value
+    return _one_of(value, COMPRESSIONS, "compression")
 
 
 def _files(value: Iterable[FileEntry]) -> tuple[FileEntry, ...]:
