@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: the data set, timed rounds in a rotating order, the machine's description,
-the results table with its ratios, the quick/full option defaults, and writing the JSON results.
+"""What the benchmark scripts share: the data set, an archiving server's helpers, timed rounds in a rotating order,
+the machine's description, the results table with its ratios, the quick/full option defaults, and writing the JSON
+results.
 
 Not a benchmark itself (``nox -s bench`` runs only ``bench_*.py``). The scripts import it as a sibling module.
 """
@@ -10,9 +11,11 @@ import argparse
 import json
 import os
 import platform
+import pwd
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pgrecovery import LocalCluster
+from pgrecovery import _walnames as wn
+from pgrecovery.cluster import default_run_as
 from pgrecovery.pgtools import find_tool
+from pgrecovery.wal.archiver import archiver_status
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DBNAME = "bench"
@@ -133,6 +139,76 @@ def tree_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# -- an archiving server -------------------------------------------------------------------------------------------
+
+SEGMENT = 16 * 1024 * 1024
+UPDATE_CHUNK = 250_000  # rows per bulk update while generating WAL
+
+
+def postgres_dir(prefix: str) -> Path:
+    """A new directory that the server's OS user owns (archive_command and recovery write into it as that user)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    who = default_run_as()
+    if who is not None:
+        pw = pwd.getpwnam(who)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def ready_count(cluster: LocalCluster) -> int:
+    """Files waiting for archive_command (``pg_wal/archive_status/*.ready``)."""
+    return sum(1 for e in os.listdir(cluster.data_dir / "pg_wal" / "archive_status") if e.endswith(".ready"))
+
+
+def current_lsn(cluster: LocalCluster) -> int:
+    return wn.parse_lsn(str(cluster.query("select pg_current_wal_lsn()::text")[0][0]))
+
+
+def wait_archived(cluster: LocalCluster, timeout: float = 600) -> str:
+    """Switch to a new segment and wait until everything before it is archived; returns the last segment."""
+    last = str(cluster.query("select pg_walfile_name(pg_switch_wal())")[0][0])
+    deadline = time.monotonic() + timeout
+    while True:
+        status = archiver_status(cluster.conninfo())
+        if (status.last_archived_wal or "") >= last and ready_count(cluster) == 0:
+            return last
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL archiving did not catch up within {timeout:.0f} s: {status}")
+        time.sleep(0.2)
+
+
+def warm_page_cache(root: Path) -> None:
+    """Read every file of the data directory once (root may), so that the first timed method is not the only one
+    reading disk."""
+    for path in root.rglob("*"):
+        if path.is_file() and "pg_wal" not in path.parts:
+            with open(path, "rb", buffering=0) as f:
+                while f.read(1 << 20):
+                    pass
+
+
+def generate_wal(cluster: LocalCluster, segments: int, accounts: int, events: int) -> tuple[int, float]:
+    """Bulk updates of both tables, chunk by chunk, until ``segments`` segments of WAL are written."""
+    t0 = time.perf_counter()
+    start = current_lsn(cluster)
+    events_sql = (
+        "update bench_events set amount = amount + 0.01, happened_at = happened_at + interval '1 s' "
+        "where id between %s and %s"
+    )
+    tables = [("update pgbench_accounts set abalance = abalance + 1 where aid between %s and %s", accounts)]
+    tables.append((events_sql, events))
+    offsets = [1, 1]
+    i = 0
+    while current_lsn(cluster) - start < segments * SEGMENT:
+        sql, rows = tables[i % 2]
+        lo = offsets[i % 2]
+        hi = min(rows, lo + UPDATE_CHUNK - 1)
+        cluster.execute(sql, (lo, hi), dbname=DBNAME)
+        offsets[i % 2] = hi + 1 if hi < rows else 1
+        i += 1
+    return current_lsn(cluster) - start, time.perf_counter() - t0
 
 
 # -- the machine --------------------------------------------------------------------------------------------------

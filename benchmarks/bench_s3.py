@@ -47,8 +47,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import DBNAME, MB, load_data, rotated, write_results
-from bench_physical import SEGMENT, generate_wal, postgres_dir, wait_archived, warm_page_cache
+from _common import (
+    DBNAME,
+    MB,
+    SEGMENT,
+    generate_wal,
+    load_data,
+    postgres_dir,
+    rotated,
+    wait_archived,
+    warm_page_cache,
+    write_results,
+)
 
 from pgrecovery import BaseBackup, LocalCluster, Repository
 from pgrecovery import _walnames as wn
