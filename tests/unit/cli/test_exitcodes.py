@@ -56,3 +56,26 @@ def test_the_library_neither_exits_nor_prints(path: Path) -> None:
             if call in ("print", "sys.exit", "exit", "os._exit", "sys.stdout.write", "sys.stderr.write"):
                 wrong.append(f"line {node.lineno}: {call}()")
     assert not wrong, f"{path.name}: only pgrecovery/cli exits and prints: {wrong}"
+
+
+def test_every_verb_has_a_handler() -> None:
+    import argparse
+
+    from pgrecovery.cli.main import _VERBS, EXTENSION_VERBS, build_parser
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(actions[0].choices) == set(_VERBS) | set(EXTENSION_VERBS)
+
+
+def test_a_wal_fetch_that_cannot_start_stops_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As restore_command, anything but a delivery (0) or a confirmed miss (1) is 255: PostgreSQL stops instead of
+    ending recovery at the wrong point (a bad log format would otherwise be a usage error, 2)."""
+    from pgrecovery.cli.main import main
+
+    monkeypatch.setenv("PGRECOVERY_LOG_FORMAT", "yaml")
+    argv = ["--repo", str(tmp_path), "wal-fetch", "000000010000000000000001", str(tmp_path / "x")]
+    assert main(argv) == exitcodes.EXIT_FATAL
+    assert main(["--repo", str(tmp_path), "list"]) == exitcodes.EXIT_USAGE
+    assert "PGRECOVERY_LOG_FORMAT='yaml'" in capsys.readouterr().err
