@@ -469,5 +469,14 @@ class ClusterBackup:
         return manifest
 
 
-# re-exported: restores live in restore.py
-__all__ = ["ClusterBackup", "GlobalsBackup", "LogicalBackup", "LogicalRestore", "RestoreResult"]
+# re-exported: restores live in restore.py, the closed sets in the manifest
+__all__ = [
+    "FORMATS",
+    "ClusterBackup",
+    "Compression",
+    "Format",
+    "GlobalsBackup",
+    "LogicalBackup",
+    "LogicalRestore",
+    "RestoreResult",
+]

@@ -337,5 +337,3 @@ class _Tail:
         manifest, _ = json.JSONDecoder().raw_decode(data[at:].rstrip(b"\0").decode())
         ranges = manifest["WAL-Ranges"]
         return int(ranges[-1]["Timeline"]), str(ranges[0]["Start-LSN"]), str(ranges[-1]["End-LSN"])
-
-

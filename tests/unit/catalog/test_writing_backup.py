@@ -83,6 +83,7 @@ def test_leaving_the_block_without_finish_abandons_the_backup(repo: Repository) 
 
 def test_a_needed_backup_that_went_meanwhile_refuses_the_finish(repo: Repository) -> None:
     parent = put_backup(repo, T0 - timedelta(days=1), kind="base")
+
     def finish_after_the_parent_went() -> None:
         with writing_backup(repo, "base", T0, needs=[parent.id]) as backup:
             entry = write_file(repo, backup.id)
