@@ -66,9 +66,6 @@ smoke test of about a minute. The results are printed and written to ``benchmark
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
-import re
 import shlex
 import shutil
 import statistics
@@ -76,8 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,10 +81,8 @@ from typing import Any
 from _common import (
     DBNAME,
     MB,
-    SEGMENT,
     Method,
     Result,
-    current_lsn,
     dataset_info,
     generate_wal,
     load_data,
@@ -98,9 +92,7 @@ from _common import (
     print_machine,
     print_tables,
     quick_or_full,
-    ready_count,
     report_methods,
-    rotated,
     run_rounds,
     tree_size,
     wait_archived,
@@ -108,20 +100,17 @@ from _common import (
     write_results,
     zstd_version,
 )
+from _physical_push import push_calls, report_push, report_sustained, run_push_rounds, sustained_load
+from _physical_recovery import report_recovery, run_recovery_rounds
 
-from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository
+from pgrecovery import BaseBackup, LocalCluster, Repository
 from pgrecovery import _walnames as wn
-from pgrecovery.cluster import check_runnable_by, default_run_as
+from pgrecovery.cluster import check_runnable_by
 from pgrecovery.pgtools import find_tool
-from pgrecovery.wal.archiver import WalArchiver, archive_command, archiver_status, restore_command
+from pgrecovery.wal.archiver import WalArchiver, archive_command
 
 BASELINE = "pg_basebackup -Ft client-zstd:1"
 DEFAULT_METHOD = "BaseBackup(workers=2, zstd level 1)"
-PUSH_BASELINE = "cp %p DIR/%f"
-PREFETCH = "restore_command (prefetch, default)"
-NO_PREFETCH = "restore_command(prefetch=False)"
-REPLAY_ONLY = "WAL already in pg_wal (replay only, floor)"
-WINDOW = 15  # seconds: the sustained load's backlog must drain at least once in each window
 
 
 # -- 1. base backups ----------------------------------------------------------------------------------------------
@@ -200,217 +189,7 @@ def base_backup_methods(cluster: LocalCluster, conninfo: str, repo: Repository) 
     return methods
 
 
-# -- 2. WAL push per call ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PushCall:
-    """One archive_command. ``prepare(i)`` (untimed) returns the command line of run ``i``, %p and %f expanded;
-    ``cleanup(i)`` (untimed) removes what the run left."""
-
-    name: str
-    prepare: Callable[[int], str]
-    cleanup: Callable[[int], None] = lambda i: None
-
-
-@dataclass
-class PushTiming:
-    call: PushCall
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-
-def expand(command: str, path: str) -> str:
-    """PostgreSQL's placeholder substitution: %p the path, %f the file name, %% a percent sign."""
-    names = {"p": path, "f": os.path.basename(path), "%": "%"}
-    return re.sub(r"%([pf%])", lambda m: names[m.group(1)], command)
-
-
-def push_calls(scratch: Path, segment: Path) -> tuple[list[PushCall], Path]:
-    """The archive_commands to time, and the data directory they run in (a copy of one real segment in pg_wal)."""
-    data = scratch / "data"
-    pg_wal = data / "pg_wal"
-    (pg_wal / "archive_status").mkdir(parents=True)
-    hit = wn.segment_name(1, 0x100)
-    shutil.copyfile(segment, pg_wal / hit)
-    copies = scratch / "copies"
-    copies.mkdir()
-    url = f"file://{scratch / 'repo'}"
-    fast, plain = archive_command(url), archive_command(url, fast=False)
-    # One untimed push archives the segment and leaves the spool marker that the timed spool hits find.
-    subprocess.run(["/bin/sh", "-c", expand(fast, f"pg_wal/{hit}")], cwd=data, check=True)
-
-    def new_segment(i: int) -> str:
-        return wn.segment_name(1, 0x1000 + i)
-
-    def upload(i: int) -> str:
-        shutil.copyfile(segment, pg_wal / new_segment(i))
-        return expand(fast, f"pg_wal/{new_segment(i)}")
-
-    def remove_copy(i: int) -> None:
-        (copies / hit).unlink(missing_ok=True)
-
-    cp = f"cp %p {shlex.quote(str(copies))}/%f"
-    calls = [
-        PushCall(PUSH_BASELINE, lambda i: expand(cp, f"pg_wal/{hit}"), remove_copy),
-        PushCall(
-            "cp %p DIR/%f && sync DIR/%f",
-            lambda i: expand(f"{cp} && sync {shlex.quote(str(copies))}/%f", f"pg_wal/{hit}"),
-            remove_copy,
-        ),
-        PushCall("wal-push, spool hit (generated command)", lambda i: expand(fast, f"pg_wal/{hit}")),
-        PushCall("wal-push, spool hit (python -m pgrecovery)", lambda i: expand(plain, f"pg_wal/{hit}")),
-        PushCall("wal-push that uploads a new segment", upload, lambda i: (pg_wal / new_segment(i)).unlink()),
-    ]
-    return calls, data
-
-
-def run_push_rounds(calls: Sequence[PushCall], runs: int, cwd: Path) -> dict[str, PushTiming]:
-    results = {c.name: PushTiming(c) for c in calls}
-    for r in range(runs):
-        for c in rotated(calls, r):
-            command = c.prepare(r)
-            t0 = time.perf_counter()
-            done = subprocess.run(["/bin/sh", "-c", command], cwd=cwd, capture_output=True, check=False)
-            elapsed = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise RuntimeError(f"{command} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
-            c.cleanup(r)
-            results[c.name].seconds.append(elapsed)
-    return results
-
-
-def sustained_load(cluster: LocalCluster, seconds: int, clients: int = 4) -> dict[str, Any]:
-    """``pgbench -N`` for ``seconds`` while the server archives; the .ready backlog sampled every second."""
-    pgbench = find_tool("pgbench").path
-    before = archiver_status(cluster.conninfo())
-    lsn0 = current_lsn(cluster)
-    cmd = [str(pgbench), "-N", "-c", str(clients), "-j", "2", "-T", str(seconds)]
-    cmd += ["-h", cluster.host, "-p", str(cluster.port), "-U", cluster.superuser, DBNAME]
-    samples: list[tuple[float, int]] = []
-    t0 = time.monotonic()
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-        while proc.poll() is None:
-            samples.append((time.monotonic() - t0, ready_count(cluster)))
-            time.sleep(1)
-        output = proc.stdout.read() if proc.stdout else ""
-    if proc.returncode != 0:
-        raise RuntimeError(f"pgbench failed:\n{output}")
-    load_s = time.monotonic() - t0
-    at_end = ready_count(cluster)
-    wal = current_lsn(cluster) - lsn0
-    drained = time.monotonic()
-    while ready_count(cluster) > 0 and time.monotonic() - drained < 300:
-        time.sleep(0.1)
-    drain_s = time.monotonic() - drained
-    after = archiver_status(cluster.conninfo())
-    counts = [n for _, n in samples]
-    trend = statistics.linear_regression([t for t, _ in samples], counts).slope * 60 if len(samples) > 1 else 0.0
-    tps = re.search(r"tps = ([0-9.]+)", output)
-    failed = after.failed_count - before.failed_count
-    # A backlog that grows never returns to zero; one that merely fluctuates (bursts of WAL after checkpoints,
-    # archive-ahead batches) drains again within seconds.
-    windows = [[n for t, n in samples if lo <= t < lo + WINDOW] for lo in range(0, max(1, int(load_s)), WINDOW)]
-    windows = [w for w in windows if w]
-    return {
-        "command": f"pgbench -N -c {clients} -j 2 -T {seconds}",
-        "seconds": load_s,
-        "tps": float(tps.group(1)) if tps else None,
-        "wal_bytes": wal,
-        "samples": samples,
-        "max_ready": max(counts, default=0),
-        "mean_ready": statistics.fmean(counts) if counts else 0.0,
-        "ready_at_end": at_end,
-        "trend_per_minute": trend,
-        "windows": [{"min": min(w), "max": max(w)} for w in windows],
-        "drain_seconds": drain_s,
-        "archived": after.archived_count - before.archived_count,
-        "failed": failed,
-        # No failure, and the archiver caught up (at most one file waiting) at least once in every window.
-        "pass": failed == 0 and all(min(w) <= 1 for w in windows),
-    }
-
-
-# -- 3. recovery ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RecoveryRun:
-    seconds: list[float] = field(default_factory=list)
-    restore: list[float] = field(default_factory=list)
-    restored_files: list[int] = field(default_factory=list)
-    end_lsn: list[str] = field(default_factory=list)
-
-
-def recover_once(repo: Repository, pgdata: Path, settings: dict[str, object]) -> tuple[float, float, int, str]:
-    """Restore the latest base backup and replay the whole archive; (recovery s, restore s, files restored, LSN)."""
-    result = RecoveryPlan(repo, RecoveryTarget.latest()).run(pgdata, settings=settings)
-    LocalCluster(data_dir=pgdata, port=result.port).stop()
-    WalArchiver(repo).wait_for_prefetch(pgdata / "pgrecovery_spool")
-    log = pgdata.with_name(pgdata.name + ".log").read_text(errors="replace")
-    restored = re.findall(r'restored log file "([^"]+)" from archive', log)
-    return result.recovery_seconds, result.restore_seconds, len(restored), str(result.end_lsn)
-
-
-def replay_only_once(repo: Repository, pgdata: Path, segments: Sequence[str]) -> tuple[float, float, int, str]:
-    """The floor: the same recovery with every segment already in pg_wal (copied there untimed) and a
-    restore_command that always fails at once, so that the server reads pg_wal: replay alone."""
-    plan = RecoveryPlan(repo, RecoveryTarget.latest())
-    t0 = time.perf_counter()
-    plan.restore(pgdata, settings={"restore_command": "false", "archive_mode": "off"})
-    restore_s = time.perf_counter() - t0
-    archiver = WalArchiver(repo)
-    who = default_run_as()
-    ids = (pwd.getpwnam(who).pw_uid, pwd.getpwnam(who).pw_gid) if who else None
-    for name in segments:
-        dest = pgdata / "pg_wal" / name
-        archiver.fetch(name, dest, prefetch=False)
-        if ids:
-            os.chown(dest, *ids)
-    result = plan.run(pgdata, restore=False)
-    LocalCluster(data_dir=pgdata, port=result.port).stop()
-    return result.recovery_seconds, restore_s, 0, str(result.end_lsn)
-
-
-def run_recovery_rounds(repo: Repository, rounds: int, segments: Sequence[str]) -> dict[str, RecoveryRun]:
-    """Every round runs every variant once, in an order rotated by one each round."""
-    workdir = postgres_dir("pgrecovery-bench-recover-")
-    no_prefetch = {"restore_command": restore_command(repo.url, prefetch=False), "archive_mode": "off"}
-    variants: dict[str, Callable[[Path], tuple[float, float, int, str]]] = {
-        PREFETCH: lambda pgdata: recover_once(repo, pgdata, {"archive_mode": "off"}),
-        NO_PREFETCH: lambda pgdata: recover_once(repo, pgdata, no_prefetch),
-        REPLAY_ONLY: lambda pgdata: replay_only_once(repo, pgdata, segments),
-    }
-    results = {name: RecoveryRun() for name in variants}
-    names = list(variants)
-    try:
-        for r in range(rounds):
-            for i, name in enumerate(rotated(names, r)):
-                pgdata = workdir / f"round{r}-{i}"
-                try:
-                    rec, res, files, lsn = variants[name](pgdata)
-                finally:
-                    shutil.rmtree(pgdata, ignore_errors=True)
-                    pgdata.with_name(pgdata.name + ".log").unlink(missing_ok=True)
-                run = results[name]
-                run.seconds.append(rec)
-                run.restore.append(res)
-                run.restored_files.append(files)
-                run.end_lsn.append(lsn)
-                print(
-                    f"  round {r + 1}/{rounds}  {name:<42} recovery {rec:7.2f} s  (restore {res:5.2f} s, "
-                    f"{files} WAL files from the archive, end {lsn})",
-                    flush=True,
-                )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return results
-
-
-# -- machine and reporting ----------------------------------------------------------------------------------------
+# -- reporting ----------------------------------------------------------------------------------------
 
 
 def report_base_backups(results: dict[str, Result], data: dict[str, Any], args: argparse.Namespace) -> list[Any]:
@@ -425,92 +204,6 @@ def report_base_backups(results: dict[str, Result], data: dict[str, Any], args: 
         print(
             f"data files backed up: {default.raw / MB:,.0f} MB (tar); compress "
             f"{default.raw / statistics.median(default.stored):.1f}:1 with zstd 1"
-        )
-    return rows
-
-
-def report_push(results: dict[str, PushTiming], runs: int) -> list[Any]:
-    print(f"\n2. archive_command per call (16 MB segment, run by /bin/sh -c, median of {runs} runs)")
-    header = f"{'command':<42} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'vs cp':>7}"
-    print(header)
-    print("-" * len(header))
-    base = results[PUSH_BASELINE].median
-    rows = []
-    for res in results.values():
-        ratio = res.median / base
-        print(
-            f"{res.call.name:<42} {res.median * 1e3:10.1f} {min(res.seconds) * 1e3:8.1f} "
-            f"{max(res.seconds) * 1e3:8.1f} {ratio:6.1f}x"
-        )
-        rows.append(
-            {
-                "command": res.call.name,
-                "seconds": res.seconds,
-                "median_s": res.median,
-                "min_s": min(res.seconds),
-                "ratio_vs_cp": ratio,
-            }
-        )
-    return rows
-
-
-def report_sustained(load: dict[str, Any]) -> None:
-    wal = load["wal_bytes"]
-    print(
-        f"\nsustained load: {load['command']}: {load['tps'] or 0:,.0f} tps, {wal / MB:,.0f} MB of WAL "
-        f"({wal / SEGMENT:.0f} segments, {wal / SEGMENT / load['seconds']:.2f}/s)"
-    )
-    print(
-        f"  .ready backlog: max {load['max_ready']}, mean {load['mean_ready']:.1f}, at the end of the load "
-        f"{load['ready_at_end']}, trend {load['trend_per_minute']:+.2f} segments/min; drained "
-        f"{load['drain_seconds']:.1f} s after the load"
-    )
-    spans = ", ".join(f"{w['min']}-{w['max']}" for w in load["windows"])
-    print(f"  backlog per {WINDOW} s window (min-max): {spans}")
-    verdict = "PASS" if load["pass"] else "MISS"
-    print(
-        f"  pg_stat_archiver: archived +{load['archived']}, failed +{load['failed']}; "
-        f"the backlog drained in every window: {verdict}"
-    )
-
-
-def report_recovery(results: dict[str, RecoveryRun], info: dict[str, Any]) -> list[Any]:
-    print(
-        f"\n3. recovery of base backup + {info['segments']} archived segments ({info['wal_bytes'] / MB:,.0f} MB "
-        f"of WAL from bulk updates), {info['rounds']} rounds"
-    )
-    header = (
-        f"{'restore_command':<42} {'median s':>9} {'min s':>8} {'restore s':>10} {'vs no prefetch':>15} {'vs floor':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    ends = {lsn for run in results.values() for lsn in run.end_lsn}
-    if len(ends) > 1:
-        print(f"warning: the recoveries did not all end at the same LSN: {sorted(ends)}")
-    base = statistics.median(results[NO_PREFETCH].seconds)
-    floor = statistics.median(results[REPLAY_ONLY].seconds)
-    rows = []
-    for name, run in results.items():
-        median = statistics.median(run.seconds)
-        restore = statistics.median(run.restore)
-        print(
-            f"{name:<42} {median:9.2f} {min(run.seconds):8.2f} {restore:10.2f} {median / base:14.2f}x "
-            f"{median / floor:8.2f}x"
-        )
-        rows.append(
-            {
-                "method": name,
-                "recovery_seconds": run.seconds,
-                "median_s": median,
-                "restore_seconds": run.restore,
-                "restored_wal_files": run.restored_files,
-                "end_lsn": run.end_lsn,
-                "ratio_vs_no_prefetch": median / base,
-                "ratio_vs_replay_only": median / floor,
-                "paired_ratio_vs_no_prefetch": statistics.median(
-                    a / b for a, b in zip(run.seconds, results[NO_PREFETCH].seconds, strict=True)
-                ),
-            }
         )
     return rows
 

@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with moto_server(workdir / "moto.log") as endpoint:
             import fsspec
 
-            options = {"endpoint_url": endpoint, "key": "bench-key", "secret": "bench-secret"}
+            options: dict[str, Any] = {"endpoint_url": endpoint, "key": "bench-key", "secret": "bench-secret"}
             fs = fsspec.filesystem("s3", **options)
             fs.mkdir(BUCKET)
             url = f"s3://{BUCKET}/repo"
