@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -60,16 +61,17 @@ def test_files_are_spread_biggest_first_onto_the_lightest_bundle() -> None:
     assert assign(files[:1], 4) == [[files[0]]]
 
 
-def take(repo: Repository, pgdata: Path, when: datetime, parent: BackupManifest | None = None) -> BackupManifest:
-    known = {m.path: m for m in parent.physical.members} if parent and parent.physical else {}
-    needs = sorted({parent.id} | {m.source for m in known.values()}) if parent else []
-    with writing_backup(repo, "base", when, needs=needs) as backup:
-        dirs, found = scan_data_directory(str(pgdata), {})
-        files, members = write_bundles(
-            repo, backup.id, assign(found, 2), Meter("backup", None), known, codec="zstd", level=1, threads=1
-        )
-        physical = PhysicalInfo(
-            method="local",
+def base_manifest(backup_id: str, when: datetime, files: list[FileEntry], **physical: Any) -> BackupManifest:
+    """A base backup's manifest with a made-up WAL range; ``physical`` gives the rest of its `PhysicalInfo`."""
+    return BackupManifest(
+        id=backup_id,
+        kind="base",
+        started_at=when,
+        finished_at=when + timedelta(seconds=1),
+        format="tar",
+        compression="zstd",
+        files=files,
+        physical=PhysicalInfo(
             label="t",
             start_lsn="0/2000028",
             stop_lsn="0/2000100",
@@ -79,21 +81,22 @@ def take(repo: Repository, pgdata: Path, when: datetime, parent: BackupManifest 
             system_identifier="7",
             data_checksums=True,
             wal_segment_size=16 << 20,
-            parent=parent.id if parent else None,
-            directories=dirs,
-            members=members,
+            **physical,
+        ),
+    )
+
+
+def take(repo: Repository, pgdata: Path, when: datetime, parent: BackupManifest | None = None) -> BackupManifest:
+    known = {m.path: m for m in parent.physical.members} if parent and parent.physical else {}
+    needs = sorted({parent.id} | {m.source for m in known.values()}) if parent else []
+    with writing_backup(repo, "base", when, needs=needs) as backup:
+        dirs, found = scan_data_directory(str(pgdata), {})
+        files, members = write_bundles(
+            repo, backup.id, assign(found, 2), Meter("backup", None), known, codec="zstd", level=1, threads=1
         )
+        parent_id = parent.id if parent else None
         return backup.finish(
-            BackupManifest(
-                id=backup.id,
-                kind="base",
-                started_at=when,
-                finished_at=when + timedelta(seconds=1),
-                format="tar",
-                compression="zstd",
-                files=files,
-                physical=physical,
-            )
+            base_manifest(backup.id, when, files, method="local", parent=parent_id, directories=dirs, members=members)
         )
 
 
@@ -147,27 +150,7 @@ def sources_bundle(m: BackupManifest, path: str) -> str:
 
 def test_a_stream_backup_reads_its_one_base_file() -> None:
     entry = FileEntry(path="data/base.tar.zst", size=1, sha256="0" * 64, codec="zstd", role="base")
-    m = BackupManifest(
-        id="20261124T101500Z-base",
-        kind="base",
-        started_at=T0,
-        finished_at=T0,
-        format="tar",
-        compression="zstd",
-        files=[entry],
-        physical=PhysicalInfo(
-            method="stream",
-            label="t",
-            start_lsn="0/0",
-            stop_lsn="0/0",
-            timeline=1,
-            start_wal="000000010000000000000001",
-            stop_wal="000000010000000000000001",
-            system_identifier="7",
-            data_checksums=False,
-            wal_segment_size=16 << 20,
-        ),
-    )
+    m = base_manifest("20261124T101500Z-base", T0, [entry], method="stream")
     assert bundles_to_read(m, {m.id: m}) == [(m, entry)]
 
 
