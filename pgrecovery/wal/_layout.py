@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import attrs
 
 from .. import _walnames
-from ..codec import SUFFIX, Codec
+from ..codec import SUFFIX, Codec, open_decompressed
 from ..errors import ChecksumMismatch, PgRecoveryError, StorageError
 
 if TYPE_CHECKING:
@@ -84,8 +84,6 @@ def verified_chunks(raw: BinaryIO, obj: WalObject, *, where: str = "", then: str
     has ended. An OS error while reading is a `StorageError`. ``where`` (" in <repository>") and ``then`` (what
     the caller did about it) complete the mismatch's message.
     """
-    from ..codec import open_decompressed
-
     h = hashlib.sha256()
     stream = open_decompressed(raw, obj.codec)
     while chunk := _read_decompressed(stream, obj):

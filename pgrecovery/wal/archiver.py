@@ -27,7 +27,7 @@ import attrs
 
 from .. import _fsutil, _spool, _walnames
 from .._walnames import DEFAULT_SEGMENT_SIZE
-from ..codec import Codec, check_codec, check_level
+from ..codec import Codec, check_codec, check_level, compressor
 from ..errors import AlreadyExists, ConfigurationError, StorageError
 from ._layout import CHUNK, WAL_PREFIX, WalObject, object_key, parse_object_name, timeline_dir, verified_chunks
 from .commands import archive_command, restore_command
@@ -184,8 +184,6 @@ class WalArchiver(WalIndex):
         return PushResult(name=name, sha256=digest, outcome=outcome, key=key, size=size, stored_size=stored_size)
 
     def _upload(self, abspath: str, key: str, digest: str) -> int:
-        from ..codec import compressor
-
         writer = self.repo.writer(key)
         try:
             comp = compressor(self.compression, self.level, threads=1)
