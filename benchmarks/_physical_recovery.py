@@ -14,15 +14,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import MB, postgres_dir, rotated
+from _common import DBNAME, MB, generate_wal, postgres_dir, rotated, wait_archived
 
-from pgrecovery import LocalCluster, RecoveryPlan, RecoveryTarget, Repository
+from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository
+from pgrecovery import _walnames as wn
 from pgrecovery.cluster import default_run_as
+from pgrecovery.manifest import BackupManifest
 from pgrecovery.wal.archiver import WalArchiver, restore_command
 
 PREFETCH = "restore_command (prefetch, default)"
 NO_PREFETCH = "restore_command(prefetch=False)"
 REPLAY_ONLY = "WAL already in pg_wal (replay only, floor)"
+
+
+def prepare_replay(
+    cluster: LocalCluster, repo: Repository, conninfo: str, segments: int
+) -> tuple[BackupManifest, list[str], int]:
+    """A base backup, then at least ``segments`` segments of WAL archived, then the server stopped: the backup, the
+    segments a recovery replays, and the bytes of WAL written."""
+    base = BaseBackup(dbname=conninfo, workers=2, compression="zstd", level=1).run(repo)
+    assert base.physical is not None
+    accounts = int(cluster.query("select count(*) from pgbench_accounts", dbname=DBNAME)[0][0])
+    events = int(cluster.query("select max(id) from bench_events", dbname=DBNAME)[0][0])
+    wal_bytes, wal_s = generate_wal(cluster, segments, accounts, events)
+    t0 = time.perf_counter()
+    wait_archived(cluster)
+    # No autovacuum or checkpoints of the source competing with the recoveries. The server archives the
+    # segment holding its shutdown checkpoint as it stops: that one is replayed too.
+    cluster.stop()
+    names = WalArchiver(repo).list_archived().get(1, [])
+    replay = [n for n in names if wn.is_segment(n) and n >= base.physical.start_wal]
+    print(
+        f"  {wal_bytes / MB:,.0f} MB of WAL in {wal_s:.1f} s, archived {time.perf_counter() - t0:.1f} s later; "
+        f"{len(replay)} segments from {replay[0]} to {replay[-1]} to replay"
+    )
+    return base, replay, wal_bytes
 
 
 @dataclass

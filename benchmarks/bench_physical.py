@@ -84,7 +84,6 @@ from _common import (
     Method,
     Result,
     dataset_info,
-    generate_wal,
     load_data,
     machine_info,
     parser,
@@ -101,7 +100,7 @@ from _common import (
     zstd_version,
 )
 from _physical_push import push_calls, report_push, report_sustained, run_push_rounds, sustained_load
-from _physical_recovery import report_recovery, run_recovery_rounds
+from _physical_recovery import prepare_replay, report_recovery, run_recovery_rounds
 
 from pgrecovery import BaseBackup, LocalCluster, Repository
 from pgrecovery import _walnames as wn
@@ -287,22 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = sustained_load(cluster, args.load_seconds)
 
         print("3. recovery: base backup, then WAL ...")
-        base = BaseBackup(dbname=conninfo, workers=2, compression="zstd", level=1).run(repo)
-        assert base.physical is not None
-        accounts = int(cluster.query("select count(*) from pgbench_accounts", dbname=DBNAME)[0][0])
-        events = int(cluster.query("select max(id) from bench_events", dbname=DBNAME)[0][0])
-        wal_bytes, wal_s = generate_wal(cluster, args.segments, accounts, events)
-        t0 = time.perf_counter()
-        wait_archived(cluster)
-        # No autovacuum or checkpoints of the source competing with the recoveries. The server archives the
-        # segment holding its shutdown checkpoint as it stops: that one is replayed too.
-        cluster.stop()
-        names = WalArchiver(repo).list_archived().get(1, [])
-        replay = [n for n in names if wn.is_segment(n) and n >= base.physical.start_wal]
-        print(
-            f"  {wal_bytes / MB:,.0f} MB of WAL in {wal_s:.1f} s, archived {time.perf_counter() - t0:.1f} s later; "
-            f"{len(replay)} segments from {replay[0]} to {replay[-1]} to replay"
-        )
+        base, replay, wal_bytes = prepare_replay(cluster, repo, conninfo, args.segments)
         print(f"   {args.recovery_rounds} rounds ...")
         recoveries = run_recovery_rounds(repo, args.recovery_rounds, replay)
 
