@@ -61,8 +61,8 @@ _LAZY = {
     "Verifier": "verify",
     "BaseBackup": "physical.backup",
     "RecoveryPlan": "recovery.plan",
-    "RecoveryResult": "recovery.plan",
-    "RecoveryTarget": "recovery.plan",
+    "RecoveryResult": "recovery.run",
+    "RecoveryTarget": "recovery.target",
     "WalArchiver": "wal.archiver",
     "AgeLimit": "monitoring",
     "CheckResult": "monitoring",
@@ -115,8 +115,10 @@ if TYPE_CHECKING:
     from .physical.backup import BaseBackup
     from .policy import BackupPolicy, Job, JobRun, PolicyRun, Schedule, load_policy, run_policy
     from .progress import Progress, ProgressCallback
-    from .recovery.plan import RecoveryPlan, RecoveryResult, RecoveryTarget
+    from .recovery.plan import RecoveryPlan
     from .recovery.rescue import RowRescue, Sandbox, TableRescue, recover_rows, recover_table, sandbox_at
+    from .recovery.run import RecoveryResult
+    from .recovery.target import RecoveryTarget
     from .repository import Repository
     from .retention import RetentionPolicy, expire
     from .verify import Check, VerificationReport, Verifier

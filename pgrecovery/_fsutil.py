@@ -13,7 +13,8 @@ import os
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
+    from typing import BinaryIO
 
 
 def temp_path(path: str) -> str:
@@ -63,20 +64,19 @@ def publish(tmp: str, path: str, *, overwrite: bool = True, sync: bool = True) -
         fsync_dir(os.path.dirname(path))
 
 
-def write_atomic(
-    path: str, data: bytes | str | Iterable[bytes], *, mode: int = 0o640, overwrite: bool = True, sync: bool = True
-) -> None:
-    """Write ``path`` whole (bytes, text as UTF-8, or chunks) or not at all; see the module docstring.
+@contextlib.contextmanager
+def atomic_file(path: str, *, mode: int = 0o640, overwrite: bool = True, sync: bool = True) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: it gets its name only when the block ends without an error
+    (fsynced and published as the module docstring says); on an error the temporary file is removed.
 
-    ``sync=False`` skips both fsyncs, for files whose loss costs only speed (a spool's markers).
+    ``sync=False`` skips both fsyncs, for files whose loss costs only speed or that something else syncs (a
+    spool's markers; files restored into a data directory, which PostgreSQL syncs when it starts).
     """
     tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb", closefd=True) as f:
-            chunks = [data.encode()] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
-            for chunk in chunks:
-                f.write(chunk)
+            yield f
             f.flush()
             if sync:
                 os.fsync(f.fileno())
@@ -85,6 +85,16 @@ def write_atomic(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(
+    path: str, data: bytes | str | Iterable[bytes], *, mode: int = 0o640, overwrite: bool = True, sync: bool = True
+) -> None:
+    """Write ``path`` whole (bytes, text as UTF-8, or chunks) or not at all: `atomic_file` with the data."""
+    chunks = [data.encode()] if isinstance(data, str) else [data] if isinstance(data, bytes) else data
+    with atomic_file(path, mode=mode, overwrite=overwrite, sync=sync) as f:
+        for chunk in chunks:
+            f.write(chunk)
 
 
 def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> None:
@@ -100,6 +110,7 @@ def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> No
 
 
 __all__ = [
+    "atomic_file",
     "fsync_dir",
     "is_temp_name",
     "makedirs_durable",

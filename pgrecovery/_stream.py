@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
+from ._fsutil import atomic_file
 from ._objects import ObjectWriter, StoredObject
 from .codec import Codec, compressor, open_decompressed
 from .errors import ChecksumMismatch, PgRecoveryError
@@ -181,14 +182,13 @@ def copy_out(src: Readable, dst: IO[bytes], meter: Meter | None = None) -> None:
 
 
 def materialise(repo: Repository, key: str, entry: FileEntry, dest: Path, meter: Meter | None = None) -> None:
-    """Write the decompressed, verified content of a stored file to ``dest`` (temp name, then rename)."""
-    tmp = dest.with_name(f".{dest.name}.part")
-    with open_entry(repo, key, entry) as src, open(tmp, "wb") as out:
+    """Write the decompressed, verified content of a stored file to ``dest`` (temp name, then rename; not fsynced:
+    what reads it next, pg_restore or a starting server, comes after the restore as a whole)."""
+    with open_entry(repo, key, entry) as src, atomic_file(str(dest), sync=False) as out:
         copy_out(src, out, meter)
         # drain the verifier: decompressors may stop before reading the stored stream's last byte
         while src.read(CHUNK):
             pass
-    os.replace(tmp, dest)
 
 
 class Feeder(threading.Thread):

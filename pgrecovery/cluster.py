@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import pgtools
+from ._fsutil import atomic_file
 from ._pgdb import connect
 from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed
 
@@ -229,13 +230,12 @@ class LocalCluster:
         self._write_owned(self.auto_conf, "\n".join(keep) + "\n")
 
     def _write_owned(self, path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
+        """Replace a file of the data directory whole, mode 600 and owned by the server's user."""
         ids = _owner_ids(self.run_as)
-        if ids:
-            os.chown(tmp, *ids)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        with atomic_file(str(path), mode=0o600) as out:
+            out.write(text.encode())
+            if ids:
+                os.fchown(out.fileno(), *ids)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def log_tail(self) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import attrs
 
+from .._fsutil import write_atomic
 from ..errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
@@ -161,19 +162,14 @@ class EncryptionKey:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key (base64) to a new file of mode 600; an existing file is never overwritten."""
         name = os.fspath(path)
-        try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:  # complete or absent, never over an existing file
+            write_atomic(name, (self.to_base64() + "\n").encode("ascii"), mode=0o600, overwrite=False)
         except FileExistsError:
             raise ConfigurationError(
                 f"refusing to overwrite {name}: it exists (it may hold a key still needed)"
             ) from None
         except OSError as e:
             raise ConfigurationError(f"cannot create key file {name}: {e.strerror or e}") from None
-        try:
-            os.write(fd, (self.to_base64() + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- internals ------------------------------------------------------------------------------------------
     def _object_cipher(self, header: bytes) -> AESGCM:

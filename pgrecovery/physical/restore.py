@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .._fsutil import atomic_file
 from .._stream import open_entry
 from ..errors import BackupError, ChecksumMismatch, ConfigurationError
 from ..manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
@@ -190,17 +191,16 @@ def _extract_one(
     src = tar.extractfile(info)
     assert src is not None
     h = hashlib.sha256()
-    tmp = dest.with_name(dest.name + ".pgrecovery-part")
-    with open(tmp, "wb") as out:
+    # not fsynced one by one: PostgreSQL syncs the data directory when it starts on it
+    with atomic_file(str(dest), mode=0o600, sync=False) as out:
         while chunk := src.read(CHUNK):
             h.update(chunk)
             out.write(chunk)
             meter.add(len(chunk))
-    if want is not None and (h.hexdigest() != want.sha256 or info.size != want.size):
-        tmp.unlink()
-        raise ChecksumMismatch(f"{info.name} in {key} differs from the manifest: the backup is damaged")
-    os.utime(tmp, (info.mtime, info.mtime))
-    os.replace(tmp, dest)
+        if want is not None and (h.hexdigest() != want.sha256 or info.size != want.size):
+            raise ChecksumMismatch(f"{info.name} in {key} differs from the manifest: the backup is damaged")
+        out.flush()  # before the times are set: a later write would change them
+        os.utime(out.fileno(), (info.mtime, info.mtime))
 
 
 def chown_tree(paths: Sequence[Path], user: str | None) -> None:

@@ -242,22 +242,15 @@ class WalArchiver(WalIndex):
     def _download(self, obj: WalObject, dest: str, *, sync_dir: bool = True) -> None:
         """Deliver ``obj`` as ``dest`` verified: temp file beside it, fsync, rename (then the directory's fsync,
         unless ``sync_dir`` is off: the prefetch queue is a cache)."""
-        tmp = _fsutil.temp_path(dest)
         try:
-            with self.repo.open(obj.key) as raw, open(tmp, "xb") as out:
+            with self.repo.open(obj.key) as raw, _fsutil.atomic_file(dest, mode=0o600, sync=sync_dir) as out:
                 for chunk in verified_chunks(raw, obj, then="; nothing was delivered"):
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            _fsutil.publish(tmp, dest, sync=sync_dir)
+                if not sync_dir:  # the file is fsynced all the same: only the queue's directory entry may be lost
+                    out.flush()
+                    os.fsync(out.fileno())
         except OSError as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise StorageError(f"cannot deliver {obj.name} to {dest}: {e.strerror or e}") from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
 
     def _start_prefetch(self, name: str, spool: str) -> bool:
         if self.prefetch <= 0 or not _walnames.is_segment(name) or self.repo.protocol == "memory":
