@@ -485,3 +485,12 @@ def fast_command(argv: Sequence[str]) -> int | None:
     except Exception:  # noqa: BLE001 - the full CLI retries and reports properly
         return None
     return None
+
+
+if __name__ == "__main__":
+    # Older pgrecovery wrote archive_command / restore_command as ``python -S .../pgrecovery/_spool.py ...``.
+    # Such a setting must keep working after an upgrade (a script that did nothing and exited 0 would tell
+    # PostgreSQL that every segment was archived): run the entry script beside this file in its place.
+    import runpy
+
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_walcmd.py"), run_name="__main__")

@@ -79,3 +79,32 @@ def test_the_generated_script_exits_the_same(repo: Repository, tmp_path: Path, n
 def test_the_generated_script_exits_255_on_a_usage_error(tmp_path: Path) -> None:
     cmd = [sys.executable, "-S", WALCMD, "wal-fetch", "--repo", "file:///x", "--bogus", NOT_ARCHIVED, "RECOVERYXLOG"]
     assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, check=False).returncode == 255
+
+
+def test_commands_written_by_older_versions_still_work(repo: Repository, tmp_path: Path) -> None:
+    """archive_command / restore_command set up before the entry script had its own file name the spool module:
+    they must still archive and deliver (a script that did nothing and exited 0 would lose WAL)."""
+    old_script = str(Path(_spool.__file__).resolve())
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    segment = pg_wal / NOT_ARCHIVED
+    segment.write_bytes(b"new segment" * 500)
+    push = [sys.executable, "-S", old_script, "wal-push", "--repo", repo.url, str(segment)]
+    assert subprocess.run(push, capture_output=True, check=False).returncode == 0
+    assert WalIndex(repo).find(NOT_ARCHIVED) is not None
+    dest = tmp_path / "RECOVERYXLOG"
+    fetch_cmd = [
+        sys.executable,
+        "-S",
+        old_script,
+        "wal-fetch",
+        "--repo",
+        repo.url,
+        "--no-prefetch",
+        ARCHIVED,
+        str(dest),
+    ]
+    assert subprocess.run(fetch_cmd, capture_output=True, check=False).returncode == 0
+    assert dest.read_bytes() == b"segment" * 1000
+    missing = [sys.executable, "-S", old_script, "wal-push", "--repo", repo.url, str(pg_wal / segment_name(1, 9))]
+    assert subprocess.run(missing, capture_output=True, check=False).returncode != 0
