@@ -113,7 +113,8 @@ def tests(session: nox.Session) -> None:
     azurite = ensure_azurite(session)
     sshd = ensure_sshd(session)
     # includes moto, s3fs, adlfs, gcsfs, fake-gcs-server, sshfs, webdav4, wsgidav and cheroot
-    session.install(*(["-e"] if EDITABLE else []), ".[test]")
+    # the "majors" extra: server installations of PostgreSQL 16, 17 and 18 (tests/integration/test_majors*.py)
+    session.install(*(["-e"] if EDITABLE else []), ".[test,majors]")
     _check_reachable_by_server(session)
     # Under nox every emulator must run: a missing one fails its tests instead of skipping them.
     # gcsfs must not probe the (emulator-less) Storage Control API: set before anything imports it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -21,7 +22,7 @@ import attrs
 from . import pgtools
 from ._fsutil import atomic_file
 from ._pgdb import connect
-from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed
+from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed, ToolNotFound
 
 if TYPE_CHECKING:
     import psycopg
@@ -120,6 +121,49 @@ def _absolute(path: str | os.PathLike[str]) -> Path:
     return Path(path).absolute()
 
 
+def require_server_programs(major: int, *, what: str, bindir: str | os.PathLike[str] | None = None) -> pgtools.PgTool:
+    """This host's server programs (pg_ctl) of exactly ``major``; else `ToolNotFound` naming both versions.
+
+    A data directory only runs under the server major that wrote it: called before anything is written.
+    """
+    try:
+        return pgtools.find_tool("pg_ctl", major=major, bindir=bindir)
+    except ToolNotFound:
+        try:
+            other = pgtools.find_tool("pg_ctl", bindir=bindir)
+        except ToolNotFound:
+            raise ToolNotFound(
+                f"{what} is PostgreSQL {major} and no PostgreSQL server programs were found: install PostgreSQL "
+                f"{major}'s or set {pgtools.BINDIR_ENV} to their directory"
+            ) from None
+        raise ToolNotFound(
+            f"{what} is PostgreSQL {major} but the server programs here are PostgreSQL {other.major} "
+            f"({other.bindir}): a data directory runs only under its own major; install PostgreSQL {major}'s "
+            f"server programs or set {pgtools.BINDIR_ENV} to their directory"
+        ) from None
+
+
+def data_dir_major(pgdata: str | os.PathLike[str]) -> int | None:
+    """The major version of an existing data directory (its PG_VERSION file), None when there is none."""
+    try:
+        text = (Path(pgdata) / "PG_VERSION").read_text().strip()
+    except OSError:
+        return None
+    m = re.match(r"(\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def check_data_dir_major(pgdata: str | os.PathLike[str], major: int, *, what: str) -> None:
+    """Refuse (`ConfigurationError`) to write ``what`` (of PostgreSQL ``major``) into a data directory of another
+    major: the two never mix, and a partly rewritten directory would be neither."""
+    found = data_dir_major(pgdata)
+    if found is not None and found != major:
+        raise ConfigurationError(
+            f"{what} is PostgreSQL {major} but {pgdata} is a PostgreSQL {found} data directory: restore into an "
+            "empty directory (or one of the same major)"
+        )
+
+
 @attrs.define(eq=False)
 class LocalCluster:
     """A local PostgreSQL data directory and the server running on it.
@@ -139,6 +183,8 @@ class LocalCluster:
     owns_parent: bool = False  # remove the data directory's parent too on destroy() (temporary clusters)
     # The ports the server may use (one, or a range): where it starts, and moves to when its port is taken
     ports: tuple[int, ...] | None = attrs.field(default=None, converter=port_choice, kw_only=True)
+    # Where its server programs are (default: PGRECOVERY_PG_BINDIR, else the search of `pgtools.find_tool`)
+    bindir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(_absolute), kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if not self.port:
@@ -157,10 +203,12 @@ class LocalCluster:
         major: int | None = None,
         parent: str | os.PathLike[str] | None = None,
         ports: int | Iterable[int] | None = None,
+        bindir: str | os.PathLike[str] | None = None,
     ) -> LocalCluster:
         """initdb a fresh cluster in a new temporary directory (not started; use it as a context manager).
 
-        ``ports``: the port, or ports, it may listen on (default: any free one).
+        ``ports``: the port, or ports, it may listen on (default: any free one). ``bindir``: the directory of
+        the server programs to use (default: `pgtools.find_tool`'s search).
         """
         allowed = port_choice(ports)
         who = run_as if run_as is not None else default_run_as()
@@ -177,6 +225,7 @@ class LocalCluster:
                 log_file=base / "server.log",
                 owns_parent=True,
                 ports=allowed,
+                bindir=bindir,
             )
             cluster.init(checksums=checksums, settings=settings)
         except BaseException:
@@ -185,7 +234,7 @@ class LocalCluster:
         return cluster
 
     def _tool(self, name: str) -> pgtools.PgTool:
-        return pgtools.find_tool(name, major=self.major)
+        return pgtools.find_tool(name, major=self.major, bindir=self.bindir)
 
     def _run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
         try:

@@ -86,14 +86,16 @@ def tool_version(path: Path) -> tuple[int, str]:
     return int(m.group(1)), out.stdout.strip()
 
 
-def find_tool(name: str, *, min_major: int | None = None, major: int | None = None) -> PgTool:
+def find_tool(
+    name: str, *, min_major: int | None = None, major: int | None = None, bindir: str | os.PathLike[str] | None = None
+) -> PgTool:
     """Locate ``name``: the first candidate (newest first) whose major version fits.
 
     ``major`` asks for exactly that major version (server programs); ``min_major`` for at least it (a pg_dump
-    must not be older than the server it dumps).
+    must not be older than the server it dumps). ``bindir`` looks there only (before ``PGRECOVERY_PG_BINDIR``).
     """
     seen: list[str] = []
-    for d in candidate_bindirs():
+    for d in [Path(bindir)] if bindir is not None else candidate_bindirs():
         path = d / name
         if not (path.is_file() and os.access(path, os.X_OK)):
             continue
@@ -319,7 +321,10 @@ def pg_dump_command(
     if_exists: bool = False,
     create: bool = False,
     snapshot: str | None = None,
+    statistics: bool = False,
 ) -> list[str]:
+    """pg_dump's command line. ``statistics``: pg_dump 18 and newer can dump the planner statistics; by default
+    they are left out (explicitly, whatever the program's own default): see docs/support.md."""
     fmt_flag = {"custom": "c", "directory": "d", "plain": "p", "tar": "t"}[fmt]
     cmd = [str(tool.path), "-d", conninfo, f"-F{fmt_flag}", "--no-password"]
     if output:
@@ -345,6 +350,8 @@ def pg_dump_command(
     cmd += [flag for flag, on in flags.items() if on]
     if snapshot:
         cmd += [f"--snapshot={snapshot}"]
+    if tool.major >= 18:
+        cmd += ["--statistics" if statistics else "--no-statistics"]
     return cmd
 
 
@@ -433,7 +440,8 @@ def initdb_command(
     auth: str = "trust",
 ) -> list[str]:
     cmd = [str(tool.path), "-D", data_dir, "-U", superuser, "-A", auth, "-E", encoding, f"--locale={locale}"]
-    cmd += ["--data-checksums"] if checksums else []
+    # initdb 18 turns data checksums on by itself: say which we want either way
+    cmd += ["--data-checksums"] if checksums else (["--no-data-checksums"] if tool.major >= 18 else [])
     return [*cmd, "--no-sync"] if os.environ.get("PGRECOVERY_INITDB_NOSYNC") else cmd
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgtesting import MAJORS, Major, major_or_skip
 
 from pgrecovery import LocalCluster, Repository
 
@@ -29,6 +30,15 @@ def pg() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session", params=MAJORS, ids=lambda n: f"pg{n}")
+def major(request: pytest.FixtureRequest) -> Major:
+    """A PostgreSQL major (15 from the distribution, 16-18 from the wheels of the ``majors`` extra) and its bindir.
+
+    Use ``major.active()`` to point the library at it; narrow the majors with
+    ``@pytest.mark.parametrize("major", [16, 17], indirect=True)``. A missing one skips (fails under nox)."""
+    return major_or_skip(int(request.param))
 
 
 @pytest.fixture

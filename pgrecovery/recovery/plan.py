@@ -24,10 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .._walnames import HistoryEntry, history_name, parse_lsn, segment_for_lsn
-from ..cluster import LocalCluster, default_run_as
+from ..cluster import LocalCluster, check_data_dir_major, default_run_as, require_server_programs
 from ..errors import ConfigurationError, RestoreError, TargetUnreachable, WalGap
 from ..manifest import BackupManifest, PhysicalInfo
-from ..pgtools import find_tool
 from ..physical.restore import chown_tree, restore_files
 from ..progress import ProgressCallback
 from ..repository import Repository
@@ -316,6 +315,9 @@ class RecoveryPlan:
         self.validate()
         target = Path(pgdata).absolute()
         who = run_as if run_as is not None else default_run_as()
+        major = server_major(self.backup.server_version)
+        if major is not None:  # never mix majors in one data directory (delta, overwrite)
+            check_data_dir_major(target, major, what=f"backup {self.backup.id}")
         created = _prepare_directory(target, overwrite=overwrite, delta=delta)
         try:
             restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
@@ -417,7 +419,7 @@ class RecoveryPlan:
         )
         journal.step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
         if run.major is not None:  # before anything is written: this host must have the backup's server programs
-            find_tool("pg_ctl", major=run.major)
+            require_server_programs(run.major, what=f"backup {self.backup.id}")
         t0 = time.monotonic()
         if restore:
             self.restore(
