@@ -105,6 +105,22 @@ def ensure_sshd(session: nox.Session) -> str:
     return "/usr/sbin/sshd"
 
 
+def ensure_pg_cron(session: nox.Session) -> None:
+    """pg_cron (tests/integration/test_pg_cron.py) for each apt-installed PostgreSQL major, through apt-get (as
+    root) when it is missing."""
+    majors = [p.split(os.sep)[-3] for p in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
+    missing = [m for m in majors if not os.path.exists(f"/usr/lib/postgresql/{m}/lib/pg_cron.so")]
+    if not majors or not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        session.warn(f"the pg_cron test needs pg_cron: install postgresql-{missing[0]}-cron")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    packages = [f"postgresql-{m}-cron" for m in missing]
+    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *packages, external=True, env=env)
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite against real PostgreSQL servers and storage servers (S3, Azure Blob and GCS emulators,
@@ -112,6 +128,7 @@ def tests(session: nox.Session) -> None:
     ensure_postgres(session)
     azurite = ensure_azurite(session)
     sshd = ensure_sshd(session)
+    ensure_pg_cron(session)
     # includes moto, s3fs, adlfs, gcsfs, fake-gcs-server, sshfs, webdav4, wsgidav and cheroot
     # the "majors" extra: server installations of PostgreSQL 16, 17 and 18 (tests/integration/test_majors*.py)
     session.install(*(["-e"] if EDITABLE else []), ".[test,majors]")

@@ -26,6 +26,7 @@ EXTENSION_VERBS: dict[str, str] = {
     "expire": "_retention",
     "rescue": "_rescue",
     "run-policy": "_policy",
+    "schedule": "_schedule",
 }
 
 # The switches of backup logical and restore logical, passed to the API under the same names (no_owner=...).
