@@ -350,8 +350,8 @@ def pg_dump_command(
     cmd += [flag for flag, on in flags.items() if on]
     if snapshot:
         cmd += [f"--snapshot={snapshot}"]
-    if tool.major >= 18:
-        cmd += ["--statistics" if statistics else "--no-statistics"]
+    if tool.major >= 18:  # (pg_dump refuses --statistics with --schema-only or --data-only)
+        cmd += ["--statistics"] if statistics and not (schema_only or data_only) else ["--no-statistics"]
     return cmd
 
 

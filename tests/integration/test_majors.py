@@ -208,3 +208,35 @@ def test_a_damaged_object_is_detected(story: dict[str, Any]) -> None:
     checks = {c.name: c for c in report.checks}
     assert checks["checksums"].status == "fail"
     assert bundle.path in checks["checksums"].detail
+
+
+def test_initdb_checksums_follow_the_request_on_every_major(major: Major) -> None:
+    """initdb 18 turns data checksums on by itself: ``checksums=False`` must still mean off."""
+    from pgrecovery.cluster import default_run_as
+    from pgrecovery.pgtools import run
+
+    pg = LocalCluster.temporary(checksums=False)
+    try:
+        out = run(
+            [str(find_tool("pg_controldata").path), "-D", str(pg.data_dir)], run_as=default_run_as(), cwd="/"
+        ).stdout.decode()
+        assert "Data page checksum version:           0" in out
+    finally:
+        pg.destroy()
+
+
+def test_pg_dump_leaves_statistics_out_unless_asked(major: Major, story: dict[str, Any]) -> None:
+    """pg_dump 18 can dump planner statistics: pgrecovery leaves them out by default (docs/support.md)."""
+    from pgrecovery.pgtools import pg_dump_command, run
+
+    pg = story["pg"]
+    if not pg.is_running():  # the timeline story stopped it
+        pg.start()
+    pg.execute("analyze t")
+    tool = find_tool("pg_dump")
+    for only in ({"schema_only": True}, {"data_only": True}, {}):
+        default = run(pg_dump_command(tool, pg.conninfo(), fmt="plain", tables=["public.t"], **only))
+        assert b"STATISTICS DATA" not in default.stdout
+        asked = run(pg_dump_command(tool, pg.conninfo(), fmt="plain", tables=["public.t"], statistics=True, **only))
+        # only pg_dump 18 and newer can dump them, and only with the schema and the data
+        assert (b"STATISTICS DATA" in asked.stdout) == (major.number >= 18 and not only)
