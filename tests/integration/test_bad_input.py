@@ -383,7 +383,8 @@ SEMANTIC: list[Case] = [
          after=_small_is_empty),
     # another major version (simulated) and keys
     Case("backup-of-another-major-version", lambda w, t: ["--repo", w["v16_url"], "restore", "base", w["base"].id,
-         "--pgdata", str(t / "data"), "--run", "--no-archive"], (1,), ("pg_ctl version 16",), after=_no_pgdata),
+         "--pgdata", str(t / "data"), "--run", "--no-archive"], (1,),
+         ("is PostgreSQL 16 but the server programs here are PostgreSQL 15",), after=_no_pgdata),
     Case("wrong-encryption-key", lambda w, t: ["--repo", w["enc_url"], "--encryption-key-file", w["wrong_key"],
          "show", "latest"], (1,), ("key",)),
     Case("no-encryption-key", lambda w, t: ["--repo", w["enc_url"], "verify", w["enc"].id], (1,),
