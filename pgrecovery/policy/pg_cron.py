@@ -272,7 +272,8 @@ def install_schedule(dbname: str, schedule: CronSchedule) -> CronJob:
     """
     import psycopg
 
-    name = schedule.job_name()
+    policy = load_policy(schedule.policy_file)  # a mistake in it is found now, not at the first run
+    name = schedule.name or JOB_PREFIX + policy.name
     statement = schedule.statement()
     with _session(dbname) as conn:
         _require_program_privilege(conn)
@@ -285,8 +286,9 @@ def install_schedule(dbname: str, schedule: CronSchedule) -> CronJob:
                 "'*/5 * * * *' (minute, hour, day of month, month, day of week)"
             ) from None
         except psycopg.errors.InsufficientPrivilege as e:
-            raise ConfigurationError(f"cannot schedule with pg_cron: {first_line(e)}") from None
-        for job in _jobs(conn, name)[1:]:  # left by a pg_cron older than 1.3, which had no names to match on
+            hint = ": GRANT USAGE ON SCHEMA cron TO this role" if "schema cron" in str(e) else ""
+            raise ConfigurationError(f"cannot schedule with pg_cron: {first_line(e)}{hint}") from None
+        for job in _jobs(conn, name)[1:]:  # cron.schedule replaced ours; a copy inserted by hand goes too
             conn.execute("select cron.unschedule(%s::bigint)", [job.jobid])
         (job,) = _jobs(conn, name)[:1]
     return job
