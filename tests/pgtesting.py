@@ -8,10 +8,15 @@ import pwd
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any, Literal
 
 from pgrecovery import LocalCluster
+
+TABLE = "create table t (i int primary key, note text)"
+FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
+"""A fingerprint of table ``t``: equal results mean equal rows."""
 
 
 def owned_tmpdir(prefix: str) -> Path:
@@ -25,35 +30,54 @@ def owned_tmpdir(prefix: str) -> Path:
     return path
 
 
-def wait_archived(pg: LocalCluster, timeout: float = 120) -> None:
-    """Switch WAL and wait until the archiver has sent everything up to the switch."""
+def wait_archived(pg: LocalCluster, timeout: float = 120) -> str:
+    """Switch WAL and wait until the archiver has sent everything up to the switch (whose segment it returns)."""
     (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + timeout
     failed = None
     while time.monotonic() < deadline:
         last, failed = pg.query("select last_archived_wal, last_failed_wal from pg_stat_archiver")[0]
         if last is not None and last >= wal:
-            return
+            return str(wal)
         time.sleep(0.1)
     raise AssertionError(f"WAL {wal} was not archived in time (last failed: {failed})")
 
 
 class Archiving:
     """A throwaway cluster archiving into its own file:// repository, plus scratch data directories for the
-    recoveries a test runs (stopped and removed with it)."""
+    recoveries a test runs (stopped and removed with it).
 
-    def __init__(self, prefix: str) -> None:
+    ``root``: archive into this directory instead of a new one (the caller owns and removes it); ``key_file``: an
+    encrypted repository's key file (on the archive_command line; ``repo`` opens with the key); ``spool_dir``: the
+    archive_command's spool; ``settings``: more server settings."""
+
+    def __init__(
+        self,
+        prefix: str,
+        *,
+        root: Path | None = None,
+        key_file: str | None = None,
+        spool_dir: str | None = None,
+        settings: Mapping[str, object] | None = None,
+    ) -> None:
         from pgrecovery import Repository
-        from pgrecovery.wal.archiver import archive_command
+        from pgrecovery.crypto import EncryptionKey
 
-        self.root = owned_tmpdir(f"{prefix}-repo-")
+        self.owns_root = root is None
+        self.root = owned_tmpdir(f"{prefix}-repo-") if root is None else root
         self.url = f"file://{self.root}"
-        self.repo = Repository(self.url)
+        self.repo = Repository(self.url, encryption=EncryptionKey.from_file(key_file) if key_file else None)
         self.pg = LocalCluster.temporary(
-            settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(self.url)}
+            settings=archive_settings(self.url, key_file=key_file, spool_dir=spool_dir, **(settings or {}))
         )
         self.prefix = prefix
         self.made: list[Path] = []
+
+    def start(self, table: str | None = TABLE) -> None:
+        """Start the server and run ``table`` (default: make ``t (i int primary key, note text)``; None: nothing)."""
+        self.pg.start()
+        if table:
+            self.pg.execute(table)
 
     def pgdata(self) -> Path:
         """A data directory path (not yet created) in a new directory the server's user owns."""
@@ -68,19 +92,53 @@ class Archiving:
                 cluster.stop(mode="immediate")
             shutil.rmtree(base, ignore_errors=True)
         self.pg.destroy()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def archiving_cluster(prefix: str) -> Iterator[Archiving]:
-    """`Archiving`, started, with a table ``t (i int primary key, note text)``; removed afterwards."""
-    ctx = Archiving(prefix)
+def archiving_cluster(prefix: str, *, table: str | None = TABLE, **options: Any) -> Iterator[Archiving]:
+    """`Archiving` (``options`` as there), started, with a table made by ``table`` (default: ``t (i int primary
+    key, note text)``; None: none); removed afterwards. A module-scoped fixture shares one; a function-scoped one
+    gives each test its own (for tests that change timelines or break the archive)."""
+    ctx = Archiving(prefix, **options)
     try:
-        ctx.pg.start()
-        ctx.pg.execute("create table t (i int primary key, note text)")
+        ctx.start(table)
         yield ctx
     finally:
         ctx.close()
+
+
+def archive_settings(
+    url: str = "",
+    *,
+    command: str | None = None,
+    key_file: str | None = None,
+    spool_dir: str | None = None,
+    **extra: object,
+) -> dict[str, object]:
+    """Server settings that archive through pgrecovery's archive_command into ``url``, plus ``extra``.
+
+    ``command``: another archive_command instead (``""``: segments wait as .ready files until one is set;
+    ``"false"``: every attempt fails)."""
+    if command is None:
+        from pgrecovery.wal.archiver import archive_command
+
+        command = archive_command(url, spool_dir=spool_dir, key_file=key_file)
+    return {"wal_level": "replica", "archive_mode": "on", "archive_command": command, **extra}
+
+
+def archiving_fixture(prefix: str, *, scope: Literal["function", "module"] = "function", **options: Any) -> Any:
+    """A pytest fixture (assign it to the name tests ask for) yielding `archiving_cluster` (``options`` as there):
+    ``scope="module"`` shares one cluster between a module's tests, the default gives each test its own."""
+    import pytest
+
+    @pytest.fixture(scope=scope)
+    def archiving() -> Iterator[Archiving]:
+        with archiving_cluster(prefix, **options) as ctx:
+            yield ctx
+
+    return archiving
 
 
 # -- PostgreSQL majors ------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 import pytest
+from pgtesting import Archiving
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 from test_corruption import record_result, reset_section
@@ -39,7 +40,6 @@ from pgrecovery import (
     BaseBackup,
     ConfigurationError,
     DatabaseError,
-    LocalCluster,
     LogicalBackup,
     LogicalRestore,
     PgRecoveryError,
@@ -56,7 +56,6 @@ from pgrecovery.cli.main import build_parser, main
 from pgrecovery.cluster import free_port
 from pgrecovery.crypto import EncryptionKey
 from pgrecovery.errors import WrongKey
-from pgrecovery.wal.archiver import archive_command
 
 MISSING = "20990101T000000Z-base"
 
@@ -82,17 +81,12 @@ def _umount(where: Path) -> None:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[dict[str, Any]]:
-    root = _owned_tmpdir("pgrecovery-badin-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
+    ctx = Archiving("pgrecovery-badin")
+    pg, root, url, repo = ctx.pg, ctx.root, ctx.url, ctx.repo
     scratch = _owned_tmpdir("pgrecovery-badin-")
     mounts: list[Path] = []
     try:
-        pg.start()
-        repo = Repository(url)
-        pg.execute("create table t (i int primary key, note text)")
+        ctx.start()
         pg.execute("insert into t select i, md5(i::text) from generate_series(1, 2000) i")
         logical = LogicalBackup(dbname=pg.conninfo()).run(repo)
         base = BaseBackup(dbname=pg.conninfo()).run(repo)
@@ -159,8 +153,7 @@ def world() -> Iterator[dict[str, Any]]:
     finally:
         for m in mounts:
             _umount(m)
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+        ctx.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

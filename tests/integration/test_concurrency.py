@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archive_settings
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 from test_crash_sweep import FINGERPRINT, Checker, _fake_pgdata, cli, run
@@ -52,9 +53,7 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "", "fsync": False}
-    )
+    pg = LocalCluster.temporary(settings=archive_settings(command="", fsync=False))
     try:
         pg.start()
         pg.execute(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -44,7 +45,7 @@ from pgrecovery import (
 )
 from pgrecovery.catalog import leftovers
 from pgrecovery.cli.main import main
-from pgrecovery.wal.archiver import WalArchiver, archive_command
+from pgrecovery.wal.archiver import WalArchiver
 
 HERE = Path(__file__).resolve().parent
 
@@ -109,16 +110,8 @@ def _fresh_results() -> None:
 def story() -> Iterator[dict[str, Any]]:
     """A cluster archiving into a repository: two logical backups, two base backups, then a recovery that promotes
     onto timeline 2 (archiving its history file and segments into the same repository)."""
-    root = _owned_tmpdir("pgrecovery-corrupt-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
-    made: list[Path] = []
-    try:
-        pg.start()
-        repo = Repository(url)
-        pg.execute("create table t (i int primary key, note text)")
+    with archiving_cluster("pgrecovery-corrupt") as ctx:
+        pg, root, url, repo = ctx.pg, ctx.root, ctx.url, ctx.repo
         pg.execute("insert into t select i, md5(i::text) from generate_series(1, 5000) i")
         logical_a = LogicalBackup(dbname=pg.conninfo()).run(repo)
         pg.execute("insert into t select i, md5(i::text) from generate_series(5001, 6000) i")
@@ -129,11 +122,10 @@ def story() -> Iterator[dict[str, Any]]:
         pg.execute("insert into t select i, md5(i::text) from generate_series(7001, 8000) i")
         _wait_archived(pg)
         pg.stop()
-        scratch = _owned_tmpdir("pgrecovery-corrupt-tl2-")
-        made.append(scratch)
-        promoted = RecoveryPlan(repo, RecoveryTarget.latest()).run(scratch / "data", archive=True)  # archives tl 2
+        scratch = ctx.pgdata()
+        promoted = RecoveryPlan(repo, RecoveryTarget.latest()).run(scratch, archive=True)  # archives tl 2
         assert promoted.timeline == 2
-        tl2 = LocalCluster(data_dir=scratch / "data", port=promoted.port)
+        tl2 = LocalCluster(data_dir=scratch, port=promoted.port)
         tl2.execute("insert into t select i, md5(i::text) from generate_series(8001, 8100) i")
         _wait_archived(tl2)
         tl2.stop()
@@ -144,14 +136,6 @@ def story() -> Iterator[dict[str, Any]]:
             "base": (base1, base2),
             "rows": 8100,
         }
-    finally:
-        for base in made:
-            c = LocalCluster(data_dir=base / "data")
-            if c.is_running():
-                c.stop(mode="immediate")
-            shutil.rmtree(base, ignore_errors=True)
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archive_settings
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -398,15 +399,7 @@ def world() -> Iterator[dict[str, Any]]:
     repo_dir.mkdir()
     os.chown(repo_dir, root.stat().st_uid, root.stat().st_gid)
     url = f"file://{repo_dir}"
-    pg = LocalCluster.temporary(
-        settings={
-            "wal_level": "replica",
-            "archive_mode": "on",
-            "archive_command": archive_command(url),
-            "fsync": False,
-            "max_connections": 40,
-        }
-    )
+    pg = LocalCluster.temporary(settings=archive_settings(url, fsync=False, max_connections=40))
     try:
         pg.start()
         pg.execute("create database crash")

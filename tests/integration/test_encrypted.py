@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -27,7 +28,6 @@ from pgrecovery import (
 from pgrecovery.cli.main import main
 from pgrecovery.crypto import MAGIC, EncryptionKey
 from pgrecovery.errors import EncryptionError, TamperedObject, WrongKey
-from pgrecovery.wal.archiver import archive_command
 
 ROWS = "select count(*), sum(length(note)), md5(string_agg(note, ',' order by i)) from secrets"
 
@@ -127,24 +127,16 @@ def test_cli_reads_the_key_from_a_file_or_the_environment(
 
 def test_wal_and_base_backup_recover_to_the_last_row(keyed: dict[str, object], tmp_path: Path) -> None:
     """archive_command with the key file, a base backup, more rows, then recovery from the encrypted archive."""
-    url, key_file = str(keyed["url"]), str(keyed["key_file"])
-    key = keyed["key"]
-    assert isinstance(key, EncryptionKey)
-    repo = Repository(url, encryption=key)
-    command = archive_command(url, key_file=key_file)
-    settings = {"wal_level": "replica", "archive_mode": "on", "archive_command": command}
-    pg = LocalCluster.temporary(settings=settings)
-    pgdata = _owned_tmpdir("pgrecovery-enc-pitr-") / "data"
-    try:
-        pg.start()
-        pg.execute("create table t (i int primary key, note text)")
+    root, key_file = Path(str(keyed["root"])), str(keyed["key_file"])
+    with archiving_cluster("pgrecovery-enc-pitr", root=root, key_file=key_file) as ctx:
+        pg, repo, pgdata = ctx.pg, ctx.repo, ctx.pgdata()
         pg.execute("insert into t select g, md5(g::text) from generate_series(1, 500) g")
         backup = BaseBackup(dbname=pg.conninfo()).run(repo)
         assert backup.encryption is not None
         pg.execute("insert into t select g, md5(g::text) from generate_series(501, 1500) g")
         _wait_archived(pg)
         expected = pg.query("select count(*), md5(string_agg(note, ',' order by i)) from t")
-        wal_objects = _stored_files(Path(str(keyed["root"])) / "wal")
+        wal_objects = _stored_files(root / "wal")
         assert wal_objects
         assert all(p.read_bytes()[:4] == MAGIC for p in wal_objects)
         result = RecoveryPlan(repo, RecoveryTarget.latest()).run(pgdata, settings={"archive_mode": "off"})
@@ -153,6 +145,3 @@ def test_wal_and_base_backup_recover_to_the_last_row(keyed: dict[str, object], t
             assert restored.query("select count(*), md5(string_agg(note, ',' order by i)) from t") == expected
         finally:
             restored.stop()
-    finally:
-        pg.destroy()
-        shutil.rmtree(pgdata.parent, ignore_errors=True)

@@ -4,12 +4,9 @@ what a policy keeps still recovers, to a point in time and in a verification dri
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from pgtesting import archiving_cluster
-from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import FINGERPRINT, Archiving, archiving_fixture
 from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import (
@@ -24,13 +21,7 @@ from pgrecovery import (
 )
 from pgrecovery.wal.archiver import WalArchiver
 
-FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
-
-
-@pytest.fixture
-def archiving() -> Iterator[dict[str, Any]]:
-    with archiving_cluster("pgrecovery-expire") as ctx:
-        yield {"pg": ctx.pg, "repo": ctx.repo, "made": ctx.made}
+archiving = archiving_fixture("pgrecovery-expire")
 
 
 def _insert(pg: LocalCluster, start: int, count: int, switch: bool = False) -> None:
@@ -39,11 +30,10 @@ def _insert(pg: LocalCluster, start: int, count: int, switch: bool = False) -> N
         pg.execute("select pg_switch_wal()")
 
 
-def _recover(ctx: dict[str, Any], plan: RecoveryPlan) -> tuple[Any, ...]:
-    base = _owned_tmpdir("pgrecovery-expire-")
-    ctx["made"].append(base)
-    result = plan.run(base / "data", settings={"archive_mode": "off"})
-    restored = LocalCluster(data_dir=base / "data", port=result.port)
+def _recover(ctx: Archiving, plan: RecoveryPlan) -> tuple[Any, ...]:
+    pgdata = ctx.pgdata()
+    result = plan.run(pgdata, settings={"archive_mode": "off"})
+    restored = LocalCluster(data_dir=pgdata, port=result.port)
     try:
         return tuple(restored.query(FINGERPRINT)[0])
     finally:
@@ -55,8 +45,8 @@ def _archived(repo: Repository) -> list[str]:
     return sorted(n for t in archiver.timelines() for n in archiver.index(t))
 
 
-def test_expire_keeps_the_newest_chain_and_its_wal_and_pitr_still_works(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_expire_keeps_the_newest_chain_and_its_wal_and_pitr_still_works(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 5000, switch=True)
     full_a = BaseBackup(dbname=pg.conninfo()).run(repo)
     _insert(pg, 5001, 100, switch=True)
@@ -102,8 +92,8 @@ def test_expire_keeps_the_newest_chain_and_its_wal_and_pitr_still_works(archivin
     assert report.ok, report.to_dict()
 
 
-def test_no_wal_policy_drops_wal_between_kept_backups_and_both_still_restore(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_no_wal_policy_drops_wal_between_kept_backups_and_both_still_restore(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 1000, switch=True)
     first = BaseBackup(dbname=pg.conninfo()).run(repo)
     _insert(pg, 1001, 1000, switch=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archive_settings
 
 from pgrecovery import LocalCluster, LogicalBackup, PgRecoveryError, Repository
 from pgrecovery.cli.main import main
@@ -199,9 +200,7 @@ def test_check_function_through_the_cli(fresh_db: str, pg: LocalCluster, capsys:
 @pytest.fixture(scope="module")
 def failing() -> Iterator[LocalCluster]:
     """A server whose archive_command always fails, with segments waiting."""
-    cluster = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "false", "fsync": False}
-    )
+    cluster = LocalCluster.temporary(settings=archive_settings(command="false", fsync=False))
     try:
         cluster.start()
         cluster.execute("create table t (i int, pad text)")
@@ -303,9 +302,7 @@ def test_cli_and_metrics_on_the_failing_server(
 
 
 def test_fixing_archive_command_clears_the_alerts() -> None:
-    cluster = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "false", "fsync": False}
-    )
+    cluster = LocalCluster.temporary(settings=archive_settings(command="false", fsync=False))
     try:
         cluster.start()
         cluster.query("select pg_switch_wal()")

@@ -8,12 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pgtesting import archiving_cluster
+from pgtesting import FINGERPRINT, Archiving, archiving_fixture
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -28,28 +26,16 @@ from pgrecovery import (
 )
 from pgrecovery.catalog import leftovers
 
-FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(t::text, ',' order by i), '')) from t"
-
-
-@pytest.fixture
-def archiving() -> Iterator[dict[str, Any]]:
-    """A fresh cluster archiving into its own repository (function scope: these tests change timelines)."""
-    with archiving_cluster("pgrecovery-phys") as ctx:
-        yield {"pg": ctx.pg, "repo": ctx.repo, "url": ctx.url, "made": ctx.made}
-
-
-def _pgdata(ctx: dict[str, Any]) -> Path:
-    base = _owned_tmpdir("pgrecovery-phys-")
-    ctx["made"].append(base)
-    return base / "data"
+# a fresh cluster archiving into its own repository for each test (these tests change timelines)
+archiving = archiving_fixture("pgrecovery-phys")
 
 
 def _insert(pg: LocalCluster, start: int, count: int) -> None:
     pg.execute(f"insert into t select i, md5(i::text) from generate_series({start}, {start + count - 1}) i")
 
 
-def test_incremental_chain_restores_equal_and_stores_less(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_incremental_chain_restores_equal_and_stores_less(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 20000)
     full = BaseBackup(dbname=pg.conninfo()).run(repo)
     _insert(pg, 20001, 100)
@@ -68,9 +54,9 @@ def test_incremental_chain_restores_equal_and_stores_less(archiving: dict[str, A
     assert full.id in sources  # the chain reaches back to the full backup
 
     result = RecoveryPlan(repo, RecoveryTarget.immediate(), backup_id=inc2.id).run(
-        _pgdata(archiving), settings={"archive_mode": "off"}
+        archiving.pgdata(), settings={"archive_mode": "off"}
     )
-    restored = LocalCluster(data_dir=archiving["made"][-1] / "data", port=result.port)
+    restored = LocalCluster(data_dir=archiving.made[-1] / "data", port=result.port)
     assert restored.query(FINGERPRINT)[0] == want
     restored.stop()
 
@@ -82,9 +68,9 @@ def test_incremental_chain_restores_equal_and_stores_less(archiving: dict[str, A
     assert repo.backups("base") == []
 
 
-def test_two_recoveries_in_a_row_follow_the_new_timeline(archiving: dict[str, Any]) -> None:
+def test_two_recoveries_in_a_row_follow_the_new_timeline(archiving: Archiving) -> None:
     """Recover, promote (timeline 2, archived into the same repository), write more, recover again on it."""
-    pg, repo = archiving["pg"], archiving["repo"]
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 100)
     BaseBackup(dbname=pg.conninfo()).run(repo)
     _insert(pg, 101, 100)
@@ -95,7 +81,7 @@ def test_two_recoveries_in_a_row_follow_the_new_timeline(archiving: dict[str, An
     pg.stop()
 
     # the replacement server archives its new timeline (timeline 2) into the same repository
-    first = RecoveryPlan(repo, RecoveryTarget.time(mark)).run(_pgdata(archiving), archive=True)
+    first = RecoveryPlan(repo, RecoveryTarget.time(mark)).run(archiving.pgdata(), archive=True)
     assert first.timeline == 2
     recovered = first.cluster
     assert recovered.query("select count(*), max(i) from t")[0] == (200, 200)
@@ -106,15 +92,15 @@ def test_two_recoveries_in_a_row_follow_the_new_timeline(archiving: dict[str, An
     _wait_archived(recovered)
     recovered.stop()
 
-    second = RecoveryPlan(repo, RecoveryTarget.time(mark2)).run(_pgdata(archiving), settings={"archive_mode": "off"})
+    second = RecoveryPlan(repo, RecoveryTarget.time(mark2)).run(archiving.pgdata(), settings={"archive_mode": "off"})
     assert second.timeline == 3
-    again = LocalCluster(data_dir=archiving["made"][-1] / "data", port=second.port)
+    again = LocalCluster(data_dir=archiving.made[-1] / "data", port=second.port)
     assert again.query("select count(*), max(i) from t")[0] == (250, 1050)
     again.stop()
 
 
-def test_killed_base_backup_is_not_listed_and_ends_backup_mode(archiving: dict[str, Any]) -> None:
-    pg, url = archiving["pg"], archiving["url"]
+def test_killed_base_backup_is_not_listed_and_ends_backup_mode(archiving: Archiving) -> None:
+    pg, url = archiving.pg, archiving.url
     pg.execute(
         "create table big as select i, md5(i::text) || md5((i * 3)::text) as t from generate_series(1, 400000) i"
     )
@@ -143,15 +129,15 @@ def test_killed_base_backup_is_not_listed_and_ends_backup_mode(archiving: dict[s
     while pg.query("select 1 from pg_stat_activity where pid = %s", (backends[0][0],)):
         assert time.monotonic() < deadline, "the backup session outlived its client"
         time.sleep(0.05)
-    repo = archiving["repo"]
+    repo = archiving.repo
     assert repo.backups("base") == []
     assert [x.reason for x in leftovers(repo)] == ["interrupted (its process is gone)"]
     m = BaseBackup(dbname=pg.conninfo()).run(repo)
     assert [b.id for b in repo.backups("base")] == [m.id]
 
 
-def test_stream_method_restores_and_verifies(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_stream_method_restores_and_verifies(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 5000)
     m = BaseBackup(dbname=pg.conninfo(), method="stream").run(repo)
     assert m.physical is not None
@@ -159,8 +145,8 @@ def test_stream_method_restores_and_verifies(archiving: dict[str, Any]) -> None:
     _insert(pg, 5001, 10)
     want = pg.query(FINGERPRINT)[0]
     _wait_archived(pg)
-    result = RecoveryPlan(repo, RecoveryTarget.latest()).run(_pgdata(archiving), settings={"archive_mode": "off"})
-    restored = LocalCluster(data_dir=archiving["made"][-1] / "data", port=result.port)
+    result = RecoveryPlan(repo, RecoveryTarget.latest()).run(archiving.pgdata(), settings={"archive_mode": "off"})
+    restored = LocalCluster(data_dir=archiving.made[-1] / "data", port=result.port)
     assert restored.query(FINGERPRINT)[0] == want
     restored.stop()
 
@@ -171,8 +157,8 @@ def test_stream_method_restores_and_verifies(archiving: dict[str, Any]) -> None:
     assert report.checks[2].status == "warn"  # the source has more rows than at the backup: a warning, not a failure
 
 
-def test_damaged_bundle_fails_verification(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_damaged_bundle_fails_verification(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 5000)
     m = BaseBackup(dbname=pg.conninfo()).run(repo)
     bundle = next(f for f in m.files if f.role.startswith("bundle-"))
@@ -194,10 +180,10 @@ def test_base_backup_without_archiving_is_refused(pg: LocalCluster, repo: Reposi
     assert repo.backups() == []
 
 
-def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: dict[str, Any]) -> None:
+def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: Archiving) -> None:
     from pgrecovery.wal.archiver import WalArchiver
 
-    pg, repo = archiving["pg"], archiving["repo"]
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 1000)
     _wait_archived(pg)  # WAL from before the backup: cleanup may remove it
     m = BaseBackup(dbname=pg.conninfo()).run(repo)
@@ -214,15 +200,15 @@ def test_wal_cleanup_keeps_what_the_oldest_backup_needs(archiving: dict[str, Any
     RecoveryPlan(repo, RecoveryTarget.latest()).validate()  # everything the backup needs is still there
 
 
-def test_delta_restore_rewrites_only_what_differs(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_delta_restore_rewrites_only_what_differs(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     _insert(pg, 1, 20000)
     m = BaseBackup(dbname=pg.conninfo()).run(repo)
     want = pg.query(FINGERPRINT)[0]
     (relfile,) = pg.query("select pg_relation_filepath('t')")[0]
     _wait_archived(pg)
     plan = RecoveryPlan(repo, RecoveryTarget.immediate(), backup_id=m.id)
-    pgdata = plan.restore(_pgdata(archiving))
+    pgdata = plan.restore(archiving.pgdata())
 
     with pytest.raises(ConfigurationError, match="not empty"):
         plan.restore(pgdata)
@@ -241,10 +227,10 @@ def test_delta_restore_rewrites_only_what_differs(archiving: dict[str, Any]) -> 
     restored.stop()
 
 
-def test_tablespace_is_backed_up_and_restored_to_a_new_place(archiving: dict[str, Any]) -> None:
-    pg, repo = archiving["pg"], archiving["repo"]
+def test_tablespace_is_backed_up_and_restored_to_a_new_place(archiving: Archiving) -> None:
+    pg, repo = archiving.pg, archiving.repo
     space = _owned_tmpdir("pgrecovery-space-")
-    archiving["made"].append(space)
+    archiving.made.append(space)
     pg.execute(f"create tablespace elsewhere location '{space}'")
     pg.execute("create table far (i int) tablespace elsewhere")
     pg.execute("insert into far select generate_series(1, 5000)")
@@ -256,11 +242,11 @@ def test_tablespace_is_backed_up_and_restored_to_a_new_place(archiving: dict[str
     _wait_archived(pg)
 
     plan = RecoveryPlan(repo, RecoveryTarget.immediate(), backup_id=m.id)
-    target = _pgdata(archiving)
+    target = archiving.pgdata()
     with pytest.raises(ConfigurationError, match="not empty"):
         plan.restore(target)  # the original location is in use: it must be remapped
     moved = _owned_tmpdir("pgrecovery-space-moved-")
-    archiving["made"].append(moved)
+    archiving.made.append(moved)
     shutil.rmtree(target, ignore_errors=True)
     plan.restore(target, tablespace_map={oid: str(moved)}, settings={"archive_mode": "off"})
     result = plan.run(target, restore=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -29,7 +30,6 @@ from pgrecovery import (
 )
 from pgrecovery.cli.main import main
 from pgrecovery.copies import copy_repository
-from pgrecovery.wal.archiver import archive_command
 
 ROWS = "select count(*), coalesce(min(i), 0), coalesce(max(i), 0) from t"
 
@@ -37,15 +37,9 @@ ROWS = "select count(*), coalesce(min(i), 0), coalesce(max(i), 0) from t"
 @pytest.fixture(scope="module")
 def story() -> Iterator[dict[str, Any]]:
     """A cluster archiving into a repository, a base backup, then three transactions with targets between them."""
-    root = _owned_tmpdir("pgrecovery-pitr-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
-    try:
-        pg.start()
-        pg.execute("create table t (i int primary key, at timestamptz not null default clock_timestamp())")
-        repo = Repository(url)
+    table = "create table t (i int primary key, at timestamptz not null default clock_timestamp())"
+    with archiving_cluster("pgrecovery-pitr", table=table) as ctx:
+        pg, repo, url = ctx.pg, ctx.repo, ctx.url
         backup = BaseBackup(dbname=pg.conninfo()).run(repo)
         facts: dict[str, Any] = {"repo": repo, "url": url, "backup": backup, "pg": pg}
         with pg.connect() as conn:
@@ -63,9 +57,6 @@ def story() -> Iterator[dict[str, Any]]:
             conn.execute("insert into t (i) select generate_series(201, 300)")  # transaction C
         _wait_archived(pg)
         yield facts
-    finally:
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pgtesting import archive_settings
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -49,7 +50,7 @@ from pgrecovery import (
 )
 from pgrecovery._walnames import is_segment, segment_number
 from pgrecovery.manifest import BackupManifest
-from pgrecovery.wal.archiver import WalArchiver, archive_command
+from pgrecovery.wal.archiver import WalArchiver
 
 SEED = int(os.environ.get("PGRECOVERY_ORACLE_SEED", "20260315"))
 SOAK = os.environ.get("PGRECOVERY_SOAK") == "1"
@@ -496,16 +497,14 @@ def oracle(request: pytest.FixtureRequest) -> Iterator[Oracle]:
     url = f"file://{root}"
     repo = Repository(url)
     src = LocalCluster.temporary(
-        settings={
-            "wal_level": "replica",
-            "archive_mode": "on",
-            "archive_command": archive_command(url),
-            "track_commit_timestamp": True,
-            "autovacuum": False,
-            "wal_keep_size": "2GB",  # pg_walinspect reads back the WAL of every recorded transaction
-            "max_wal_size": "2GB",
-            "checkpoint_timeout": "1h",
-        }
+        settings=archive_settings(
+            url,
+            track_commit_timestamp=True,
+            autovacuum=False,
+            wal_keep_size="2GB",  # pg_walinspect reads back the WAL of every recorded transaction
+            max_wal_size="2GB",
+            checkpoint_timeout="1h",
+        )
     )
     branch: LocalCluster | None = None
     moments: list[Moment] = []

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archiving_cluster
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 
@@ -22,7 +23,6 @@ from pgrecovery import (
     DatabaseError,
     LocalCluster,
     RecoveryTarget,
-    Repository,
     RestoreError,
     Sandbox,
     recover_rows,
@@ -31,7 +31,6 @@ from pgrecovery import (
 )
 from pgrecovery.cli.main import main
 from pgrecovery.recovery import rescue as rescue_module
-from pgrecovery.wal.archiver import archive_command
 
 ORDERS = "select id, o::text from orders o order by id"
 AUDIT = "select a::text from {} a order by id"
@@ -60,13 +59,8 @@ def _processes_under(path: Path) -> list[str]:
 def story() -> Iterator[dict[str, Any]]:
     """A cluster archiving into a repository; a base backup; more work; the target; then the accident (a DELETE
     and a DROP TABLE in one transaction); then more work on the live database."""
-    root = _owned_tmpdir("pgrecovery-rescue-repo-")
-    url = f"file://{root}"
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    )
-    try:
-        pg.start()
+    with archiving_cluster("pgrecovery-rescue", table=None) as ctx:
+        pg, root, url = ctx.pg, ctx.root, ctx.url
         live = pg.create_database("shop")
         with pg.connect("shop") as conn:
             conn.execute(
@@ -86,7 +80,7 @@ newline \ back', span = '1 mon 2 days 03:04:05' where id = 55"""
             conn.execute("create table audit (id int primary key, what text not null)")
             conn.execute("create index audit_what on audit (what)")
             conn.execute("insert into audit select i, 'event ' || i from generate_series(1, 50) i")
-        repo = Repository(url)
+        repo = ctx.repo
         backup = BaseBackup(dbname=pg.conninfo()).run(repo)
         facts: dict[str, Any] = {"repo": repo, "root": root, "url": url, "pg": pg, "live": live, "backup": backup}
         with pg.connect("shop") as conn:
@@ -117,9 +111,6 @@ newline \ back', span = '1 mon 2 days 03:04:05' where id = 55"""
         _wait_archived(pg)
         facts["files"] = _repo_files(root)
         yield facts
-    finally:
-        pg.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

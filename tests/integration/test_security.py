@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import Archiving
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 from test_corruption import record_result, reset_section
@@ -511,13 +512,11 @@ def test_wal_through_hostile_paths_on_a_real_server(hostile_dirs: dict[str, Path
     url = f"file://{d['repo']}"
     key = EncryptionKey.from_file(d["key_file"])
     raw_key = base64.b64decode(key.to_base64())
-    pg = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on",
-                  "archive_command": archive_command(url, spool_dir=str(d["spool"]), key_file=str(d["key_file"]))}
-    )  # fmt: skip
+    ctx = Archiving("pgrecovery-sec-quote", root=d["repo"], spool_dir=str(d["spool"]), key_file=str(d["key_file"]))
+    pg = ctx.pg
     checks: dict[str, bool] = {}
     try:
-        pg.start()
+        ctx.start(table=None)
         wanted = archive_command(url, spool_dir=str(d["spool"]), key_file=str(d["key_file"]))
         checks["setting read back intact"] = pg.query("show archive_command")[0][0] == wanted
         repo = Repository(url, encryption=key)
@@ -571,7 +570,7 @@ def test_wal_through_hostile_paths_on_a_real_server(hostile_dirs: dict[str, Path
         # the commands run in the data directory: that is where `$(touch NO)` or `; touch NO2` would have landed
         checks["nothing injected"] = not [p for p in (pg.data_dir, pgdata) for n in ("NO", "NO2") if (p / n).exists()]
     finally:
-        pg.destroy()
+        ctx.close()
         record_result(
             "security",
             "hostile-paths-real-server",

@@ -14,13 +14,13 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pgtesting import Archiving, archive_settings, owned_tmpdir
 
 from pgrecovery import ChecksumMismatch, LocalCluster, Repository
 from pgrecovery import _spool as spool_mod
@@ -49,15 +49,6 @@ class Archive:
     before: ArchiverStatus  # pg_stat_archiver while archiving was off
 
 
-def _postgres_dir(prefix: str) -> str:
-    """A directory the server's OS user can write (pytest's tmp_path is root-only)."""
-    path = tempfile.mkdtemp(prefix=prefix)
-    if os.getuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-    return path
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -72,12 +63,10 @@ def _wait(predicate: Callable[[], object], timeout: float = 30, what: str = "con
 
 @pytest.fixture(scope="module")
 def archive() -> Iterator[Archive]:
-    repo_dir = _postgres_dir("pgrecovery-wal-")
+    repo_dir = str(owned_tmpdir("pgrecovery-wal-"))
     url = f"file://{repo_dir}"
     # archive_command starts empty: with archive_mode on, the server keeps .ready files until a command is set.
-    cluster = LocalCluster.temporary(
-        settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "", "archive_timeout": 0}
-    )
+    cluster = LocalCluster.temporary(settings=archive_settings(command="", archive_timeout=0))
     try:
         cluster.start()
         cluster.execute("create table t (i int, pad text)")
@@ -394,14 +383,11 @@ def test_restore_command_recovers_a_base_backup() -> None:
     from pgrecovery import pgtools
     from pgrecovery.cluster import default_run_as
 
-    repo_dir = _postgres_dir("pgrecovery-wal-")
-    url = f"file://{repo_dir}"
-    settings = {"wal_level": "replica", "archive_mode": "on", "archive_command": archive_command(url)}
-    source = LocalCluster.temporary(settings={**settings, "archive_timeout": 0})
-    target_base = _postgres_dir("pgrecovery-restore-")
+    ctx = Archiving("pgrecovery-wal", settings={"archive_timeout": 0})
+    source, url = ctx.pg, ctx.url
+    target_base = str(ctx.pgdata().parent)
     try:
-        source.start()
-        source.execute("create table t (i int)")
+        ctx.start(table="create table t (i int)")
         basebackup = pgtools.find_tool("pg_basebackup")
         cmd = [str(basebackup.path), "-D", f"{target_base}/data", "-X", "none", "-c", "fast", "-d", source.conninfo()]
         pgtools.run(cmd, run_as=default_run_as(), cwd="/")
@@ -431,6 +417,4 @@ def test_restore_command_recovers_a_base_backup() -> None:
         assert (queue / ".wanted").read_text().strip() == last  # restore_command asked the prefetcher to work ahead
         assert WalArchiver(Repository(url)).wait_for_prefetch(queue.parent)
     finally:
-        source.destroy()
-        shutil.rmtree(target_base, ignore_errors=True)
-        shutil.rmtree(repo_dir, ignore_errors=True)
+        ctx.close()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgtesting import archive_settings, wait_archived
 from pgtesting import owned_tmpdir as _owned_tmpdir
 
 from pgrecovery import BaseBackup, LocalCluster, RecoveryPlan, RecoveryTarget, Repository, pgtools
@@ -109,17 +110,6 @@ class Outages(threading.Thread):
             self.outages.append(round(length, 1))
 
 
-def _wait_archived(pg: LocalCluster, timeout: float = 900) -> str:
-    (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last, failed = pg.query("select last_archived_wal, last_failed_wal from pg_stat_archiver")[0]
-        if last is not None and last >= wal:
-            return str(wal)
-        time.sleep(0.2)
-    raise AssertionError(f"WAL {wal} was not archived within {timeout:.0f} s (last failed: {failed})")
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     path = _owned_tmpdir("pgrecovery-soak-")
@@ -149,13 +139,11 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
     set_faults(True)
     command = f"{shlex.quote(sys.executable)} -S {shlex.quote(str(wrapper))} {shlex.quote(str(config))} %p"
     pg = LocalCluster.temporary(
-        settings={
-            "wal_level": "replica",
-            "archive_mode": "on",
-            "archive_command": command,
-            "max_wal_size": "1GB",
-            "checkpoint_timeout": "30s",  # frequent checkpoints: full-page images, more WAL
-        }
+        settings=archive_settings(
+            command=command,
+            max_wal_size="1GB",
+            checkpoint_timeout="30s",  # frequent checkpoints: full-page images, more WAL
+        )
     )
     pgbench = str(pgtools.find_tool("pgbench").path)
     conn = ["-h", "127.0.0.1", "-U", "postgres"]
@@ -190,7 +178,7 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
             time.sleep(0.05)
             c.execute("update pgbench_branches set bbalance = bbalance + 1000000")
         set_faults(False)
-        last_wal = _wait_archived(pg)
+        last_wal = wait_archived(pg, timeout=900)
         drained = time.monotonic()
         while sampler.count() and time.monotonic() - drained < 900:
             time.sleep(0.5)
