@@ -71,11 +71,26 @@ def _name(args: argparse.Namespace) -> str:
     return JOB_PREFIX + load_policy(args.policy).name
 
 
+# Common options that mean something to this process only, not to the job pg_cron runs: refused, not ignored.
+_NOT_PASSED_ON = {
+    "--repo": "repo",
+    "--storage-option": "storage_option",
+    "--encryption-key-file": "encryption_key_file",
+}
+
+
 def _install(args: argparse.Namespace) -> int:
     from .._redact import redact
     from ..errors import ConfigurationError
     from ..policy.pg_cron import CronSchedule, install_schedule
 
+    given = [o for o, a in _NOT_PASSED_ON.items() if getattr(args, a, None)]
+    if given:
+        raise ConfigurationError(
+            f"schedule install: {', '.join(given)} would not reach the job, which runs on the server with its "
+            "environment: put the repository in the policy file, and credentials and keys in the environment or "
+            "files of the server's OS user (see docs/pg_cron.md)"
+        )
     if not args.status_dbname and redact(args.dbname) != args.dbname:
         raise ConfigurationError(
             "--dbname carries a password, and the job would record its runs with it on its command line: give "

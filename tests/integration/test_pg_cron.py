@@ -85,6 +85,25 @@ def test_refused_in_one_line(
     assert code == 2
     assert err.count("\n") == 1
     assert err.startswith("pgrecovery: pg_cron is not loaded")
+    # an option the job would never see is refused, not ignored
+    assert (
+        main(
+            [
+                "schedule",
+                "install",
+                "-d",
+                pg.conninfo(),
+                "--policy",
+                str(policy),
+                "--cron",
+                "* * * * *",
+                "--repo",
+                "file:///elsewhere",
+            ]
+        )
+        == 2
+    )
+    assert "--repo would not reach the job" in capsys.readouterr().err
     # pg_cron loaded, but not created in that database
     cron_pg.execute("create database elsewhere")
     with pytest.raises(ConfigurationError, match="point --dbname at database 'postgres'"):
