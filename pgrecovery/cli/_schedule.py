@@ -49,6 +49,11 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the interpreter the server's OS user runs (default: this one; it must be executable by that user)",
     )
+    ins.add_argument(
+        "--no-trial",
+        action="store_true",
+        help="skip the trial (the command run once with --dry-run by the server, as pg_cron will run it)",
+    )
     ins.add_argument("--state-dir", metavar="DIR", help="run-policy's state directory (default: the policy's)")
     status_options(ins)
     rm = add_verb(kinds, "remove", common, "remove the pg_cron job (nothing to remove is fine)")
@@ -106,7 +111,7 @@ def _install(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         **options,
     )
-    job = install_schedule(args.dbname, schedule)
+    job = install_schedule(args.dbname, schedule, trial=not args.no_trial)
     text = f"installed pg_cron job {job.name} (id {job.jobid}, '{job.schedule}', as {job.username}): {job.command}"
     emit(args, job.to_dict(), text)
     return EXIT_OK

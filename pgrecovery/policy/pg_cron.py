@@ -263,12 +263,39 @@ def _jobs(conn: psycopg.Connection[Any], name: str) -> list[CronJob]:
     ]
 
 
-def install_schedule(dbname: str, schedule: CronSchedule) -> CronJob:
+_EXIT_MARK: Final = "pgrecovery-trial-exit="
+
+
+def _trial_run(conn: psycopg.Connection[Any], schedule: CronSchedule) -> None:
+    """Run the job's command once with ``--dry-run`` (which runs no job, takes no lock, writes nothing) the way
+    pg_cron will, as the server's OS user, reading its output back (COPY ... FROM PROGRAM): an interpreter that
+    user cannot execute, a policy file it cannot read, a bad option, are refused now, in the program's words."""
+    conn.execute("create temporary table pg_temp.pgrecovery_trial (n serial, line text) on commit drop")
+    program = f"{schedule.command()} --dry-run 2>&1; echo {_EXIT_MARK}$?"
+    # csv with a delimiter and quote that never occur: every line arrives as it is, backslashes included
+    conn.execute(
+        "COPY pg_temp.pgrecovery_trial (line) FROM PROGRAM "
+        + _literal(program)
+        + " WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')"
+    )
+    lines = [str(r[0]) for r in conn.execute("select line from pg_temp.pgrecovery_trial order by n").fetchall() if r[0]]
+    status = lines[-1].removeprefix(_EXIT_MARK) if lines and lines[-1].startswith(_EXIT_MARK) else "?"
+    if status == "0":
+        return
+    said = redact(lines[-2].strip()) if len(lines) > 1 else "no output"
+    hint = ""
+    if status in ("126", "127"):
+        hint = ": give --python an interpreter with pgrecovery installed that the server's OS user can execute"
+    raise ConfigurationError(f"the job fails when the server runs it as its OS user (exit code {status}): {said}{hint}")
+
+
+def install_schedule(dbname: str, schedule: CronSchedule, *, trial: bool = True) -> CronJob:
     """Install (or replace) the pg_cron job that runs ``schedule``'s policy; returns the job as stored.
 
     ``dbname`` is the database pg_cron lives in (``cron.database_name``), reached as the role that will own the
     job and run it: a superuser, or a role granted ``pg_execute_server_program``. Running it twice leaves one
-    job (pg_cron replaces a job of the same name and owner).
+    job (pg_cron replaces a job of the same name and owner). ``trial``: first run the command with ``--dry-run``
+    as the server will, and install nothing when it fails.
     """
     import psycopg
 
@@ -278,8 +305,10 @@ def install_schedule(dbname: str, schedule: CronSchedule) -> CronJob:
     with _session(dbname) as conn:
         _require_program_privilege(conn)
         try:
-            with conn.transaction():
+            with conn.transaction():  # a failed trial leaves cron.job as it was
                 conn.execute("select cron.schedule(%s, %s, %s)", [name, schedule.cron, statement])
+                if trial:
+                    _trial_run(conn, schedule)
         except psycopg.errors.InvalidParameterValue as e:
             raise ConfigurationError(
                 f"cron schedule {schedule.cron!r} refused by pg_cron ({first_line(e)}): use 5 fields such as "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -75,7 +76,8 @@ def _jobs(pg: LocalCluster) -> list[tuple[str, str]]:
 def test_refused_in_one_line(
     pg: LocalCluster, cron_pg: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    policy = _policy(tmp_path, "dbname=shop")
+    root = owned_tmpdir("pgrecovery-cron-")  # readable by the server's OS user, as the trial run needs
+    policy = _policy(root, "dbname=shop")
     schedule = CronSchedule(policy_file=policy, cron="* * * * *", name=JOB)
     # a server without pg_cron (the session's cluster)
     with pytest.raises(ConfigurationError, match=r"pg_cron is not loaded on .*shared_preload_libraries = 'pg_cron'"):
@@ -120,9 +122,17 @@ def test_refused_in_one_line(
     # a schedule pg_cron does not understand, a secret on the command line
     with pytest.raises(ConfigurationError, match="cron schedule 'every minute' refused by pg_cron"):
         install_schedule(cron_pg.conninfo(), CronSchedule(policy_file=policy, cron="every minute", name=JOB))
+    # the trial run, as the server's OS user: an interpreter it cannot execute, a policy file it cannot read
+    dbname = cron_pg.conninfo()
+    with pytest.raises(ConfigurationError, match=r"exit code 127\): .*/nowhere/python: not found: give --python"):
+        install_schedule(dbname, CronSchedule(policy_file=policy, cron="* * * * *", python="/nowhere/python"))
+    private = _policy(tmp_path, "dbname=shop")  # pytest's tmp_path: root's alone
+    with pytest.raises(ConfigurationError, match=r"exit code 2\): pgrecovery: cannot read the policy file"):
+        install_schedule(dbname, CronSchedule(policy_file=private, cron="* * * * *"))
     with pytest.raises(ConfigurationError, match="status-dbname carries a secret"):
         CronSchedule(policy_file=policy, cron="* * * * *", status_dbname="dbname=ops password=hunter2")
-    assert _jobs(cron_pg) == []
+    assert _jobs(cron_pg) == []  # nothing was left behind by a refusal
+    shutil.rmtree(root)
 
 
 def test_schedule_runs_a_real_backup(
