@@ -14,8 +14,9 @@ them. The command is the job's text itself (no SQL function of ours in between):
 >>> remove_schedule("dbname=postgres", job.name)                                   # doctest: +SKIP
 True
 
-Installing is idempotent (a job of the same name is replaced, not added), removing a job that is not there is
-not an error, and both refuse with one line when pg_cron is not loaded or the role may not run programs.
+Installing is idempotent (a job of the same name is replaced, not added) and first runs the command once with
+``--dry-run`` as the server will; removing a job that is not there is not an error; all refuse with one line
+when pg_cron is not loaded, and installing when the role may not run programs or the trial run fails.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def _no_secret(_instance: object, attribute: attrs.Attribute[Any], value: str | 
 @attrs.frozen(kw_only=True)
 class CronSchedule:
     """What to schedule: ``run-policy`` of ``policy_file`` (an absolute path on the database server, readable by
-    the server's OS user) at the times of ``cron`` (pg_cron's 5-field syntax, in the server's time zone setting
-    ``cron.timezone``, GMT by default), run by ``python`` (default: this interpreter; the server's OS user must be
+    the server's OS user) at the times of ``cron`` (pg_cron's 5-field syntax, in GMT; pg_cron 1.5 and later
+    honour ``cron.timezone``), run by ``python`` (default: this interpreter; the server's OS user must be
     able to execute it). ``status_dbname`` / ``status_table``: where run-policy records its runs. ``name``: the
     pg_cron job name (default: ``pgrecovery-`` plus the policy's name)."""
 
