@@ -195,4 +195,5 @@ def test_schedule_runs_a_real_backup(
     assert "nothing to remove" in capsys.readouterr().out
     assert _jobs(cron_pg) == []
     assert show_schedule(dbname, JOB).job is None
+    shutil.rmtree(root)  # left behind when the test fails, to look at
     record_property("seconds", round(time.monotonic() - started, 1))
