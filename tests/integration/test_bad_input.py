@@ -491,7 +491,7 @@ def _api_calls(w: W, tmp: Path) -> list[tuple[str, Callable[[], object], type[Pg
         ("wrong-key", lambda: Repository(w["enc_url"], encryption=EncryptionKey.from_file(w["wrong_key"]))
          .get(w["enc"].id), WrongKey, "key"),
         ("other-major-version", lambda: RecoveryPlan(Repository(w["v16_url"]), backup_id=w["base"].id)
-         .run(tmp / "data"), ToolNotFound, "version 16"),
+         .run(tmp / "data"), ToolNotFound, "PostgreSQL 16 but"),
     ]  # fmt: skip
 
 
