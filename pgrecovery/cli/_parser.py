@@ -91,6 +91,9 @@ def _backup_verb(verbs: Any, common: argparse.ArgumentParser) -> None:
     flags(bb, {"spread-checkpoint": "do not force a fast checkpoint"})
     bb.add_argument("--label", default="pgrecovery")
     bb.add_argument("--parent", help="make it incremental on this base backup (an id or 'latest')")
+    bb.add_argument(
+        "--primary-dbname", help="from a standby: the primary, asked to switch WAL so the backup ends sooner"
+    )
     cl = add_verb(kinds, "cluster", common, "globals plus every database")
     dbname_option(cl)
     cl.add_argument("--exclude-database", action="append", default=[], dest="exclude_databases")

@@ -27,6 +27,7 @@ def backup(args: argparse.Namespace) -> int:
         fast_checkpoint=not args.spread_checkpoint,
         label=args.label,
         parent=args.parent,
+        primary=args.primary_dbname,
     )
     with recorded(args, "base") as run:
         m = job.run(repo, progress=progress(args))

@@ -25,7 +25,7 @@ from .._stream import fd_reader, pump, upload_file, widen_pipe
 from .._version import __version__
 from ..catalog import data_key, writing_backup
 from ..codec import SUFFIX, Codec, check_codec, check_level
-from ..errors import ConfigurationError
+from ..errors import BackupError, ConfigurationError, ToolFailed
 from ..manifest import FORMATS, BackupManifest, Compression, ContentSummary, FileEntry, Format
 from ..progress import Meter, ProgressCallback
 from ..repository import Repository
@@ -152,14 +152,19 @@ class LogicalBackup:
             invalid_before = invalid_indexes_by_database(self.dbname, [info.database])
             meter = Meter("backup", progress)
             summary: ContentSummary | None
-            if self.format == "directory":
-                files = self._dump_directory(repo, backup_id, pg_dump, conninfo, env, meter)
-                summary = _summary_from_stream(repo, backup_id, files, "directory")
-            else:
-                entry, summary = self._dump_stream(repo, backup_id, pg_dump, conninfo, env, meter)
-                files = [entry]
-                if self.format != "plain":
-                    summary = _summary_from_stream(repo, backup_id, files, self.format)
+            try:
+                if self.format == "directory":
+                    files = self._dump_directory(repo, backup_id, pg_dump, conninfo, env, meter)
+                    summary = _summary_from_stream(repo, backup_id, files, "directory")
+                else:
+                    entry, summary = self._dump_stream(repo, backup_id, pg_dump, conninfo, env, meter)
+                    files = [entry]
+                    if self.format != "plain":
+                        summary = _summary_from_stream(repo, backup_id, files, self.format)
+            except ToolFailed as e:  # on a hot standby, recovery may cancel a long dump: say what to change
+                if "conflict with recovery" in str(e):
+                    raise BackupError(RECOVERY_CONFLICT.format(pgtools.describe(self.dbname))) from None
+                raise
             meter.finish()
             _, own_level, pg_level = _resolve_compression(self.compression, self.level)
             manifest = BackupManifest(
@@ -281,6 +286,13 @@ class LogicalBackup:
             with ThreadPoolExecutor(max_workers=max(2, self.jobs)) as pool:
                 entries += pool.map(one, sorted(n for n in sizes if n not in big))
             return sorted(entries, key=lambda e: e.path)
+
+
+RECOVERY_CONFLICT: Final = (
+    "pg_dump on the standby {} was cancelled by a conflict with recovery: set hot_standby_feedback = on, or raise "
+    "max_standby_streaming_delay (and max_standby_archive_delay) on the standby above the dump's duration (see "
+    "docs/recovery.md), or dump from the primary"
+)
 
 
 def _stream_program(

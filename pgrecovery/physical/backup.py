@@ -11,6 +11,13 @@ Two methods:
   streamed into the repository.
 
 Both rely on WAL archiving (``pgrecovery wal-push`` as archive_command) for the WAL between start and stop.
+
+From a hot standby (``dbname`` names a server in recovery) both methods work: the WAL comes from the primary's
+archive in the same repository (or the standby's own, with ``archive_mode = always``). A standby cannot end its
+WAL segment, so the backup waits until the primary has archived the segment holding the backup's end: ``primary``
+(a conninfo) lets it ask the primary for a switch (``pg_switch_wal()``); without it the wait ends when the primary
+switches by itself (``archive_timeout`` on the primary bounds it), or at ``archive_timeout`` here with one line
+saying so.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from .. import pgtools
-from .._pgdb import connect, invalid_indexes_by_database, merge_index_records, now_utc, server_info
+from .._pgdb import connect, first_line, invalid_indexes_by_database, merge_index_records, now_utc, server_info
 from .._stream import fd_reader, pump, widen_pipe
 from .._version import __version__
 from .._walnames import segment_for_lsn
@@ -51,6 +58,15 @@ __all__ = [
 
 Method = Literal["local", "stream"]
 _SEGMENT_SIZE: Final = "(select setting::int from pg_settings where name = 'wal_segment_size')"
+_ARCHIVING_SQL: Final = (
+    "select current_setting('archive_mode'), current_setting('archive_command'), pg_is_in_recovery(), "
+    "(select system_identifier from pg_control_system())::text"
+)
+# The timeline a WAL position is on: pg_walfile_name() fails during recovery, so a standby's is its replay timeline
+# (pg_backup_stop on a standby ends the backup at the minimum recovery point, on that point's timeline). The last
+# segment a standby's backup needs is the one holding the stop LSN itself, even at a segment boundary: recovery
+# needs a record there to see that it is consistent (pg_walfile_name() would name the segment before).
+_STOP_TIMELINE: Final = "(select min_recovery_end_timeline from pg_control_recovery())"
 
 
 def _at_least_one(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -69,7 +85,8 @@ class BaseBackup:
     0 = one per core: libzstd's own threads compress outside Python's global lock, which measured 1.5x faster
     than one synchronous compressor per bundle). ``parent`` (a base backup id or ``"latest"``)
     makes the backup incremental: files whose size and sha256 match the parent's are referenced, not stored again
-    (local method).
+    (local method). ``primary``: for a backup from a standby, the primary's conninfo, asked for a WAL switch so the
+    backup's last segment is archived without waiting for the primary's own switch.
     """
 
     dbname: str = ""
@@ -83,6 +100,7 @@ class BaseBackup:
     parent: str | None = None
     archive_timeout: float = 600.0
     threads: int = 0
+    primary: str | None = None
 
     def __attrs_post_init__(self) -> None:
         check_level(check_codec(self.compression), self.level)
@@ -91,7 +109,7 @@ class BaseBackup:
         """Take the backup; return its manifest once it is complete (and the WAL it needs is archived)."""
         info = server_info(self.dbname)
         started = now_utc()
-        self._check_archiving()
+        standby = self._check_archiving()
         parent = self._parent(repo)
         needs: list[str] = []
         if parent is not None and parent.physical is not None:
@@ -99,11 +117,11 @@ class BaseBackup:
         # the claim records what it needs: expire and delete keep those files while it runs
         with writing_backup(repo, "base", started, needs=needs, title="base backup") as backup:
             if self.method == "local":
-                files, physical, invalid = self._local(repo, backup.id, Meter("backup", progress), parent)
+                files, physical, invalid = self._local(repo, backup.id, Meter("backup", progress), parent, standby)
                 tool = f"PostgreSQL {info.version} (pg_backup_start/pg_backup_stop)"
             else:  # pg_basebackup stops the backup by itself: record the invalid indexes on both sides of it
                 before = invalid_indexes_by_database(self.dbname)
-                files, physical, tool = self._stream(repo, backup.id, Meter("backup", progress))
+                files, physical, tool = self._stream(repo, backup.id, Meter("backup", progress), standby)
                 invalid = merge_index_records(before, invalid_indexes_by_database(self.dbname))
             return backup.finish(
                 BackupManifest(
@@ -135,20 +153,31 @@ class BaseBackup:
             raise ConfigurationError(f"backup {m.id} cannot be a parent: only local-method base backups can")
         return m
 
-    def _check_archiving(self) -> None:
+    def _check_archiving(self) -> bool:
+        """Check that the server archives WAL (on a standby: the primary, when given, or the standby itself with
+        ``archive_mode = always``); return whether the server is a standby."""
         with connect(self.dbname) as conn:
-            mode, command = conn.execute(
-                "select current_setting('archive_mode'), current_setting('archive_command')"
-            ).fetchone() or ("off", "")
+            mode, command, standby, sysid = conn.execute(_ARCHIVING_SQL).fetchone() or ("off", "", False, "")
+        if standby and self.primary:
+            with connect(self.primary, what="connect to the primary") as conn:
+                mode, command, on_primary, primary_sysid = conn.execute(_ARCHIVING_SQL).fetchone() or ("", "", 1, "")
+            if on_primary or primary_sysid != sysid:
+                raise ConfigurationError(
+                    f"{pgtools.describe(self.primary)} is not this standby's primary "
+                    f"({'in recovery itself' if on_primary else f'system identifier {primary_sysid}, not {sysid}'})"
+                )
+        elif standby:  # the primary archives; we learn whether into this repository by waiting for the WAL
+            return True
         if mode == "off" or not command:
             raise ConfigurationError(
                 "base backups need WAL archiving: set archive_mode = on and archive_command to "
                 "'pgrecovery --repo URL wal-push %p' (see docs/wal.md), then restart the server"
             )
+        return bool(standby)
 
     # -- local method ----------------------------------------------------------------------------------------
     def _local(
-        self, repo: Repository, backup_id: str, meter: Meter, parent: BackupManifest | None
+        self, repo: Repository, backup_id: str, meter: Meter, parent: BackupManifest | None, standby: bool
     ) -> tuple[list[FileEntry], PhysicalInfo, dict[str, tuple[str, ...]] | None]:
         with connect(self.dbname) as conn:
             version = conn.info.server_version
@@ -158,11 +187,12 @@ class BaseBackup:
             facts = conn.execute(
                 "select current_setting('data_directory'), (select timeline_id from pg_control_checkpoint()), "
                 "(select system_identifier from pg_control_system())::text, current_setting('data_checksums'), "
-                f"{_SEGMENT_SIZE}, pg_walfile_name(%s::pg_lsn)",
-                (start_lsn,),
+                f"{_SEGMENT_SIZE}",
             ).fetchone()
             assert facts is not None
-            data_dir, timeline, sysid, checksums, seg_size, start_wal = facts
+            data_dir, timeline, sysid, checksums, seg_size = facts
+            # the backup starts at the last checkpoint (a standby's: its last restartpoint), on that one's timeline
+            start_wal = segment_for_lsn(start_lsn, int(timeline), int(seg_size))
             known = _known_members(parent, str(sysid))
             pgdata = self.pgdata or str(data_dir)
             if not os.path.isfile(os.path.join(pgdata, "PG_VERSION")):
@@ -190,12 +220,8 @@ class BaseBackup:
             stop = conn.execute(f"select lsn::text, labelfile, spcmapfile from {stop_fn}").fetchone()
             assert stop is not None
             stop_lsn, labelfile, spcmap = stop
-            tail = conn.execute(
-                "select pg_walfile_name(%s::pg_lsn), pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
-                (stop_lsn,),
-            ).fetchone()
-            assert tail is not None
-            self._wait_archived(repo, conn, str(tail[0]))
+            stop_wal, next_xid = self._stop_facts(conn, str(stop_lsn), int(seg_size), standby)
+            self._wait_archived(repo, conn, stop_wal, standby)
         files.append(small_file(repo, backup_id, "backup_label", str(labelfile).encode()))
         if spcmap:
             files.append(small_file(repo, backup_id, "tablespace_map", str(spcmap).encode()))
@@ -207,11 +233,11 @@ class BaseBackup:
             stop_lsn=str(stop_lsn),
             timeline=int(timeline),
             start_wal=str(start_wal),
-            stop_wal=str(tail[0]),
+            stop_wal=stop_wal,
             system_identifier=str(sysid),
             data_checksums=checksums == "on",
             wal_segment_size=int(seg_size),
-            next_xid=int(tail[1]),
+            next_xid=next_xid,
             parent=parent.id if parent is not None else None,
             tablespaces=spaces,
             directories=dirs,
@@ -219,16 +245,34 @@ class BaseBackup:
         )
         return files, physical, invalid
 
-    def _wait_archived(self, repo: Repository, conn: Any, wal: str) -> None:
-        """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``."""
+    @staticmethod
+    def _stop_facts(conn: Any, stop_lsn: str, seg_size: int, standby: bool) -> tuple[str, int]:
+        """The WAL file holding the backup's end (named here: pg_walfile_name() fails during recovery) and the next
+        transaction id."""
+        timeline = _STOP_TIMELINE if standby else "(select timeline_id from pg_control_checkpoint())"
+        name = "null" if standby else "pg_walfile_name(%s::pg_lsn)"
+        row = conn.execute(
+            f"select {timeline}, pg_snapshot_xmax(pg_current_snapshot())::text::bigint, {name}",
+            () if standby else (stop_lsn,),
+        ).fetchone()
+        assert row is not None
+        return str(row[2] or segment_for_lsn(stop_lsn, int(row[0]), seg_size)), int(row[1])
+
+    def _wait_archived(self, repo: Repository, conn: Any, wal: str, standby: bool = False) -> None:
+        """Wait until WAL file ``wal`` (the last one the backup needs) is stored in ``repo``. A standby cannot switch
+        WAL: the primary is asked to (when ``primary`` is given), else its own switch or archive_timeout ends it."""
         from ..wal.archiver import WalArchiver
         from ..wal.server import read_stat_archiver
 
         archiver = WalArchiver(repo)
+        if standby and self.primary and archiver.find(wal) is None:
+            _switch_primary(self.primary)
         deadline = time.monotonic() + self.archive_timeout
         delay = 0.02
         while archiver.find(wal) is None:
             if time.monotonic() > deadline:
+                if standby:
+                    raise BackupError(_standby_timeout(wal, repo.display_url, self.archive_timeout, self.primary))
                 stat = read_stat_archiver(conn)
                 raise BackupError(
                     f"WAL file {wal}, which the backup needs, did not reach {repo.display_url} within "
@@ -239,7 +283,9 @@ class BaseBackup:
             delay = min(delay * 1.5, 1.0)
 
     # -- stream method ---------------------------------------------------------------------------------------
-    def _stream(self, repo: Repository, backup_id: str, meter: Meter) -> tuple[list[FileEntry], PhysicalInfo, str]:
+    def _stream(
+        self, repo: Repository, backup_id: str, meter: Meter, standby: bool
+    ) -> tuple[list[FileEntry], PhysicalInfo, str]:
         info = server_info(self.dbname)
         tool = pgtools.find_tool("pg_basebackup", min_major=info.major)
         conninfo, env = pgtools.split_secret(self.dbname)
@@ -268,8 +314,11 @@ class BaseBackup:
                 "select (select system_identifier from pg_control_system())::text, current_setting('data_checksums'),"
                 f" {_SEGMENT_SIZE}, pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
             ).fetchone()
-        assert row is not None
-        seg = int(row[2])
+            assert row is not None
+            seg = int(row[2])
+            stop_wal = segment_for_lsn(stop_lsn, timeline, seg)
+            if standby:  # pg_basebackup on a standby does not wait for the archive: the backup is usable once it is
+                self._wait_archived(repo, conn, stop_wal, standby)
         physical = PhysicalInfo(
             method="stream",
             label=self.label,
@@ -277,7 +326,7 @@ class BaseBackup:
             stop_lsn=stop_lsn,
             timeline=timeline,
             start_wal=segment_for_lsn(start_lsn, timeline, seg),
-            stop_wal=segment_for_lsn(stop_lsn, timeline, seg),
+            stop_wal=stop_wal,
             system_identifier=str(row[0]),
             data_checksums=row[1] == "on",
             wal_segment_size=seg,
@@ -285,6 +334,36 @@ class BaseBackup:
         )
         entry = FileEntry(path=f"data/{name}", size=obj.size, sha256=obj.sha256, codec=codec, raw_size=raw, role="base")
         return [entry], physical, tool.version
+
+
+def _switch_primary(primary: str) -> None:
+    """Ask the primary to write a record and end its WAL segment, so the archiver sends the one a standby's backup
+    ends in. The record matters: a standby's backup may end exactly at a segment boundary (its minimum recovery
+    point after a switch), and recovery proves it consistent only by reading a record at or after that point."""
+    import psycopg
+
+    with connect(primary, what="connect to the primary") as conn:
+        try:
+            conn.execute("select pg_logical_emit_message(false, 'pgrecovery', 'standby backup end')")
+            conn.execute("select pg_switch_wal()")
+        except psycopg.Error as e:
+            raise BackupError(
+                f"cannot switch WAL on the primary {pgtools.describe(primary)}: {first_line(e)}"
+            ) from None
+
+
+def _standby_timeout(wal: str, where: str, timeout: float, primary: str | None) -> str:
+    """The one line a backup from a standby ends with when its last WAL file is not archived in time."""
+    ask = (
+        "the primary was asked to switch WAL: check that its archive_command pushes to this repository"
+        if primary
+        else "a standby cannot switch WAL: the wait ends once the primary switches and archives (set archive_timeout "
+        "on the primary to bound it, or give the primary's conninfo with --primary-dbname / primary=...), and the "
+        "primary's archive_command must push to this repository"
+    )
+    return (
+        f"WAL file {wal}, which this backup from a standby needs, did not reach {where} within {timeout:.0f} s: {ask}"
+    )
 
 
 def _known_members(parent: BackupManifest | None, system_identifier: str) -> dict[str, MemberEntry]:

@@ -78,8 +78,18 @@ def create_restore_point(conninfo: str, name: str) -> str:
     """``pg_create_restore_point(name)``: a named target for recovery (recovery_target_name); returns its LSN."""
     if not name or len(name) >= 64:
         raise ConfigurationError("a restore point name must have 1 to 63 characters")
-    row = _on_server(conninfo, lambda conn: _one(conn, "select pg_create_restore_point(%s)::text", (name,)))
+    row = _on_server(conninfo, lambda conn: _restore_point(conn, conninfo, name))
     return str(row[0])
+
+
+def _restore_point(conn: psycopg.Connection[Any], conninfo: str, name: str) -> tuple[Any, ...]:
+    """A restore point is WAL written by a primary: a standby (in recovery) cannot create one."""
+    if _one(conn, "select pg_is_in_recovery()", ())[0]:
+        raise ConfigurationError(
+            f"{pgtools.describe(conninfo)} is a standby (in recovery): create the restore point on the primary, "
+            "whose WAL the standby replays"
+        )
+    return _one(conn, "select pg_create_restore_point(%s)::text", (name,))
 
 
 _T = TypeVar("_T")
