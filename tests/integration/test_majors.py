@@ -210,21 +210,6 @@ def test_a_damaged_object_is_detected(story: dict[str, Any]) -> None:
     assert bundle.path in checks["checksums"].detail
 
 
-def test_initdb_checksums_follow_the_request_on_every_major(major: Major) -> None:
-    """initdb 18 turns data checksums on by itself: ``checksums=False`` must still mean off."""
-    from pgrecovery.cluster import default_run_as
-    from pgrecovery.pgtools import run
-
-    pg = LocalCluster.temporary(checksums=False)
-    try:
-        out = run(
-            [str(find_tool("pg_controldata").path), "-D", str(pg.data_dir)], run_as=default_run_as(), cwd="/"
-        ).stdout.decode()
-        assert "Data page checksum version:           0" in out
-    finally:
-        pg.destroy()
-
-
 def test_pg_dump_leaves_statistics_out_unless_asked(major: Major, story: dict[str, Any]) -> None:
     """pg_dump 18 can dump planner statistics: pgrecovery leaves them out by default (docs/support.md)."""
     from pgrecovery.pgtools import pg_dump_command, run

@@ -46,6 +46,30 @@ def _view_rows(conninfo: str, view: str) -> tuple[Any, ...]:
     return tuple(row)
 
 
+PROGRAMS = ("initdb", "pg_ctl", "pg_dump", "pg_dumpall", "pg_restore", "psql", "pg_basebackup", "pg_verifybackup")
+
+
+def test_every_major_has_its_programs_and_checksums_follow_the_request(major: Major) -> None:
+    """On 15, 16, 17 and 18: the programs pgrecovery runs are found, of that major, runnable by the server's user
+    (checked by the fixture); initdb's data checksums are what LocalCluster asks (18 turns them on by itself)."""
+    from pgrecovery.cluster import default_run_as
+    from pgrecovery.pgtools import find_tool, run
+
+    with major.active():
+        for name in PROGRAMS:
+            tool = find_tool(name)
+            assert (tool.major, tool.bindir) == (major.number, major.bindir), name
+        for checksums in (False, True):
+            pg = LocalCluster.temporary(checksums=checksums)
+            try:
+                cmd = [str(find_tool("pg_controldata").path), "-D", str(pg.data_dir)]
+                out = run(cmd, run_as=default_run_as(), cwd="/").stdout.decode()
+                version = [ln.split(":")[1].strip() for ln in out.splitlines() if ln.startswith("Data page checksum")]
+                assert version == (["1"] if checksums else ["0"])
+            finally:
+                pg.destroy()
+
+
 @pytest.fixture(scope="module")
 def pg16_backup() -> Iterator[dict[str, Any]]:
     """A PostgreSQL 16 cluster archiving into a repository, with one base backup of it."""
