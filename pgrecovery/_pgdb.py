@@ -86,6 +86,23 @@ def maintenance(conninfo: str) -> str:
     return pgtools.with_dbname(conninfo, "postgres")
 
 
+def refuse_standby(conninfo: str, instead: str) -> None:
+    """A server in recovery takes no writes: say so in one line before anything is tried (a restore would
+    otherwise fail half-way with the first statement pg_restore could not run). Only a server that says it is in
+    recovery is refused: one that cannot be asked (the database does not exist yet, no access to ``postgres``)
+    is left to the restore itself, which reports what went wrong."""
+    row = None
+    for candidate in (conninfo, maintenance(conninfo)):
+        try:
+            with connect(candidate, timeout=10) as conn:
+                row = conn.execute("select pg_is_in_recovery()").fetchone()
+            break
+        except DatabaseError:
+            continue
+    if row is not None and row[0]:
+        raise ConfigurationError(f"{pgtools.describe(conninfo)} is a standby (in recovery, read-only): {instead}")
+
+
 def create_database(conninfo: str) -> None:
     """CREATE DATABASE named by ``conninfo``'s dbname, connecting to the same server's ``postgres`` database."""
     import psycopg

@@ -26,6 +26,7 @@ from .._pgdb import (
     drop_database,
     first_line,
     maintenance,
+    refuse_standby,
     server_info,
     tool_major,
 )
@@ -173,6 +174,7 @@ class LogicalRestore:
             raise ConfigurationError("jobs must be at least 1")
         if m.kind == "logical":
             require_dbname(dbname, f"backup {m.id} is a dump of database {m.database!r}")
+        refuse_standby(dbname, "restore into its primary")
         if verify_first:
             for f in m.files:
                 check_stored(self.repo, self._key(f), f)

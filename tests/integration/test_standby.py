@@ -130,6 +130,12 @@ def test_other_verbs_on_a_standby_work_or_say_why_not(pair: dict[str, Any], caps
     assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
     assert "is a standby" in err
     assert "on the primary" in err
+    # a restore into the standby is refused in one line, before pg_restore meets the read-only server
+    m = LogicalBackup(dbname=pair["primary"].conninfo()).run(Repository(url))
+    code, out, err = cli(capsys, "--repo", url, "restore", "logical", m.id, "--dbname", standby.conninfo())
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "is a standby (in recovery, read-only): restore into its primary" in err
     for argv in (
         ["archiver-status", "--dbname", standby.conninfo()],
         ["check", "--dbname", standby.conninfo()],
