@@ -8,7 +8,9 @@ archiver above it), and importing one piece must not import the rest.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "ArchiverStatus": "server",
@@ -35,15 +37,7 @@ if TYPE_CHECKING:
     from .server import ArchiverStatus, archiver_status, create_restore_point
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pgrecovery.wal' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = [

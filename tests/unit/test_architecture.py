@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pgrecovery"
 
 # lowest first; a name is a module or a subpackage (dotted, relative to pgrecovery)
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool"}),
+    ("base", {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool", "_lazy"}),
     ("formats and PostgreSQL", {"codec", "_objects", "crypto", "manifest", "pgtools", "_pgdb", "cluster"}),
     ("storage", {"storage"}),
     ("info", {"catalog", "repository", "wal._layout", "wal.index"}),
