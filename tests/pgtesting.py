@@ -230,3 +230,16 @@ def major_or_skip(number: int) -> Major:
         if os.environ.get("PGRECOVERY_REQUIRE_EMULATORS"):
             pytest.fail(f"{e} (required under nox)")
         pytest.skip(str(e))
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """Run the ``pgrecovery`` command in-process: (exit code, stdout, stderr). Usage errors argparse raises count
+    as their exit code."""
+    from pgrecovery.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = int(e.code) if isinstance(e.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err

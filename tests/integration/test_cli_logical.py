@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pgtesting import run_cli
 from test_logical_roundtrip import EMPTY_MD5, drop_db, fingerprint, relation_data, target, unique_name
 
 from pgrecovery import LocalCluster
@@ -40,14 +41,7 @@ insert into orders (customer_id, amount, note, at)
 """
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Run the command in-process; usage errors raised by argparse count as their exit code."""
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code) if isinstance(e.code, int) else 2
-    out, err = capsys.readouterr()
-    return code, out, err
+cli = run_cli  # the command in-process: (exit code, stdout, stderr)
 
 
 def cli_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import psycopg
 import pytest
-from pgtesting import Archiving, owned_tmpdir
+from pgtesting import Archiving, owned_tmpdir, run_cli
 
 from pgrecovery import (
     BaseBackup,
@@ -29,7 +29,6 @@ from pgrecovery import (
     Verifier,
     pgtools,
 )
-from pgrecovery.cli.main import main
 from pgrecovery.cluster import free_port
 from pgrecovery.manifest import CHECKSUM_FIELD, BackupManifest, _content_digest
 
@@ -418,13 +417,7 @@ def test_bad_ports_are_refused(source: Source) -> None:
         Verifier(source.repo, ports=[5432, 70000])
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code) if isinstance(e.code, int) else 2
-    out, err = capsys.readouterr()
-    return code, out, err
+_cli = run_cli
 
 
 def test_cli_drill_port(source: Source, capsys: pytest.CaptureFixture[str]) -> None:

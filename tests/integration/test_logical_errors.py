@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgtesting import run_cli
 from test_logical_roundtrip import assert_same, fingerprint, target, unique_name
 
 from pgrecovery import (
@@ -32,7 +33,6 @@ from pgrecovery import (
     StorageError,
     Verifier,
 )
-from pgrecovery.cli.main import main
 from pgrecovery.cluster import free_port
 from pgrecovery.logical.backup import Compression, Format
 from pgrecovery.pgtools import conninfo_dict
@@ -48,10 +48,7 @@ def _backup_dirs(repo: Repository) -> list[str]:
     return sorted(os.listdir(root)) if root.is_dir() else []
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+_cli = run_cli
 
 
 @pytest.fixture
