@@ -27,6 +27,7 @@ def backup(args: argparse.Namespace) -> int:
         fast_checkpoint=not args.spread_checkpoint,
         label=args.label,
         parent=args.parent,
+        incremental=args.incremental,
         primary=args.primary_dbname,
     )
     with recorded(args, "base") as run:
@@ -57,11 +58,24 @@ def restore(args: argparse.Namespace) -> int:
     )
     emit(
         args,
-        {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path)},
-        f"restored {plan.backup.id} into {path}, recovery to {target.describe()} configured: start the server; "
-        + _archiving(args),
+        {"backup_id": plan.backup.id, "target": target.describe(), "pgdata": str(path), **_point(plan)},
+        f"restored {plan.backup.id} into {path}, recovery to {target.describe()}{_point_text(plan)} configured: "
+        "start the server; " + _archiving(args),
     )
     return EXIT_OK
+
+
+def _point(plan: RecoveryPlan) -> dict[str, object]:
+    """``restore_point`` for --json: where a name target lies (null for other targets)."""
+    return {"restore_point": plan.restore_point.to_dict() if plan.restore_point is not None else None}
+
+
+def _point_text(plan: RecoveryPlan) -> str:
+    p = plan.restore_point
+    if p is None:
+        return ""
+    how = "recorded by pgrecovery" if p.source == "recorded" else "found in the archived WAL"
+    return f" (at LSN {p.lsn} on timeline {p.timeline}, {how})"
 
 
 def _run(args: argparse.Namespace, plan: RecoveryPlan, spaces: dict[str, str]) -> int:
@@ -76,8 +90,8 @@ def _run(args: argparse.Namespace, plan: RecoveryPlan, spaces: dict[str, str]) -
     record = f"; incident record {result.incident_key}" if result.incident_key else ""
     emit(
         args,
-        result.to_dict(),
-        f"recovered {result.pgdata} from {result.backup_id} to {result.target}: "
+        {**result.to_dict(), **_point(plan)},
+        f"recovered {result.pgdata} from {result.backup_id} to {result.target}{_point_text(plan)}: "
         f"{result.state} at LSN {result.end_lsn} on timeline {result.timeline}, port {result.port}, "
         f"{result.restore_seconds:.1f} s restore + {result.recovery_seconds:.1f} s recovery, "
         f"{result.wal_restored} WAL file(s) replayed{record}; {_archiving(args)}",

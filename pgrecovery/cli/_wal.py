@@ -213,10 +213,20 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _restore_point(args: argparse.Namespace) -> int:
-    from ..wal.archiver import create_restore_point
+    """``restore-point NAME``: created on the server and, with a repository (--repo, $PGRECOVERY_REPO), recorded
+    there (so that a recovery to the name finds it without reading WAL)."""
+    if not (getattr(args, "repo", None) or os.environ.get("PGRECOVERY_REPO")):
+        from ..wal.archiver import create_restore_point
 
-    lsn = create_restore_point(args.dbname, args.name)
-    emit(args, {"name": args.name, "lsn": lsn}, f"restore point {args.name!r} at {lsn}")
+        lsn = create_restore_point(args.dbname, args.name)
+        emit(args, {"name": args.name, "lsn": lsn, "recorded": False}, f"restore point {args.name!r} at {lsn}")
+        return EXIT_OK
+    point = _archiver(args).record_restore_point(args.dbname, args.name)
+    emit(
+        args,
+        {"name": point.name, "lsn": point.lsn, "recorded": True, "timeline": point.timeline},
+        f"restore point {point.name!r} at {point.lsn} on timeline {point.timeline}, recorded in the repository",
+    )
     return EXIT_OK
 
 

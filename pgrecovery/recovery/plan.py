@@ -32,6 +32,8 @@ from ..progress import ProgressCallback
 from ..repository import Repository
 from ..wal.commands import restore_command
 from ..wal.index import WalIndex
+from ..wal.restore_points import RestorePoint
+from ._points import PointSearch, check_backup, choose_backup
 from .run import Incident, IncidentStep, Journal, RecoveryResult, RecoveryRun, recover, server_major
 from .target import Action, RecoveryTarget, TargetKind
 
@@ -128,6 +130,9 @@ class RecoveryPlan:
         self.target = target or RecoveryTarget.latest()
         self.python = python
         self._histories: dict[int, list[HistoryEntry] | None] = {}  # timeline -> its archived history, read once
+        self.restore_point: RestorePoint | None = None
+        """For a name target: the occurrence of the restore point recovery stops at (LSN, timeline, time, and
+        ``source``: ``recorded`` by pgrecovery, or found in the archived ``wal``), found before anything is written."""
         self.backup = self._choose(backup_id)
 
     # -- choosing and validating -------------------------------------------------------------------------------
@@ -142,6 +147,8 @@ class RecoveryPlan:
                     backup_id=m.id,
                     target=self.target.describe(),
                 )
+            if self.target.kind == "name":
+                self.restore_point = check_backup(self._search([m]), m)
             return m
         backups = [m for m in self.repo.backups("base") if m.physical is not None]
         if not backups:
@@ -160,8 +167,9 @@ class RecoveryPlan:
         backups = on_history
         if t.kind in ("latest", "immediate"):
             return backups[-1]
-        if t.kind == "name":
-            return backups[0]  # a restore point's position is unknown until replay: the oldest backup reaches any
+        if t.kind == "name":  # where the point lies is known before anything is written: recorded, or in the WAL
+            chosen, self.restore_point = choose_backup(self._search(backups), backups)
+            return chosen
         fits = [m for m in backups if self._ends_before_target(m)]
         if not fits:
             oldest = backups[0]
@@ -172,6 +180,24 @@ class RecoveryPlan:
                 target=t.describe(),
             )
         return fits[-1]
+
+    def _search(self, backups: list[BackupManifest]) -> PointSearch:
+        """The search for the target's restore point along the timeline recovery from the newest of ``backups``
+        follows, back to the start of the oldest backup on that history."""
+        newest = self._phys(backups[-1])
+        timeline = self._target_timeline(backups[-1])
+        on_history = [b for b in self.repo.backups("base") if b.physical is not None and self._on_target_timeline(b)]
+        first = min((self._phys(b).start_wal[8:] for b in [*on_history, *backups]), default=newest.start_wal[8:])
+        assert self.target.value is not None
+        return PointSearch(
+            self.repo,
+            self.target.value,
+            timeline=timeline,
+            history=self._history(timeline) or [],
+            first_segment=f"{timeline:08X}{first}",
+            segment_size=newest.wal_segment_size,
+            system_identifier=newest.system_identifier,
+        )
 
     def _phys(self, m: BackupManifest) -> PhysicalInfo:
         assert m.physical is not None
@@ -251,6 +277,8 @@ class RecoveryPlan:
             last = segment_for_lsn(t.value, phys.timeline, phys.wal_segment_size)
         elif t.kind == "immediate":
             last = phys.stop_wal
+        elif self.restore_point is not None:  # the segment holding the point's record
+            last = segment_for_lsn(self.restore_point.position - 1, phys.timeline, phys.wal_segment_size)
         # along the timeline recovery will follow ("latest" resolved now: the segment holding an LSN on a newer
         # timeline is not on the backup's, and the backup's timeline may end before it)
         follow = self._target_timeline(self.backup)

@@ -32,6 +32,7 @@ from ..errors import AlreadyExists, ConfigurationError, StorageError
 from ._layout import CHUNK, WAL_PREFIX, WalObject, object_key, parse_object_name, timeline_dir, verified_chunks
 from .commands import archive_command, restore_command
 from .index import WalIndex, WalVerifyReport
+from .restore_points import RestorePoint, point_facts, write_record
 from .server import ArchiverStatus, archiver_status, create_restore_point
 
 if TYPE_CHECKING:
@@ -401,8 +402,17 @@ class WalArchiver(WalIndex):
         return archiver_status(conninfo, pgdata)
 
     def create_restore_point(self, conninfo: str, name: str) -> str:
-        """``pg_create_restore_point(name)`` (see `create_restore_point`); returns its LSN."""
-        return create_restore_point(conninfo, name)
+        """``pg_create_restore_point(name)`` (see `create_restore_point`), recorded in the repository
+        (``wal/restore_points/``: name, LSN, timeline, time, system identifier) so that a recovery to the name
+        finds its position without reading WAL; returns its LSN."""
+        return self.record_restore_point(conninfo, name).lsn
+
+    def record_restore_point(self, conninfo: str, name: str) -> RestorePoint:
+        """As `create_restore_point`, returning the `RestorePoint` recorded."""
+        lsn = create_restore_point(conninfo, name)
+        point = point_facts(conninfo, name, lsn)
+        write_record(self.repo, point)
+        return point
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

@@ -94,17 +94,33 @@ def at(hour: float) -> RecoveryTarget:
         (at(13), B),
         (RecoveryTarget.latest(), B),
         (RecoveryTarget.immediate(), B),
-        (RecoveryTarget.name("before upgrade"), A),  # a restore point may lie anywhere: the oldest reaches any
         (RecoveryTarget.xid(800), A),
         (RecoveryTarget.lsn("0/6000000"), B),
         (RecoveryTarget.lsn("0/4000000"), A),
     ],
-    ids=["time-between", "time-after", "latest", "immediate", "name", "xid", "lsn-after", "lsn-between"],
+    ids=["time-between", "time-after", "latest", "immediate", "xid", "lsn-after", "lsn-between"],
 )
 def test_the_newest_backup_before_the_target_is_chosen(repo: Repository, target: RecoveryTarget, chosen: str) -> None:
     plan = RecoveryPlan(repo, target)
     assert plan.backup.id == chosen
     plan.validate()
+
+
+def test_a_recorded_restore_point_chooses_the_newest_backup_before_it(repo: Repository) -> None:
+    """A restore point's position is known before replay (here: recorded; test_restore_points.py finds them in
+    real WAL): the newest backup ending before it is chosen, one ending after it is refused, an unknown name too."""
+    from pgrecovery.wal.restore_points import RestorePoint, write_record
+
+    write_record(repo, RestorePoint(name="before upgrade", lsn="0/4000100", timeline=1))
+    plan = RecoveryPlan(repo, RecoveryTarget.name("before upgrade"))
+    assert plan.backup.id == A
+    assert plan.restore_point is not None
+    assert (plan.restore_point.lsn, plan.restore_point.source) == ("0/4000100", "recorded")
+    plan.validate()
+    with pytest.raises(TargetUnreachable, match=r"\(LSN 0/4000100\) is before the end of backup .*stop LSN 0/5000100"):
+        RecoveryPlan(repo, RecoveryTarget.name("before upgrade"), backup_id=B)
+    with pytest.raises(TargetUnreachable, match="no restore point named 'elsewhere'"):
+        RecoveryPlan(repo, RecoveryTarget.name("elsewhere"))
 
 
 def test_a_target_before_the_oldest_backup_is_refused(repo: Repository) -> None:
