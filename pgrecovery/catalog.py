@@ -231,10 +231,16 @@ def resolve(repo: Storage, backup_id: str, kind: str | None = None) -> BackupMan
 
 def dependents(repo: Storage, backup_id: str) -> list[BackupManifest]:
     """Complete backups that need ``backup_id``'s files (incremental backups built on it), newest first."""
-    out = []
-    for m in list_backups(repo, "base"):
-        if m.physical is not None and m.id != backup_id and any(x.source == backup_id for x in m.physical.members):
-            out.append(m)
+    bases = {m.id: m for m in list_backups(repo, "base") if m.physical is not None}
+    needed = {backup_id}
+    changed = True
+    while changed:  # transitively: a block-level incremental needs every earlier link of its chain
+        changed = False
+        for m in bases.values():
+            if m.id not in needed and needed.intersection(needs_of(m)):
+                needed.add(m.id)
+                changed = True
+    out = [bases[i] for i in needed - {backup_id}]
     return sorted(out, key=lambda m: m.started_at, reverse=True)
 
 

@@ -29,7 +29,10 @@ COMPRESSIONS: Final[tuple[Compression, ...]] = get_args(Compression)
 
 _T = TypeVar("_T", bound=str)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Version 2 added block-level members (MemberEntry.blocks): a manifest without them is still written as version 1,
+# so that an older pgrecovery keeps reading every backup it could read before.
+PLAIN_SCHEMA_VERSION: Final = 1
 # The stored JSON carries the sha256 of its own content, so that a changed byte anywhere in a manifest (a name,
 # a time, a count: fields no other check covers) is detected when it is read.
 CHECKSUM_FIELD: Final = "manifest_sha256"
@@ -116,6 +119,11 @@ class MemberEntry:
     ``path`` is relative to the data directory (``tblspc/<oid>/...`` for a tablespace's files); ``bundle`` is
     the role of the stored file (a compressed tar) that holds it, in backup ``source`` (this one, or a parent
     of an incremental backup).
+
+    ``blocks`` is None when the member holds the whole file (``size`` bytes, whose sha256 is ``sha256``). A
+    string of block ranges (``"0-4,9,12-15"``, possibly empty) makes it a block-level delta: it holds only those
+    blocks, in that order (``sha256`` is of those bytes), over the same path as of the parent of ``source``;
+    ``size`` is the file's size once rebuilt (a smaller size truncates, a larger one extends with zeros).
     """
 
     path: str
@@ -124,6 +132,7 @@ class MemberEntry:
     sha256: str
     bundle: str
     source: str
+    blocks: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -145,6 +154,11 @@ class PhysicalInfo:
     tablespaces: dict[str, str] = attrs.field(factory=dict)
     directories: tuple[str, ...] = attrs.field(default=(), converter=_names)
     members: tuple[MemberEntry, ...] = attrs.field(default=(), converter=_members)
+    # How an incremental backup found what changed since ``parent``: "wal-summaries" (PostgreSQL 17+ read only
+    # the blocks its WAL summaries name), "page-lsn" (every relation page read, those newer than the parent's
+    # start stored) or "file" (whole files compared); None for a full backup.
+    incremental: str | None = None
+    block_size: int = 8192
 
 
 @attrs.frozen(kw_only=True)
@@ -172,7 +186,12 @@ class BackupManifest:
     # Indexes that were invalid in the source when the backup was taken, as "schema.name" lists keyed by database
     # name: a restore drill tells a faithful copy of them from damage. None: not recorded (older backups).
     invalid_indexes: dict[str, tuple[str, ...]] | None = attrs.field(default=None, converter=_index_record)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 0  # 0: the oldest version that can describe it
+
+    def __attrs_post_init__(self) -> None:
+        if not self.schema_version:  # see PLAIN_SCHEMA_VERSION
+            blocky = self.physical is not None and any(m.blocks is not None for m in self.physical.members)
+            object.__setattr__(self, "schema_version", SCHEMA_VERSION if blocky else PLAIN_SCHEMA_VERSION)
 
     @property
     def duration(self) -> float:

@@ -92,6 +92,12 @@ def _backup_verb(verbs: Any, common: argparse.ArgumentParser) -> None:
     bb.add_argument("--label", default="pgrecovery")
     bb.add_argument("--parent", help="make it incremental on this base backup (an id or 'latest')")
     bb.add_argument(
+        "--incremental",
+        choices=["auto", "wal-summaries", "page-lsn", "file"],
+        default="auto",
+        help="how an incremental backup finds changes: WAL summaries (17+), page LSNs, or whole files",
+    )
+    bb.add_argument(
         "--primary-dbname", help="from a standby: the primary, asked to switch WAL so the backup ends sooner"
     )
     cl = add_verb(kinds, "cluster", common, "globals plus every database")

@@ -19,6 +19,8 @@ from ..manifest import FileEntry, MemberEntry
 from ..progress import Meter
 from ..repository import Repository
 from ..storage.repository import CHUNK
+from ._delta import Planner
+from ._pages import decode_ranges, encode_ranges, read_blocks
 
 # Directories whose contents a base backup leaves out (they are rebuilt or meaningless on restore), and files.
 SKIP_CONTENTS: Final = frozenset(
@@ -136,14 +138,15 @@ def write_bundles(
     backup_id: str,
     bundles: list[list[DataFile]],
     meter: Meter,
-    known: dict[str, MemberEntry],
+    planner: Planner | None,
     *,
     codec: Codec,
     level: int | None,
     threads: int,
 ) -> tuple[list[FileEntry], list[MemberEntry]]:
-    """Write one compressed tar bundle per list of ``bundles``, in parallel; files whose size and sha256 match
-    their ``known`` entry (the parent's) are referenced instead. Returns (bundle entries, members by path)."""
+    """Write one compressed tar bundle per list of ``bundles``, in parallel. With a ``planner`` (an incremental
+    backup) a file unchanged since the parent is referenced instead, and a relation file may be stored as the
+    blocks that changed. Returns (bundle entries, members by path)."""
 
     def one(index: int) -> tuple[FileEntry, list[MemberEntry]]:
         role = f"bundle-{index}"
@@ -155,7 +158,7 @@ def write_bundles(
             with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as tar:  # type: ignore[call-overload]
                 tar.copybufsize = CHUNK
                 for f in bundles[index]:
-                    member = _unchanged(f, known.get(f.rel), meter) or _add_file(tar, f, role, backup_id)
+                    member = _one_file(tar, f, role, backup_id, planner, meter)
                     if member is not None:
                         members.append(member)
             sink.finish()
@@ -173,18 +176,61 @@ def write_bundles(
     return [r[0] for r in results], sorted((m for r in results for m in r[1]), key=lambda m: m.path)
 
 
-def _unchanged(f: DataFile, before: MemberEntry | None, meter: Meter) -> MemberEntry | None:
-    """The parent's entry for ``f`` when the file still has the same size and sha256 (then it is not stored)."""
-    if before is None or before.size != f.size:
-        return None
+def _one_file(
+    tar: tarfile.TarFile, f: DataFile, role: str, backup_id: str, planner: Planner | None, meter: Meter
+) -> MemberEntry | None:
+    if planner is None:
+        return _add_file(tar, f, role, backup_id)
+    decision = planner.decide(f.rel, f.abspath, f.size, meter)
+    if decision.reuse is not None:
+        return decision.reuse
+    if decision.blocks is None:
+        return _add_file(tar, f, role, backup_id)
+    return _add_blocks(tar, f, decision.blocks, planner.block_size, role, backup_id)
+
+
+class _BlockReader:
+    """The stored form of a block-level member: the chosen blocks of a file, in order, hashed as they are read."""
+
+    def __init__(self, f: IO[bytes], ranges: list[tuple[int, int]], block_size: int) -> None:
+        self._blocks = read_blocks(f, ranges, block_size)
+        self._buffer = b""
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            more = next(self._blocks, None)
+            if more is None:
+                break
+            self._buffer += more
+        out, self._buffer = (self._buffer, b"") if n < 0 else (self._buffer[:n], self._buffer[n:])
+        self.hash.update(out)
+        return out
+
+
+def _add_blocks(
+    tar: tarfile.TarFile, f: DataFile, blocks: list[int], block_size: int, role: str, backup_id: str
+) -> MemberEntry | None:
+    text = encode_ranges(blocks)
     try:
-        with open(f.abspath, "rb", buffering=0) as handle:
-            reader = _HashingFile(handle, f.size)
-            while chunk := reader.read(CHUNK):
-                meter.add(len(chunk))
+        handle = open(f.abspath, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return None
-    return before if reader.hash.hexdigest() == before.sha256 else None
+    with handle:
+        st = os.fstat(handle.fileno())
+        info = tarfile.TarInfo(f.rel)
+        info.size, info.mtime, info.mode = len(blocks) * block_size, int(st.st_mtime), 0o600
+        reader = _BlockReader(handle, decode_ranges(text), block_size)
+        tar.addfile(info, reader)
+    return MemberEntry(
+        path=f.rel,
+        size=f.size,
+        mtime=int(st.st_mtime),
+        sha256=reader.hash.hexdigest(),
+        bundle=role,
+        source=backup_id,
+        blocks=text,
+    )
 
 
 def _add_file(tar: tarfile.TarFile, f: DataFile, role: str, backup_id: str) -> MemberEntry | None:

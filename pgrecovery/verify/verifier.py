@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
+from .._chain import file_layers, load_chain, stored_pieces
 from ..cluster import free_port, port_choice, temporary_cluster
 from ..errors import PgRecoveryError
 from ..logical.restore import LogicalRestore
@@ -118,15 +119,13 @@ class Verifier:
     def _checksums(self, m: BackupManifest) -> tuple[Status, str]:
         bad = []
         files = [(m.id, f) for f in m.files]
-        if m.physical is not None:  # an incremental backup: the bundles it takes from earlier backups count too
-            wanted = {(x.source, x.bundle) for x in m.physical.members if x.source != m.id}
-            for source in sorted({s for s, _ in wanted}):
-                try:
-                    earlier = self.repo.get(source, "base")
-                except PgRecoveryError as e:
-                    bad.append(f"backup {source}, which holds files of this one, is not available: {e}")
-                    continue
-                files += [(source, f) for f in earlier.files if (source, f.role) in wanted]
+        if m.physical is not None and m.physical.parent is not None:  # every piece of the chain it restores from
+            try:
+                chain = load_chain(self.repo, m)
+                wanted = stored_pieces(file_layers(chain, m).values())
+            except PgRecoveryError as e:
+                return "fail", str(e)
+            files += [(i, f) for i, e in chain.items() if i != m.id for f in e.files if (i, f.role) in wanted]
         for owner, f in files:
             key = f"backups/{owner}/{f.path}"
             try:

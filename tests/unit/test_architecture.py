@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool", "_lazy"}),
     ("formats and PostgreSQL", {"codec", "_objects", "crypto", "manifest", "pgtools", "_pgdb", "cluster"}),
     ("storage", {"storage"}),
-    ("info", {"catalog", "repository", "wal._layout", "wal.index"}),
+    ("info", {"catalog", "repository", "_chain", "wal._layout", "wal.index"}),
     ("transfer", {"_stream", "logical._archive", "logical._toc"}),
     ("commands", {"logical", "physical", "recovery", "wal", "verify", "retention", "copies"}),
     ("orchestration", {"monitoring", "policy", "demo"}),

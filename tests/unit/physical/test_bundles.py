@@ -12,10 +12,12 @@ import attrs
 import pytest
 
 from pgrecovery import BackupManifest, ChecksumMismatch, Repository
+from pgrecovery._chain import file_layers, load_chain, stored_pieces
 from pgrecovery.catalog import writing_backup
 from pgrecovery.manifest import FileEntry, PhysicalInfo
 from pgrecovery.physical._bundles import DataFile, assign, scan_data_directory, write_bundles
-from pgrecovery.physical.restore import bundles_to_read, restore_files
+from pgrecovery.physical._delta import Planner
+from pgrecovery.physical.restore import restore_files
 from pgrecovery.progress import Meter
 
 T0 = datetime(2026, 11, 24, 10, 15, tzinfo=UTC)
@@ -89,10 +91,11 @@ def base_manifest(backup_id: str, when: datetime, files: list[FileEntry], **phys
 def take(repo: Repository, pgdata: Path, when: datetime, parent: BackupManifest | None = None) -> BackupManifest:
     known = {m.path: m for m in parent.physical.members} if parent and parent.physical else {}
     needs = sorted({parent.id} | {m.source for m in known.values()}) if parent else []
+    planner = Planner(parent=known, method="file", since=0, block_size=8192, segment_blocks=131072) if parent else None
     with writing_backup(repo, "base", when, needs=needs) as backup:
         dirs, found = scan_data_directory(str(pgdata), {})
         files, members = write_bundles(
-            repo, backup.id, assign(found, 2), Meter("backup", None), known, codec="zstd", level=1, threads=1
+            repo, backup.id, assign(found, 2), Meter("backup", None), planner, codec="zstd", level=1, threads=1
         )
         parent_id = parent.id if parent else None
         return backup.finish(
@@ -131,27 +134,20 @@ def test_an_incremental_backup_refers_to_unchanged_files_and_reads_only_the_bund
         "base/5/16385": inc.id,
         "global/pg_control": full.id,
     }
-    chain = {inc.id: inc, full.id: full}
-    read = {(m.id, f.role) for m, f in bundles_to_read(inc, chain)}
+    chain = load_chain(repo, inc)
+    assert list(chain) == [full.id, inc.id]
+    read = stored_pieces(file_layers(chain, inc).values())
     assert read == {(b.source, b.bundle) for b in inc.physical.members}
     assert restore_files(repo, inc, tmp_path / "restored") == 4
     assert tree(tmp_path / "restored")["base/5/16385"] == b"j" * 100
     # a delta restore that finds everything but one file in place reads only that file's bundle
-    keep = {m.path for m in inc.physical.members if m.path != "base/5/16385"}
-    assert [(m.id, f.role) for m, f in bundles_to_read(inc, chain, keep)] == [
-        (inc.id, sources_bundle(inc, "base/5/16385"))
-    ]
+    layers = {p: s for p, s in file_layers(chain, inc).items() if p == "base/5/16385"}
+    assert stored_pieces(layers.values()) == {(inc.id, sources_bundle(inc, "base/5/16385"))}
 
 
 def sources_bundle(m: BackupManifest, path: str) -> str:
     assert m.physical is not None
     return next(x.bundle for x in m.physical.members if x.path == path)
-
-
-def test_a_stream_backup_reads_its_one_base_file() -> None:
-    entry = FileEntry(path="data/base.tar.zst", size=1, sha256="0" * 64, codec="zstd", role="base")
-    m = base_manifest("20261124T101500Z-base", T0, [entry], method="stream")
-    assert bundles_to_read(m, {m.id: m}) == [(m, entry)]
 
 
 def test_a_member_that_differs_from_the_manifest_is_refused(repo: Repository, tmp_path: Path) -> None:
