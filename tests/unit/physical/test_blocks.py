@@ -148,3 +148,21 @@ def test_block_ranges_and_relation_paths() -> None:
     assert relation_file("global/1262").tablespace == 1664  # type: ignore[union-attr]
     assert relation_file("base/5/t3_16384") is None
     assert relation_file("pg_xact/0000") is None
+
+
+def test_thirty_links_rebuild_each_file_from_the_newest_version_of_each_block(repo: Repository, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    pages = [page(0x100 + i, i) for i in range(40)]
+    write(data, REL, b"".join(pages))
+    links = [take(repo, data, 0, 0x1000, None)]
+    for n in range(1, 31):  # a month of daily incrementals, each changing two pages (one of them every day)
+        pages[n] = page(0x1000 * (n + 1), 100 + n)
+        pages[0] = page(0x1000 * (n + 1) + 8, n)
+        write(data, REL, b"".join(pages))
+        links.append(take(repo, data, n, 0x1000 * (n + 1) + 0x800, links[-1]))
+    last = links[-1]
+    layers = file_layers(load_chain(repo, last), last)[REL]
+    assert len(layers) == 31
+    assert [x.member.blocks for x in layers[1:3]] == ["0-1", "0,2"]
+    restore_files(repo, last, tmp_path / "restored")
+    assert (tmp_path / "restored" / REL).read_bytes() == b"".join(pages)
