@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import attrs
+
 from .._walnames import HistoryEntry, is_segment, parse_lsn, segment_name, segment_number
 from ..errors import StorageError, TargetUnreachable
 from ..manifest import BackupManifest, PhysicalInfo
@@ -47,6 +49,7 @@ class PointSearch:
     ) -> None:
         self.name = name
         self.repo = repo
+        self.timeline, self.history = timeline, history
         self.found = [
             p
             for p in recorded(repo, name)
@@ -77,8 +80,12 @@ class PointSearch:
                     "(--backup ID) or another target",
                     target=f"name {self.name}",
                 ) from None
-            self.found.extend(points)
+            self.found.extend(attrs.evolve(p, timeline=self._timeline_at(p.position)) for p in points)
             self.low = segment_number(segment, self.segment_size) * self.segment_size
+
+    def _timeline_at(self, lsn: int) -> int:
+        """The timeline of the history that holds ``lsn`` (a page's header may still name the parent's)."""
+        return next((e.parent_timeline for e in self.history if lsn <= parse_lsn(e.switch_lsn)), self.timeline)
 
     def first_after(self, lsn: int) -> RestorePoint | None:
         """The first occurrence at or after ``lsn`` (what recovery from there stops at)."""

@@ -185,6 +185,11 @@ class Case:
     as_root: bool = False  # the case is about a server run as another OS user than ours
 
 
+def _stop(w: W) -> str:
+    """The base backup's stop LSN: a target the plan accepts."""
+    return str(w["base"].physical.stop_lsn)
+
+
 def _r(w: W) -> list[str]:
     return ["--repo", w["url"]]
 
@@ -299,21 +304,21 @@ SEMANTIC: list[Case] = [
     Case("restore-table-no-database", lambda w, t: [*_r(w), "restore", "table", "latest", "t", "--new-name", "t2",
          "--dbname", f"host={w['pg'].host} port={w['pg'].port} user=postgres"], (2,), ("names no database",),
          env={"PGDATABASE": None, "PGSERVICE": None}),
-    # a sandbox directory that cannot be made
+    # a sandbox directory that cannot be made (the target is reachable: a name is looked up before the sandbox)
     Case("rescue-rows-workdir-not-writable", lambda w, t: ["--repo", w["their_url"], "rescue", "rows",
-         "--target-name", "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir",
+         "--target-lsn", _stop(w), "--sandbox-db", "postgres", "--query", "select 1", "--workdir",
          str(t / "private")], (2,),
          ("cannot create the sandbox's directory in", "private", "Permission denied", "--workdir"),
          as_postgres=True),
     Case("rescue-table-workdir-not-writable", lambda w, t: ["--repo", w["their_url"], "rescue", "table", "t",
-         "--target-name", "nowhere", "--sandbox-db", "postgres", "--into", w["pg"].conninfo(), "--workdir",
+         "--target-lsn", _stop(w), "--sandbox-db", "postgres", "--into", w["pg"].conninfo(), "--workdir",
          str(t / "private")], (2,),
          ("cannot create the sandbox's directory in", "--workdir"), as_postgres=True),
-    Case("rescue-workdir-unreachable-by-the-server", lambda w, t: [*_r(w), "rescue", "rows", "--target-name",
-         "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(t / "private")], (2,),
+    Case("rescue-workdir-unreachable-by-the-server", lambda w, t: [*_r(w), "rescue", "rows", "--target-lsn",
+         _stop(w), "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(t / "private")], (2,),
          ("OS user 'postgres' cannot reach", "private", "--workdir"), as_root=True),
-    Case("rescue-workdir-on-a-read-only-filesystem", lambda w, t: [*_r(w), "rescue", "rows", "--target-name",
-         "nowhere", "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(w["readonly"])], (2,),
+    Case("rescue-workdir-on-a-read-only-filesystem", lambda w, t: [*_r(w), "rescue", "rows", "--target-lsn",
+         _stop(w), "--sandbox-db", "postgres", "--query", "select 1", "--workdir", str(w["readonly"])], (2,),
          ("cannot create the sandbox's directory in", "Read-only file system", "--workdir"), needs="readonly"),
     Case("storage-option-malformed", lambda w, t: [*_r(w), "list", "--storage-option", "novalue"], (2,),
          ("KEY=VALUE",)),

@@ -214,3 +214,39 @@ def test_the_parser_agrees_with_pg_waldump(story: dict[str, Any]) -> None:
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=True)
     assert {n for _, n in seen} >= {"between", "twice", "after_b", "recorded_one"}
+
+
+def test_timelines_the_point_on_the_target_history_is_the_one_found() -> None:
+    """A name used on timeline 1 after the branch point and again on timeline 2: recovery to timeline latest finds
+    (and reaches) timeline 2's, to timeline 1 the abandoned one; a point before the branch is found on both."""
+    with archiving_cluster("pgrecovery-rp-tli") as ctx:
+        _fill(ctx, 1, 100)
+        BaseBackup(dbname=ctx.pg.conninfo()).run(ctx.repo)
+        _fill(ctx, 101, 200)
+        shared = _sql_point(ctx, "shared")
+        fp_shared = ctx.pg.query(FINGERPRINT)[0]
+        branch = str(ctx.pg.query("select pg_current_wal_lsn()::text")[0][0])
+        _fill(ctx, 201, 300)
+        old = _sql_point(ctx, "abandoned")
+        fp_old = ctx.pg.query(FINGERPRINT)[0]
+        wait_archived(ctx.pg)
+        with RecoveryPlan(ctx.repo, RecoveryTarget.lsn(branch)).run(
+            ctx.pgdata(), archive=True, record_incident=False
+        ) as replacement:
+            assert replacement.timeline == 2
+            replacement.cluster.execute("insert into t select i, 'new' from generate_series(1000, 1100) i")
+            new = str(replacement.cluster.query("select pg_create_restore_point('abandoned')::text")[0][0])
+            fp_new = replacement.cluster.query(FINGERPRINT)[0]
+            wait_archived(replacement.cluster)
+        cases = [
+            (RecoveryTarget.name("abandoned"), new, 2, fp_new),
+            (RecoveryTarget.name("abandoned").with_timeline(1), old, 1, fp_old),
+            (RecoveryTarget.name("shared"), shared, 1, fp_shared),
+        ]
+        for target, lsn, timeline, fingerprint in cases:
+            plan = RecoveryPlan(ctx.repo, target)
+            assert plan.restore_point is not None
+            assert (plan.restore_point.lsn, plan.restore_point.timeline) == (lsn, timeline), target.describe()
+            pgdata = ctx.pgdata()
+            with plan.run(pgdata, record_incident=False) as result:
+                assert tuple(result.cluster.query(FINGERPRINT)[0]) == tuple(fingerprint), target.describe()
