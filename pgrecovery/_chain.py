@@ -54,7 +54,7 @@ def _link(repo: _Backups, manifest: BackupManifest, backup_id: str) -> BackupMan
     try:
         return repo.get(backup_id, "base")
     except PgRecoveryError as e:
-        raise type(e)(f"backup {backup_id}, a link of backup {manifest.id}'s chain, cannot be read: {e}") from None
+        raise type(e)(f"backup {backup_id}, which holds files of backup {manifest.id}, is not available: {e}") from None
 
 
 def file_layers(chain: Mapping[str, BackupManifest], manifest: BackupManifest) -> dict[str, list[Layer]]:

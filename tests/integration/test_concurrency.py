@@ -306,7 +306,7 @@ def test_verify_fails_when_what_an_incremental_backup_builds_on_is_damaged_or_go
     shutil.rmtree(Path(repo.root) / "backups" / parent.id)
     report = Verifier(repo).verify(inc.id)
     assert not report.ok
-    assert f"backup {parent.id}, which holds files of this one, is not available" in report.failures[0].detail
+    assert f"backup {parent.id}, which holds files of backup {inc.id}, is not available" in report.failures[0].detail
 
 
 def test_copying_an_incremental_backup_brings_what_it_builds_on(
