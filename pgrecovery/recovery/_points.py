@@ -61,7 +61,12 @@ class PointSearch:
         self.segment_size = segment_size
         if not self.found:
             index = WalIndex(repo, segment_size=segment_size)
-            segments = _along_history(index, timeline, first_segment)
+            try:
+                segments = _along_history(index, timeline, first_segment)
+            except StorageError as e:
+                raise TargetUnreachable(
+                    f"cannot tell where restore point {name!r} is: {e}", target=f"name {name}"
+                ) from None
             self._scan = scan_segments(index, segments, name)
             self._first = segment_number(first_segment, segment_size) * segment_size
             log.info("looking for restore point %r in %d archived segment(s)", name, len(segments))
@@ -121,9 +126,9 @@ def _window(m: BackupManifest) -> tuple[int, int]:
     return parse_lsn(phys.start_lsn), parse_lsn(phys.stop_lsn)
 
 
-def _unknown(name: str, where: str) -> TargetUnreachable:
+def _unknown(name: str) -> TargetUnreachable:
     return TargetUnreachable(
-        f"no restore point named {name!r} in the archive or the repository's records{where}: "
+        f"no restore point named {name!r} in the archive or the repository's records: "
         "create it with pgrecovery restore-point, or choose another target",
         target=f"name {name}",
     )
@@ -139,7 +144,7 @@ def choose_backup(search: PointSearch, backups: list[BackupManifest]) -> tuple[B
             return m, first
     newest = search.newest()
     if newest is None:
-        raise _unknown(search.name, "")
+        raise _unknown(search.name)
     oldest = backups[0]
     assert oldest.physical is not None
     raise TargetUnreachable(
@@ -160,7 +165,7 @@ def check_backup(search: PointSearch, m: BackupManifest) -> RestorePoint:
         return first
     point = first or search.newest()
     if point is None:
-        raise _unknown(search.name, f" after the start of backup {m.id}")
+        raise _unknown(search.name)
     raise TargetUnreachable(
         f"restore point {search.name!r} (LSN {point.lsn}) is before the end of backup {m.id} "
         f"(stop LSN {m.physical.stop_lsn}): choose an older backup, or none (the newest that precedes it is chosen)",
