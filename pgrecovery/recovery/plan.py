@@ -168,8 +168,7 @@ class RecoveryPlan:
         if t.kind in ("latest", "immediate"):
             return backups[-1]
         if t.kind == "name":  # where the point lies is known before anything is written: recorded, or in the WAL
-            chosen, self.restore_point = choose_backup(self._search(backups), backups)
-            return chosen
+            return self._choose_for_name(backups)
         fits = [m for m in backups if self._ends_before_target(m)]
         if not fits:
             oldest = backups[0]
@@ -180,6 +179,23 @@ class RecoveryPlan:
                 target=t.describe(),
             )
         return fits[-1]
+
+    def _choose_for_name(self, backups: list[BackupManifest]) -> BackupManifest:
+        """The newest of ``backups`` that reaches the restore point, searched along the timeline each recovery
+        follows (one search per timeline: with target timeline ``current`` each backup follows its own)."""
+        groups: dict[int, list[BackupManifest]] = {}
+        for m in reversed(backups):
+            groups.setdefault(self._target_timeline(m), []).insert(0, m)
+        found, refusals = [], []
+        for group in groups.values():  # the group of the newest backup first
+            try:
+                found.append(choose_backup(self._search(group), group))
+            except TargetUnreachable as e:
+                refusals.append(e)
+        if not found:
+            raise refusals[0]
+        chosen, self.restore_point = max(found, key=lambda pair: backups.index(pair[0]))
+        return chosen
 
     def _search(self, backups: list[BackupManifest]) -> PointSearch:
         """The search for the target's restore point along the timeline recovery from the newest of ``backups``

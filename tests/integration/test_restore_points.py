@@ -234,14 +234,22 @@ def test_timelines_the_point_on_the_target_history_is_the_one_found() -> None:
             ctx.pgdata(), archive=True, record_incident=False
         ) as replacement:
             assert replacement.timeline == 2
+            BaseBackup(dbname=replacement.cluster.conninfo()).run(ctx.repo)  # the newest backup is on timeline 2
             replacement.cluster.execute("insert into t select i, 'new' from generate_series(1000, 1100) i")
             new = str(replacement.cluster.query("select pg_create_restore_point('abandoned')::text")[0][0])
             fp_new = replacement.cluster.query(FINGERPRINT)[0]
             wait_archived(replacement.cluster)
+        _fill(ctx, 301, 350)  # timeline 1 goes on after the branch
+        tl1_only = _sql_point(ctx, "tl1_only")
+        fp_tl1_only = ctx.pg.query(FINGERPRINT)[0]
+        wait_archived(ctx.pg)
+        with pytest.raises(TargetUnreachable, match="no restore point named 'tl1_only'"):
+            RecoveryPlan(ctx.repo, RecoveryTarget.name("tl1_only"))  # not on timeline 2's history
         cases = [
             (RecoveryTarget.name("abandoned"), new, 2, fp_new),
             (RecoveryTarget.name("abandoned").with_timeline(1), old, 1, fp_old),
             (RecoveryTarget.name("shared"), shared, 1, fp_shared),
+            (RecoveryTarget.name("tl1_only").with_timeline("current"), tl1_only, 1, fp_tl1_only),  # from backup A
         ]
         for target, lsn, timeline, fingerprint in cases:
             plan = RecoveryPlan(ctx.repo, target)
