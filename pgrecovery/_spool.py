@@ -33,11 +33,12 @@ if TYPE_CHECKING:
     from typing import Any, Final
 
 if __package__:
-    from . import _walnames
-else:  # run as a script: import the sibling module without the package (whose __init__ imports typing)
+    from . import _walclient, _walnames
+else:  # run as a script: import the sibling modules without the package (whose __init__ imports typing)
     import importlib
 
     _walnames = importlib.import_module("_walnames")
+    _walclient = importlib.import_module("_walclient")
 
 SPOOL_NAME: Final = "pgrecovery_spool"
 OPTIONS_ENV: Final = "PGRECOVERY_PREFETCH_STORAGE_OPTIONS"
@@ -460,25 +461,28 @@ def _prefetch_quietly(name: str, spool: str, url: str) -> bool:
 
 
 def fast_command(argv: Sequence[str]) -> int | None:
-    """Answer wal-push / wal-fetch from the spool alone: an exit code, or None when the full CLI must run."""
+    """Answer wal-push / wal-fetch from the spool or the WAL worker (`_walclient`): an exit code, or None when the
+    full CLI must run."""
     parsed = _fast_args(argv)
-    if parsed is None:
+    url = parsed and (parsed[1].get("--repo") or os.environ.get("PGRECOVERY_REPO"))
+    if not parsed or not url:
         return None
     verb, opts, pos, flags = parsed
-    url = opts.get("--repo") or os.environ.get("PGRECOVERY_REPO")
-    if not url:
-        return None
     try:
         if verb == "wal-push" and len(pos) == 1:
             path = os.path.abspath(pos[0])
-            spool = opts.get("--spool") or default_spool(path)
-            return 0 if pushed_already(path, spool, repo_tag(url)) else None
+            spool, tag = opts.get("--spool") or default_spool(path), repo_tag(url)
+            if pushed_already(path, spool, tag):
+                return 0
+            return 0 if _walclient.push(path, spool, url, tag, opts.get("--encryption-key-file")) else None
         if verb == "wal-fetch" and len(pos) == 2:
             name, dest = pos[0], os.path.abspath(pos[1])
             spool = opts.get("--spool") or default_spool(dest)
             remove_stale_temps(dest)
             if not take_prefetched(name, dest, spool, repo_tag(url)):
-                return None
+                got = _walclient.fetch(name, dest, spool, url, repo_tag(url), opts.get("--encryption-key-file"))
+                if not got:
+                    return None if got is None else 1
             if "--no-prefetch" not in flags:
                 _prefetch_quietly(name, spool, url)
             return 0

@@ -16,7 +16,16 @@ from ._common import Parser, add_kinds, add_verb, common_options, dbname_option,
 # Verbs that live in their own modules (each has add_verbs(verbs, common) and run(args)), by verb name.
 EXTENSION_VERBS: dict[str, str] = {
     **dict.fromkeys(
-        ["wal-push", "wal-fetch", "wal-prefetch", "wal-verify", "archiver-status", "restore-point", "wal-cleanup"],
+        [
+            "wal-push",
+            "wal-fetch",
+            "wal-prefetch",
+            "wal-worker",
+            "wal-verify",
+            "archiver-status",
+            "restore-point",
+            "wal-cleanup",
+        ],
         "_wal",
     ),
     "copy": "_copies",

@@ -73,6 +73,13 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     prefetch.add_argument("--lock-fd", type=int, help="descriptor of the spool's lock, taken by wal-fetch")
     _segment_size_option(prefetch)
 
+    worker = verbs.add_parser("wal-worker", parents=[common])  # internal: started by wal-push; no help line
+    worker.add_argument("--spool", required=True)
+    worker.add_argument("--wal-dir", required=True)
+    worker.add_argument("--lock-fd", type=int, help="descriptor of the spool's worker lock, taken by wal-push")
+    worker.add_argument("--idle", type=float, help="seconds without work before it exits (default 60)")
+    worker.add_argument("--parallel", type=int, default=4)
+
     verify = add_verb(verbs, "wal-verify", common, "check the WAL archive for gaps")
     verify.add_argument("--from", dest="first", metavar="SEGMENT", help="first segment (default: the oldest)")
     verify.add_argument("--timeline", type=int, help="follow this timeline's history (default: the newest)")
@@ -189,6 +196,21 @@ def _prefetch(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from .._walclient import FAILED_NAME, IDLE_ENV
+    from ..wal.worker import IDLE, ArchivingWorker
+
+    try:
+        idle = args.idle if args.idle is not None else float(os.environ.get(IDLE_ENV) or IDLE)
+        archiver = _archiver(args, spool_dir=args.spool, parallel=args.parallel)
+        ArchivingWorker(archiver, args.spool, args.wal_dir, idle=idle).serve(lock_fd=args.lock_fd)
+        return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - detached: note why in the spool; wal-push pushes in-process meanwhile
+        with contextlib.suppress(OSError), open(os.path.join(args.spool, FAILED_NAME), "a") as f:
+            f.write(f"wal-worker: {' '.join(str(e).split()) or type(e).__name__}\n")
+        return EXIT_FAILED
+
+
 def _verify(args: argparse.Namespace) -> int:
     report = _archiver(args).verify(args.first, args.timeline, check_digests=args.check_digests)
     tls = ", ".join(str(t) for t in report.timelines)
@@ -246,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         "wal-push": _push,
         "wal-fetch": _fetch,
         "wal-prefetch": _prefetch,
+        "wal-worker": _worker,
         "wal-verify": _verify,
         "archiver-status": _status,
         "restore-point": _restore_point,

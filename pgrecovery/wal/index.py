@@ -90,13 +90,7 @@ class WalIndex:
 
     def find(self, name: str) -> WalObject | None:
         """The stored object for ``name``, None when it is not archived."""
-        found = self.objects(name)
-        if len({o.sha256 for o in found}) > 1:
-            raise StorageError(
-                f"{name} is archived more than once with different content ({', '.join(o.key for o in found)}): "
-                "remove the wrong one"
-            )
-        return found[0] if found else None
+        return single(name, self.objects(name))
 
     def list_archived(self, timeline: int | None = None) -> dict[int, list[str]]:
         """Archived WAL file names (segments, history, .backup and .partial files) by timeline, sorted."""
@@ -256,3 +250,13 @@ class WalIndex:
 
 
 __all__ = ["WalIndex", "WalVerifyReport"]
+
+
+def single(name: str, found: list[WalObject]) -> WalObject | None:
+    """The one object archived as ``name`` (None: none); two with different content raise `StorageError`."""
+    if len({o.sha256 for o in found}) > 1:
+        raise StorageError(
+            f"{name} is archived more than once with different content ({', '.join(o.key for o in found)}): "
+            "remove the wrong one"
+        )
+    return found[0] if found else None

@@ -20,7 +20,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pgrecovery"
 
 # lowest first; a name is a module or a subpackage (dotted, relative to pgrecovery)
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool", "_lazy"}),
+    (
+        "base",
+        {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool", "_walclient", "_lazy"},
+    ),
     ("formats and PostgreSQL", {"codec", "_objects", "crypto", "manifest", "pgtools", "_pgdb", "cluster"}),
     ("storage", {"storage"}),
     ("info", {"catalog", "repository", "_chain", "wal._layout", "wal.index"}),

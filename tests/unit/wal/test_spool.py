@@ -155,7 +155,8 @@ def test_fetch_takes_the_prefetched_segment_without_asking_the_repository(pgdata
 # -- the fast command ------------------------------------------------------------------------------------------
 
 
-def test_the_fast_command_answers_a_push_from_its_marker(pgdata: Path) -> None:
+def test_the_fast_command_answers_a_push_from_its_marker(pgdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGRECOVERY_WAL_WORKER", "off")  # no worker to hand it to (tests/unit/wal/test_worker.py)
     path = wal_file(pgdata)
     argv = ["wal-push", "--repo", URL, path]
     assert _spool.fast_command(argv) is None  # not marked: the full CLI must archive it

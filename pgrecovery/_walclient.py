@@ -1,0 +1,186 @@
+"""archive_command's side of the archiving worker (standard library only; see `pgrecovery.wal.worker`).
+
+``push`` asks the worker listening on ``<spool>/worker.sock`` to archive a WAL file and says whether it answered
+"ok" (the file is durable in the repository); ``fetch`` asks it to deliver one (or to say the archive lacks it).
+With no worker listening they start one and wait for it. Any other outcome (no answer in time, a dead or foreign
+worker, an error) counts as no answer: the caller then does the work in-process, so a worker can only ever make
+archiving and recovery faster, never make them lose, falsely acknowledge or wrongly deny a file.
+``PGRECOVERY_WAL_WORKER=off`` in the server's environment turns the worker off; ``PGRECOVERY_WAL_WORKER_TIMEOUT``
+sets how long a push may take before the caller stops waiting (120 s), ``PGRECOVERY_WAL_WORKER_IDLE`` how long a
+worker without work lives (60 s).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import sys
+import time
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Final
+
+SOCKET_NAME: Final = "worker.sock"
+LOCK_NAME: Final = "worker.lock"
+FAILED_NAME: Final = "worker.failed"
+FAILED_PAUSE: Final = 60.0
+WORKER_ENV: Final = "PGRECOVERY_WAL_WORKER"
+START_WAIT: Final = 30.0  # seconds for a new worker to listen
+REPLY_WAIT: Final = 120.0  # seconds for a push to be acknowledged; then the caller pushes itself
+IDLE_ENV: Final = "PGRECOVERY_WAL_WORKER_IDLE"
+TIMEOUT_ENV: Final = "PGRECOVERY_WAL_WORKER_TIMEOUT"  # another wait than REPLY_WAIT, in seconds
+_MAX_PATH: Final = 100  # sun_path holds 108 bytes
+
+
+def enabled() -> bool:
+    return os.environ.get(WORKER_ENV, "on").strip().lower() not in ("0", "off", "no", "false")
+
+
+def socket_path(spool: str) -> str:
+    return os.path.join(spool, SOCKET_NAME)
+
+
+def ask(spool: str, line: str, timeout: float) -> str | None:
+    """The worker's one-line reply to ``line``: None when no worker listens, "" when one took the question but
+    gave no answer (it died, or is hung past ``timeout``)."""
+    path = socket_path(spool)
+    if len(os.fsencode(path)) > _MAX_PATH:
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except OSError:
+            return None
+        data = b""
+        try:
+            s.sendall(line.encode() + b"\n")
+            while not data.endswith(b"\n"):
+                more = s.recv(4096)
+                if not more:
+                    return ""
+                data += more
+        except OSError:
+            return ""
+        return data.decode(errors="replace").strip()
+    finally:
+        s.close()
+
+
+class worker_lock:  # used like a function: ``with worker_lock(spool) as got:``
+    """The spool's worker lock (flock: released when its holder dies), or an inherited descriptor holding it."""
+
+    def __init__(self, spool: str, *, fd: int | None = None) -> None:
+        self._spool, self._fd, self._inherited = spool, fd, fd is not None
+
+    def __enter__(self) -> bool:
+        if self._fd is None:
+            os.makedirs(self._spool, mode=0o700, exist_ok=True)
+            self._fd = os.open(os.path.join(self._spool, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return False
+                raise
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def listen(spool: str) -> socket.socket:
+    """A non-blocking listening socket at ``<spool>/worker.sock`` (0600), replacing a dead worker's."""
+    path = socket_path(spool)
+    if len(os.fsencode(path)) > _MAX_PATH:
+        raise OSError(errno.ENAMETOOLONG, f"the spool path is too long for a socket: {path}")
+    try:  # noqa: SIM105 - contextlib costs an import on archive_command's path
+        os.unlink(path)  # the caller holds the lock: a socket file here is a dead worker's
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(path)
+    finally:
+        os.umask(old)
+    s.listen(64)
+    s.setblocking(False)
+    return s
+
+
+def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> subprocess.Popen[bytes] | None:
+    """Start a detached worker unless one runs (or is starting); the child, if one was started. The repository URL
+    goes through the child's environment, not its command line (``ps`` shows command lines to every user)."""
+    import subprocess
+
+    os.makedirs(spool, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(spool, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        env = dict(os.environ, PGRECOVERY_REPO=url)
+        if key_file:
+            env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
+        cmd = [sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
+        return subprocess.Popen(
+            [*cmd, "--lock-fd", str(fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            pass_fds=(fd,),
+        )
+    finally:
+        os.close(fd)  # the child keeps its inherited copy (and with it the lock)
+
+
+def failed_recently(spool: str) -> bool:
+    """A worker failed (``worker.failed``, written by it) in the last minute: do not wait for another."""
+    try:
+        return time.time() - os.stat(os.path.join(spool, FAILED_NAME)).st_mtime < FAILED_PAUSE
+    except OSError:
+        return False
+
+
+def _request(line: str, spool: str, url: str, wal_dir: str, key_file: str | None) -> str | None:
+    """The worker's reply to ``line`` (starting a worker when none listens); None: no usable answer."""
+    if not enabled() or failed_recently(spool):
+        return None
+    try:
+        wait = float(os.environ.get(TIMEOUT_ENV) or REPLY_WAIT)
+    except ValueError:
+        wait = REPLY_WAIT
+    reply = ask(spool, line, wait)
+    if reply is None:  # nobody listens: start a worker (a hung or dying one is not waited for again)
+        child = spawn(spool, url, wal_dir, key_file)
+        deadline = time.monotonic() + START_WAIT
+        while reply is None and time.monotonic() < deadline:
+            if child is not None and child.poll() is not None:
+                return None  # it died at start-up
+            time.sleep(0.01)
+            reply = ask(spool, line, wait)
+    return reply or None
+
+
+def push(path: str, spool: str, url: str, tag: str, key_file: str | None = None) -> bool:
+    """Whether the worker archived ``path`` (absolute) durably."""
+    reply = _request(f"push {tag} {path}", spool, url, os.path.dirname(path), key_file)
+    return reply is not None and reply.startswith("ok ")
+
+
+def fetch(name: str, dest: str, spool: str, url: str, tag: str, key_file: str | None = None) -> bool | None:
+    """True: the worker delivered ``name`` as ``dest`` (absolute); False: the archive does not have it; None: no
+    answer to rely on (the full CLI then fetches, and reports what goes wrong)."""
+    reply = _request(f"fetch {tag} {name} {dest}", spool, url, os.path.dirname(dest), key_file)
+    return True if reply == "ok" else False if reply == "miss" else None

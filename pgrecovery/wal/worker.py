@@ -1,0 +1,204 @@
+"""The WAL worker: a process that archive_command hands its segments to (and restore_command the files the prefetch
+queue does not hold), so that each call costs a socket round trip instead of a Python start-up, imports, new
+storage connections and a fresh listing.
+
+archive_command stays a standard-library call (`pgrecovery._walclient`): it asks the worker over a Unix socket
+in the spool directory (``worker.sock``, mode 0600 in a 0700 directory) to push ``%p`` and returns 0 only on the
+worker's "ok", which the worker sends once the segment is durable in the repository (the same guarantee as an
+in-process push). With no worker running it starts one (detached, holding ``worker.lock`` for its whole life, so
+at most one runs per spool) and waits for it; a worker that dies, hangs past the client's timeout, or serves
+another repository is not trusted: the call then pushes in-process as before. Nothing here is ever the only
+record of a segment: the worker only writes to the repository and the spool's markers.
+
+Meanwhile the worker pushes ahead the segments waiting in ``pg_wal/archive_status/*.ready`` (``parallel`` at
+once), so that the calls PostgreSQL makes for them next are answered from their markers at once. It keeps the
+repository's connections, the compressor and the archive's listing warm: on object stores with conditional
+writes each new segment costs one request (the conditional PUT), the listing being read once per worker and
+kept up to date with what it stores. It exits after ``idle`` seconds without work, or two once its server has
+stopped (no ``postmaster.pid``).
+
+For restore_command it delivers a file verified (as ``wal-fetch`` does) and answers a file the archive lacks (the
+history probes at start, the end of the archive) after one fresh listing of its timeline, with no program start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final
+
+from .. import _spool, _walclient, _walnames
+from ._layout import WalObject
+from .archiver import PushResult, WalArchiver, _Listings
+from .index import single
+
+log = logging.getLogger("pgrecovery.wal")
+IDLE: Final = 60.0
+_POLL: Final = 0.1
+_GONE: Final = 2.0  # seconds without work after which a worker whose server stopped exits
+
+
+class ArchivingWorker:
+    """Serves push requests for the WAL files of ``wal_dir`` into ``archiver``'s repository (see the module)."""
+
+    def __init__(self, archiver: WalArchiver, spool: str, wal_dir: str, *, idle: float = IDLE) -> None:
+        self.archiver = archiver
+        self.spool = os.path.abspath(spool)
+        self.wal_dir = os.path.abspath(wal_dir)
+        self.idle = idle
+        self.tag = _spool.repo_tag(archiver.repo.url)
+        self._listings = _Listings(archiver, kept=True)
+        self._pool = ThreadPoolExecutor(max(1, archiver.parallel), thread_name_prefix="wal-worker")
+        self._busy: dict[str, Future[PushResult]] = {}
+        self._lock = threading.Lock()
+        self._last_work = time.monotonic()
+        self._fetch_index: dict[int, dict[str, list[WalObject]]] = {}
+
+    # -- pushing ---------------------------------------------------------------------------------------------
+    def _submit(self, name: str) -> Future[PushResult]:
+        """The push of ``name`` under way, or a new one."""
+        with self._lock:
+            fut = self._busy.get(name)
+            if fut is None or (fut.done() and fut.exception() is not None):
+                path = os.path.join(self.wal_dir, name)
+                fut = self._pool.submit(self.archiver._push_one, path, self.spool, self._listings)
+                self._busy[name] = fut
+            return fut
+
+    def push(self, path: str) -> str:
+        """The reply to a push request: ``ok <sha256>`` once durable, else ``err <one line>``."""
+        abspath = os.path.abspath(path)
+        name = os.path.basename(abspath)
+        if os.path.dirname(abspath) != self.wal_dir or not _walnames.is_wal_file(name):
+            return f"err not a WAL file of {self.wal_dir}"
+        try:
+            done = _spool.pushed_already(abspath, self.spool, self.tag)
+            result = done or self._submit(name).result().sha256
+        except Exception as e:  # noqa: BLE001 - the client reports it, or pushes itself
+            return "err " + (" ".join(str(e).split()) or type(e).__name__)
+        finally:
+            self._last_work = time.monotonic()
+        return f"ok {result}"
+
+    def _ahead(self) -> None:
+        """Start pushes for the ``.ready`` segments not yet archived (at most ``parallel`` under way)."""
+        with self._lock:
+            running = sum(1 for f in self._busy.values() if not f.done())
+            for name in list(self._busy):
+                if self._busy[name].done():
+                    del self._busy[name]
+        room = max(0, self.archiver.parallel - running)
+        if room == 0:
+            return
+        for name in _spool.ready_files(self.wal_dir):
+            if room == 0:
+                break
+            if name in self._busy or _spool.pushed_already(os.path.join(self.wal_dir, name), self.spool, self.tag):
+                continue
+            self._submit(name)
+            self._last_work = time.monotonic()
+            room -= 1
+        with contextlib.suppress(OSError):
+            _spool.sweep_markers(self.spool, self.wal_dir)
+
+    # -- fetching --------------------------------------------------------------------------------------------
+    def fetch(self, name: str, dest: str) -> str:
+        """The reply to a fetch request: ``ok`` once ``dest`` holds the verified file, ``miss`` when the archive
+        does not have it (the timeline's listing read again first: a negative answer is always fresh), else
+        ``err <one line>``."""
+        dest = os.path.abspath(dest)
+        if os.path.dirname(dest) != self.wal_dir or not _walnames.is_wal_file(name):
+            return f"err not a WAL file of {self.wal_dir}"
+        try:
+            tli = _walnames.timeline_of(name)
+            known = self._fetch_index.get(tli)
+            if known is None or name not in known:  # known ones need no listing: archived WAL is never replaced
+                known = self._fetch_index[tli] = self.archiver.index(tli)
+            obj = single(name, known.get(name, []))
+            if obj is None:
+                return "miss" if self.archiver.timelines() else "err the repository holds no WAL archive"
+            self.archiver._download(obj, dest)
+        except Exception as e:  # noqa: BLE001 - the client hands it to the full CLI, which reports it
+            return "err " + (" ".join(str(e).split()) or type(e).__name__)
+        finally:
+            self._last_work = time.monotonic()
+        with contextlib.suppress(Exception):
+            self.archiver._start_prefetch(name, self.spool)
+        return "ok"
+
+    # -- serving ---------------------------------------------------------------------------------------------
+    def _answer(self, conn: socket.socket) -> None:
+        self._last_work = time.monotonic()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            with contextlib.suppress(OSError):
+                while not data.endswith(b"\n") and len(data) < 8192:
+                    more = conn.recv(4096)
+                    if not more:
+                        return
+                    data += more
+            reply = self._reply(data.decode(errors="replace").strip())
+            with contextlib.suppress(OSError):
+                conn.sendall(reply.encode() + b"\n")
+
+    def _reply(self, request: str) -> str:
+        verb, _, rest = request.partition(" ")
+        tag, _, path = rest.partition(" ")
+        if verb == "ping":
+            return f"ok {self.tag}"
+        if verb not in ("push", "fetch") or not path:
+            return "err unknown request"
+        if tag != self.tag:
+            return "err this worker serves another repository"
+        if verb == "fetch":
+            name, _, dest = path.partition(" ")
+            return self.fetch(name, dest)
+        return self.push(path)
+
+    def serve(self, lock_fd: int | None = None) -> bool:
+        """Serve until idle; False (at once) when another worker holds the spool's lock."""
+        with _walclient.worker_lock(self.spool, fd=lock_fd) as got:
+            if not got:
+                return False
+            listener = _walclient.listen(self.spool)
+            try:
+                self._loop(listener)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(_walclient.socket_path(self.spool))  # before the lock goes: no new client waits
+                listener.close()
+                self._pool.shutdown(wait=True)
+        return True
+
+    def _loop(self, listener: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(listener, selectors.EVENT_READ)
+        while True:
+            for _key, _ in sel.select(_POLL):
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    conn, _addr = listener.accept()
+                    conn.setblocking(True)
+                    threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            try:
+                self._ahead()
+            except OSError as e:
+                log.info("archive-ahead: %s", e)
+            with self._lock:
+                busy = any(not f.done() for f in self._busy.values())
+            quiet = time.monotonic() - self._last_work
+            if not busy and (quiet > self.idle or (quiet > _GONE and not self._server_runs())):
+                return
+
+    def _server_runs(self) -> bool:
+        """Whether the data directory of ``wal_dir`` still has a postmaster.pid (a stopped server needs no worker)."""
+        return os.path.exists(os.path.join(os.path.dirname(self.wal_dir), "postmaster.pid"))
+
+
+__all__ = ["IDLE", "ArchivingWorker"]

@@ -1,0 +1,136 @@
+"""The archiving worker, through archive_command's own entry (`_spool.fast_command`): a push is acknowledged only
+once the segment is in the repository, .ready segments are pushed ahead, and a worker that hangs, dies or serves
+another repository is never trusted (the call then returns None: the full CLI pushes in-process)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgrecovery import Repository, _spool, _walclient
+from pgrecovery._walnames import segment_name
+from pgrecovery.wal.archiver import WalArchiver
+
+SEG, NEXT, THIRD = (segment_name(1, n) for n in (3, 4, 5))
+
+
+@pytest.fixture
+def pgdata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv(_walclient.IDLE_ENV, "30")
+    (tmp_path / "data" / "pg_wal" / "archive_status").mkdir(parents=True)
+    (tmp_path / "data" / "postmaster.pid").write_text("1\n")  # a "running server": the worker stays
+    yield tmp_path / "data"
+    for pid in workers(tmp_path):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+
+
+def workers(root: Path) -> list[int]:
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wal-worker" in cmd and any(str(root).encode() in c for c in cmd):
+            out.append(int(pid))
+    return out
+
+
+def wal(pgdata: Path, name: str, ready: bool = False) -> str:
+    path = pgdata / "pg_wal" / name
+    path.write_bytes(hashlib.sha256(name.encode()).digest() * 4096)
+    if ready:
+        (pgdata / "pg_wal" / "archive_status" / f"{name}.ready").write_bytes(b"")
+    return str(path)
+
+
+def archived(repo: Repository, name: str, path: str) -> bool:
+    obj = WalArchiver(repo).find(name)
+    return obj is not None and obj.sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_a_push_is_acknowledged_once_stored_and_ready_segments_go_ahead(pgdata: Path, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/repo"
+    repo = Repository(url)
+    path, ahead = wal(pgdata, SEG), wal(pgdata, NEXT, ready=True)
+    assert _spool.fast_command(["wal-push", "--repo", url, path]) == 0
+    assert archived(repo, SEG, path)
+    assert len(workers(tmp_path)) == 1
+    spool = _spool.default_spool(path)
+    deadline = time.monotonic() + 20
+    while not _spool.pushed_already(ahead, spool, _spool.repo_tag(url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert archived(repo, NEXT, ahead)  # pushed ahead: the server's call for it is answered by its marker
+    assert _spool.fast_command(["wal-push", "--repo", url, ahead]) == 0
+    # a worker serves one repository: a call for another is not answered by it
+    reply = _walclient.ask(spool, f"push {_spool.repo_tag('file:///elsewhere')} {path}", 5)
+    assert reply is not None
+    assert reply.startswith("err ")
+    assert (
+        _walclient.ask(spool, f"push {_spool.repo_tag(url)} /etc/passwd", 5) == f"err not a WAL file of {pgdata}/pg_wal"
+    )
+    # its server stopped: the worker leaves soon after
+    (pgdata / "postmaster.pid").unlink()
+    deadline = time.monotonic() + 20
+    while workers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert workers(tmp_path) == []
+    assert not os.path.exists(_walclient.socket_path(spool))
+
+
+def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"file://{tmp_path}/repo"
+    repo = Repository(url)
+    first = wal(pgdata, SEG)
+    assert _spool.fast_command(["wal-push", "--repo", url, first]) == 0
+    (pid,) = workers(tmp_path)
+    os.kill(pid, signal.SIGSTOP)  # hung: the call gives up after the timeout, for the CLI to push in-process
+    monkeypatch.setenv(_walclient.TIMEOUT_ENV, "1")
+    second = wal(pgdata, NEXT)
+    started = time.monotonic()
+    assert _spool.fast_command(["wal-push", "--repo", url, second]) is None
+    assert time.monotonic() - started < 10
+    os.kill(pid, signal.SIGKILL)  # killed: the next call starts a new worker
+    deadline = time.monotonic() + 10
+    while pid in workers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    third = wal(pgdata, THIRD)
+    assert _spool.fast_command(["wal-push", "--repo", url, third]) == 0
+    assert archived(repo, THIRD, third)
+    assert workers(tmp_path) not in ([], [pid])
+
+
+def test_the_worker_can_be_turned_off(pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_walclient.WORKER_ENV, "off")
+    path = wal(pgdata, SEG)
+    assert _spool.fast_command(["wal-push", "--repo", f"file://{tmp_path}/repo", path]) is None
+    assert workers(tmp_path) == []
+
+
+def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/repo"
+    source = tmp_path / "source"
+    (source / "pg_wal").mkdir(parents=True)
+    path = wal(source, SEG)
+    WalArchiver(Repository(url), spool_dir=str(tmp_path / "source-spool")).push(path)
+    dest = str(pgdata / "pg_wal" / "RECOVERYXLOG")
+    argv = ["wal-fetch", "--repo", url, "--no-prefetch"]
+    assert _spool.fast_command([*argv, SEG, dest]) == 0  # no prefetch queue: the worker delivers it
+    assert Path(dest).read_bytes() == Path(path).read_bytes()
+    assert len(workers(tmp_path)) == 1
+    assert _spool.fast_command([*argv, NEXT, dest]) == 1  # the end of the archive: a miss, from the worker
+    assert _spool.fast_command([*argv, "00000002.history", dest]) == 1  # the start-up history probe
+    assert Path(dest).read_bytes() == Path(path).read_bytes()  # a miss leaves what was there
+    later = wal(source, NEXT)
+    WalArchiver(Repository(url), spool_dir=str(tmp_path / "source-spool")).push(later)
+    assert _spool.fast_command([*argv, NEXT, dest]) == 0  # archived since: a negative answer is never stale
+    assert Path(dest).read_bytes() == Path(later).read_bytes()
+    reply = _walclient.ask(_spool.default_spool(dest), f"fetch {_spool.repo_tag(url)} {SEG} /tmp/elsewhere", 5)
+    assert reply == f"err not a WAL file of {pgdata}/pg_wal"
