@@ -167,7 +167,7 @@ def plan_incremental(
         block_size=block_size,
         segment_blocks=segment_blocks,
     )
-    why = _blocks_impossible(phys, timeline, block_size, segment_blocks)
+    why = _blocks_impossible(phys, start_lsn, timeline, block_size, segment_blocks)
     if method == "file" or why:
         if why and method in ("wal-summaries", "page-lsn"):
             raise ConfigurationError(f"incremental={method!r} is not possible: {why}")
@@ -191,8 +191,13 @@ def plan_incremental(
     return planner
 
 
-def _blocks_impossible(phys: Any, timeline: int, block_size: int, segment_blocks: int) -> str:
+def _blocks_impossible(phys: Any, start_lsn: str, timeline: int, block_size: int, segment_blocks: int) -> str:
     """Why block-level deltas cannot be taken against this parent ("" when they can)."""
+    if parse_lsn(start_lsn) < parse_lsn(phys.stop_lsn):
+        return (
+            f"the parent ends at {phys.stop_lsn}, after this backup's start {start_lsn} (a standby behind the "
+            "server the parent was taken from): its pages may be newer than this backup's"
+        )
     if phys.timeline != timeline:
         return (
             f"the parent is on timeline {phys.timeline} and the server on {timeline} (page changes on an abandoned "
