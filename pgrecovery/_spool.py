@@ -255,10 +255,7 @@ class prefetch_lock:  # used like a function: ``with prefetch_lock(spool) as got
     """
 
     def __init__(self, spool: str, *, wait: bool = False, fd: int | None = None) -> None:
-        self._path = os.path.join(ensure_dir(spool), "prefetch.lock")
-        self._wait = wait
-        self._given = fd
-        self._fd = -1
+        self._path, self._wait, self._given, self._fd = os.path.join(ensure_dir(spool), "prefetch.lock"), wait, fd, -1
 
     def __enter__(self) -> bool:
         if self._given is not None:
@@ -384,12 +381,15 @@ def after_fetch(
     parallel: int = 4,
     segment_size: int = _walnames.DEFAULT_SEGMENT_SIZE,
 ) -> bool:
-    """After delivering segment ``name``: note it as wanted and start a prefetcher if the queue runs short."""
+    """After delivering segment ``name``: note it as wanted and, if the queue runs short, have the WAL worker or a
+    new process prefetch."""
     if count <= 0 or not _walnames.is_segment(name):
         return False
     note_wanted(spool, name)
     if queue_is_full(name, spool, count, segment_size):
         return False
+    if _walclient.ask(spool, f"prefetch {repo_tag(repo_url)} {name}", 2.0) == "ok":
+        return True  # a running WAL worker prefetches in a thread: no program start
     return spawn_prefetch(
         name,
         spool,

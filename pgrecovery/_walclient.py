@@ -153,6 +153,25 @@ def failed_recently(spool: str) -> bool:
         return False
 
 
+def stop(spool: str, timeout: float = 30.0) -> None:
+    """Ask the worker of ``spool`` (if one listens) to leave, and wait until it has (its lock is free)."""
+    if not ask(spool, "stop", 5.0):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(os.path.join(spool, LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.01)
+        finally:
+            os.close(fd)
+
+
 def _request(line: str, spool: str, url: str, wal_dir: str, key_file: str | None) -> str | None:
     """The worker's reply to ``line`` (starting a worker when none listens); None: no usable answer."""
     if not enabled() or failed_recently(spool):

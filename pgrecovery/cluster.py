@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import pgtools
+from . import _walclient, pgtools
 from ._fsutil import atomic_file
 from ._pgdb import connect
+from ._spool import SPOOL_NAME
 from .errors import ClusterError, ConfigurationError, DatabaseError, ToolFailed, ToolNotFound
 
 if TYPE_CHECKING:
@@ -331,10 +332,14 @@ class LocalCluster:
         return self
 
     def stop(self, mode: str = "fast", timeout: int = 120) -> None:
-        """Stop the server (``fast``: roll back sessions; ``smart``; ``immediate``: crash-like)."""
-        if not self.is_running():
-            return
-        self._run(pgtools.pg_ctl_command(self._tool("pg_ctl"), "stop", str(self.data_dir), mode=mode, timeout=timeout))
+        """Stop the server (``fast``: roll back sessions; ``smart``; ``immediate``: crash-like), then its WAL worker
+        (`pgrecovery.wal.worker`), if one runs on the default spool."""
+        try:
+            if self.is_running():
+                pg_ctl = self._tool("pg_ctl")
+                self._run(pgtools.pg_ctl_command(pg_ctl, "stop", str(self.data_dir), mode=mode, timeout=timeout))
+        finally:
+            _walclient.stop(str(self.data_dir / SPOOL_NAME))
 
     def restart(self, *, env: Mapping[str, str] | None = None) -> LocalCluster:
         self.stop()

@@ -31,7 +31,9 @@ def owned_tmpdir(prefix: str) -> Path:
 
 
 def wait_archived(pg: LocalCluster, timeout: float = 120) -> str:
-    """Switch WAL and wait until the archiver has sent everything up to the switch (whose segment it returns)."""
+    """Switch WAL and wait until the archiver has sent everything up to the switch (whose segment it returns).
+    A record is written first: at a segment's very start (right after a backup) a switch would switch nothing."""
+    pg.query("select pg_current_xact_id()")
     (wal,) = pg.query("select pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + timeout
     failed = None

@@ -15,8 +15,8 @@ Which blocks changed since the parent, by method:
 Only the main fork of WAL-logged relations is taken block by block: the visibility map can be cleared without its
 page's LSN moving, the free space map is not WAL-logged, and unlogged relations are reset from their init fork at
 recovery; those, and files that are not relation data, are compared whole. A database directory created again
-since the parent (its ``PG_VERSION`` is newer: ``CREATE DATABASE … STRATEGY FILE_COPY`` copies pages with their
-old LSNs) is stored whole.
+since the parent started (its ``PG_VERSION`` is newer: ``CREATE DATABASE … STRATEGY FILE_COPY`` copies pages with
+their old LSNs) is stored whole.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def plan_incremental(
         if why:
             log.warning("incremental backup compares whole files: %s", why)
         return files_only
-    unlogged, recreated = _scan_facts(files, files_only.parent)
+    unlogged, recreated = _scan_facts(files, files_only.parent, parent.started_at.timestamp())
     planner = attrs.evolve(files_only, method="page-lsn", unlogged=unlogged, recreated=recreated)
     summary: Summary | str | None = None
     if method in ("auto", "wal-summaries") and version >= 170000:
@@ -211,9 +211,12 @@ def _blocks_impossible(phys: Any, start_lsn: str, timeline: int, block_size: int
 
 
 def _scan_facts(
-    files: list[Any], members: dict[str, MemberEntry]
+    files: list[Any], members: dict[str, MemberEntry], since: float
 ) -> tuple[frozenset[_RelKey], frozenset[tuple[int, int]]]:
-    """Unlogged relations (those with an init fork) and database directories created again since the parent."""
+    """Unlogged relations (those with an init fork) and database directories created again since the parent
+    started (``since``): their ``PG_VERSION`` is another than the parent's and newer than that. (A standby's
+    files all have other times than its primary's; its databases, made before the parent, still count as the
+    same.)"""
     unlogged = set()
     recreated = set()
     for f in files:
@@ -226,7 +229,7 @@ def _scan_facts(
                 mtime = int(os.stat(f.abspath).st_mtime)
             except FileNotFoundError:
                 continue
-            if before is None or before.mtime != mtime:
+            if (before is None or before.mtime != mtime) and mtime >= since - 1:
                 recreated.add(rf.directory_key)
     return frozenset(unlogged), frozenset(recreated)
 

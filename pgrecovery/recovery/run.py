@@ -244,36 +244,50 @@ def _start(run: RecoveryRun, cluster: LocalCluster) -> None:
 
 
 def _wait_for_target(run: RecoveryRun, cluster: LocalCluster) -> str:
-    """Poll the server until it is promoted, paused or shut down, as its action says; its state then."""
+    """Poll the server until it is promoted, paused or shut down, as its action says; its state then. One session
+    is kept and asked every 20 ms: a new connection per question would cost a backend start each time."""
     import psycopg
 
     deadline = time.monotonic() + run.timeout
-    while time.monotonic() < deadline:
-        if not cluster.is_running():
-            if run.action == "shutdown":
-                return "shut down"
-            raise failure(run, cluster.log_tail())
-        try:  # psycopg directly: a server still starting refuses connections, and that is retried
-            with psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5) as conn:
-                row = conn.execute("select pg_is_in_recovery()").fetchone()
-                in_recovery = bool(row and row[0])
-                pause = ""
-                if in_recovery and run.action == "pause":  # the pause state exists only during recovery
-                    row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
-                    pause = str(row[0]) if row else ""
-        except psycopg.OperationalError:
-            time.sleep(0.1)
-            continue
-        if not in_recovery:
-            return "promoted"
-        if run.action == "pause" and pause == "paused":
-            return "paused"
-        time.sleep(0.1)
+    conn: psycopg.Connection[Any] | None = None
+    try:
+        while time.monotonic() < deadline:
+            if not cluster.is_running():
+                if run.action == "shutdown":
+                    return "shut down"
+                raise failure(run, cluster.log_tail())
+            try:  # psycopg directly: a server still starting refuses connections, and that is retried
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(cluster.conninfo(), autocommit=True, connect_timeout=5)
+                state = _recovery_state(conn, run.action)
+            except psycopg.OperationalError:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.05)
+                continue
+            if state:
+                return state
+            time.sleep(0.02)
+    finally:
+        if conn is not None:
+            conn.close()
     raise TargetUnreachable(
         f"recovery did not reach {run.target.describe()} within {run.timeout:.0f} s",
         target=run.target.describe(),
         backup_id=run.backup.id,
     )
+
+
+def _recovery_state(conn: Any, action: str) -> str:
+    """ "promoted", "paused" (with action pause), or "" while recovery goes on."""
+    row = conn.execute("select pg_is_in_recovery()").fetchone()
+    if not (row and row[0]):
+        return "promoted"
+    if action == "pause":  # the pause state exists only during recovery
+        row = conn.execute("select pg_get_wal_replay_pause_state()").fetchone()
+        return "paused" if row and row[0] == "paused" else ""
+    return ""
 
 
 def _position(cluster: LocalCluster, state: str) -> _Reached:

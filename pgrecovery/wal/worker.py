@@ -15,7 +15,8 @@ once), so that the calls PostgreSQL makes for them next are answered from their 
 repository's connections, the compressor and the archive's listing warm: on object stores with conditional
 writes each new segment costs one request (the conditional PUT), the listing being read once per worker and
 kept up to date with what it stores. It exits after ``idle`` seconds without work, or two once its server has
-stopped (no ``postmaster.pid``).
+stopped (no ``postmaster.pid``), or at once (once the work under way is done) when asked to stop
+(`pgrecovery.cluster.LocalCluster.stop` asks, after its server has stopped).
 
 For restore_command it delivers a file verified (as ``wal-fetch`` does) and answers a file the archive lacks (the
 history probes at start, the end of the archive) after one fresh listing of its timeline, with no program start.
@@ -59,6 +60,8 @@ class ArchivingWorker:
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
         self._fetch_index: dict[int, dict[str, list[WalObject]]] = {}
+        self._prefetcher: threading.Thread | None = None
+        self._stopping = False
 
     # -- pushing ---------------------------------------------------------------------------------------------
     def _submit(self, name: str) -> Future[PushResult]:
@@ -128,9 +131,29 @@ class ArchivingWorker:
             return "err " + (" ".join(str(e).split()) or type(e).__name__)
         finally:
             self._last_work = time.monotonic()
-        with contextlib.suppress(Exception):
-            self.archiver._start_prefetch(name, self.spool)
+        if _walnames.is_segment(name) and self.archiver.prefetch > 0:
+            with contextlib.suppress(OSError):
+                _spool.note_wanted(self.spool, name)
+            self.prefetch(name)
         return "ok"
+
+    def prefetch(self, name: str) -> str:
+        """Keep the prefetch queue filled after ``name`` in a thread of this process (at most one runs)."""
+        if not _walnames.is_segment(name):
+            return "err not a segment"
+        with self._lock:
+            if self._prefetcher is None or not self._prefetcher.is_alive():
+                self._prefetcher = threading.Thread(target=self._prefetch, args=(name,), daemon=True)
+                self._prefetcher.start()
+        return "ok"
+
+    def _prefetch(self, name: str) -> None:
+        try:
+            self.archiver.run_prefetch(name, self.spool)  # at once when a prefetch process holds the queue
+        except Exception as e:  # noqa: BLE001 - restore_command fetches what the queue lacks
+            log.info("prefetch after %s: %s", name, e)
+        finally:
+            self._last_work = time.monotonic()
 
     # -- serving ---------------------------------------------------------------------------------------------
     def _answer(self, conn: socket.socket) -> None:
@@ -153,10 +176,15 @@ class ArchivingWorker:
         tag, _, path = rest.partition(" ")
         if verb == "ping":
             return f"ok {self.tag}"
-        if verb not in ("push", "fetch") or not path:
+        if verb == "stop":  # its server stopped (LocalCluster.stop): leave once the work under way is done
+            self._stopping = True
+            return "ok"
+        if verb not in ("push", "fetch", "prefetch") or not path:
             return "err unknown request"
         if tag != self.tag:
             return "err this worker serves another repository"
+        if verb == "prefetch":
+            return self.prefetch(path)
         if verb == "fetch":
             name, _, dest = path.partition(" ")
             return self.fetch(name, dest)
@@ -192,8 +220,9 @@ class ArchivingWorker:
                 log.info("archive-ahead: %s", e)
             with self._lock:
                 busy = any(not f.done() for f in self._busy.values())
+                busy = busy or (self._prefetcher is not None and self._prefetcher.is_alive())
             quiet = time.monotonic() - self._last_work
-            if not busy and (quiet > self.idle or (quiet > _GONE and not self._server_runs())):
+            if not busy and (self._stopping or quiet > self.idle or (quiet > _GONE and not self._server_runs())):
                 return
 
     def _server_runs(self) -> bool:

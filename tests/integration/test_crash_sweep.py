@@ -591,7 +591,8 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
 
 
 def _prefetchers(spool: Path) -> list[int]:
-    """Pids of wal-prefetch processes working on ``spool`` (detached by the wal-fetch calls of this test)."""
+    """Pids of the processes prefetching into ``spool``: wal-prefetch processes (detached by the wal-fetch calls
+    of this test) and the WAL worker, which prefetches in a thread once it runs."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -600,7 +601,7 @@ def _prefetchers(spool: Path) -> list[int]:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"wal-prefetch" in argv and str(spool).encode() in argv:
+        if (b"wal-prefetch" in argv or b"wal-worker" in argv) and str(spool).encode() in argv:
             found.append(int(entry))
     return found
 
