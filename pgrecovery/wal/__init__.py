@@ -1,6 +1,6 @@
 """WAL archiving: `WalArchiver` (push, fetch, verify, cleanup; `archiver`), the archive_command / restore_command
 strings (`commands`), what the server reports (`server`), the archive's index and continuity (`index`), and how
-archived objects are named (`_layout`).
+archived objects are named (`_layout`), and restore points recorded or found in archived WAL (`restore_points`).
 
 Its names load on first use (PEP 562): the package mixes layers (naming and the index below the catalog, the
 archiver above it), and importing one piece must not import the rest.
@@ -15,6 +15,7 @@ from .._lazy import lazy_getattr
 _LAZY = {
     "ArchiverStatus": "server",
     "PushResult": "archiver",
+    "RestorePoint": "restore_points",
     "WalArchiver": "archiver",
     "WalConflict": "archiver",
     "WalIndex": "index",
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .archiver import PushResult, WalArchiver, WalConflict
     from .commands import archive_command, restore_command
     from .index import WalIndex, WalVerifyReport
+    from .restore_points import RestorePoint
     from .server import ArchiverStatus, archiver_status, create_restore_point
 
 
@@ -43,6 +45,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY, globals())
 __all__ = [
     "ArchiverStatus",
     "PushResult",
+    "RestorePoint",
     "WalArchiver",
     "WalConflict",
     "WalIndex",
