@@ -68,7 +68,7 @@ class ArchivingWorker:
         """The push of ``name`` under way, or a new one."""
         with self._lock:
             fut = self._busy.get(name)
-            if fut is None or (fut.done() and fut.exception() is not None):
+            if fut is None or fut.done():  # a finished push is not reused: its marker answers, or it runs again
                 path = os.path.join(self.wal_dir, name)
                 fut = self._pool.submit(self.archiver._push_one, path, self.spool, self._listings)
                 self._busy[name] = fut
