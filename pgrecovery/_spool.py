@@ -334,7 +334,6 @@ def _start_prefetcher(
     segment_size: int,
     python: str | None,
 ) -> subprocess.Popen[bytes]:
-    import subprocess
 
     env = dict(os.environ)
     env["PGRECOVERY_REPO"] = repo_url
@@ -360,15 +359,7 @@ def _start_prefetcher(
         "--lock-fd",
         str(fd),
     ]
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-        pass_fds=(fd,),
-    )
+    return _walclient.detach(cmd, env, fd)
 
 
 def after_fetch(

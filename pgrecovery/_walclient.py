@@ -116,10 +116,24 @@ def listen(spool: str) -> socket.socket:
     return s
 
 
+def detach(cmd: list[str], env: dict[str, str], fd: int) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` detached (its own session, no terminal, stdin/stdout/stderr on /dev/null), handing it ``fd``."""
+    import subprocess
+
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        pass_fds=(fd,),
+    )
+
+
 def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> subprocess.Popen[bytes] | None:
     """Start a detached worker unless one runs (or is starting); the child, if one was started. The repository URL
     goes through the child's environment, not its command line (``ps`` shows command lines to every user)."""
-    import subprocess
 
     os.makedirs(spool, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(spool, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -132,15 +146,7 @@ def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> su
         if key_file:
             env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
         cmd = [sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
-        return subprocess.Popen(
-            [*cmd, "--lock-fd", str(fd)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            pass_fds=(fd,),
-        )
+        return detach([*cmd, "--lock-fd", str(fd)], env, fd)
     finally:
         os.close(fd)  # the child keeps its inherited copy (and with it the lock)
 

@@ -245,3 +245,16 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
         code = int(e.code) if isinstance(e.code, int) else 2
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def wal_workers(under: Path) -> list[int]:
+    """Pids of the WAL worker processes (``wal-worker``) whose command line names a path under ``under``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"wal-worker" in argv and any(a.startswith(str(under).encode()) for a in argv):
+            found.append(int(pid))
+    return found

@@ -16,7 +16,26 @@ from ._drivers import CHUNK
 from ._retry import Retry
 
 
-class RetryingReader(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A seekable, read-only raw stream whose subclasses give ``read``."""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class RetryingReader(_Reader):
     """A driver's read-only file whose reads are retried on transient errors.
 
     fsspec's buffered files move their position only after a successful fetch, so a failed read can be repeated.
@@ -25,12 +44,6 @@ class RetryingReader(io.RawIOBase):
     def __init__(self, f: Any, retry: Retry, key: str) -> None:
         super().__init__()
         self._f, self._retry, self._key = f, retry, key
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return int(self._f.seek(offset, whence))
@@ -42,15 +55,6 @@ class RetryingReader(io.RawIOBase):
         n = -1 if size is None else size
         return bytes(self._retry("read", self._key, lambda: self._f.read(n)))
 
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
     def close(self) -> None:
         if not self.closed:
             with contextlib.suppress(Exception):
@@ -58,7 +62,7 @@ class RetryingReader(io.RawIOBase):
         super().close()
 
 
-class ParallelReader(io.RawIOBase):
+class ParallelReader(_Reader):
     """An object store's object read front to back with ``ahead`` ranged GETs of ``block`` bytes in flight, each
     retried on transient errors: one stream gets several connections' throughput (a restore reading bundles, a
     large WAL object). A range that comes back short (the object changed under us) is an error."""
@@ -71,12 +75,6 @@ class ParallelReader(io.RawIOBase):
         self._queue: deque[Future[bytes]] = deque()
         self._pos = self._next = 0
         self._buf, self._off = memoryview(b""), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def tell(self) -> int:
         return self._pos
@@ -115,15 +113,6 @@ class ParallelReader(io.RawIOBase):
             self._pos += len(piece)
             want -= len(piece)
         return b"".join(out)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:

@@ -13,19 +13,7 @@ from pathlib import Path
 
 from pgrecovery import BaseBackup, RecoveryPlan, RecoveryTarget
 from pgrecovery.wal.archiver import WalArchiver
-from tests.pgtesting import FINGERPRINT, archiving_cluster, wait_archived
-
-
-def workers(spool: Path) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"wal-worker" in cmd and any(str(spool).encode() == c for c in cmd):
-            out.append(int(pid))
-    return out
+from tests.pgtesting import FINGERPRINT, archiving_cluster, wait_archived, wal_workers
 
 
 def test_a_worker_killed_or_hung_while_the_server_archives_costs_no_segment() -> None:
@@ -41,7 +29,7 @@ def test_a_worker_killed_or_hung_while_the_server_archives_costs_no_segment() ->
             def chaos() -> None:
                 while not stop.is_set():
                     time.sleep(rng.uniform(0.05, 0.4))
-                    for pid in workers(spool):
+                    for pid in wal_workers(spool):
                         seen.add(pid)
                         try:
                             if rng.random() < 0.2:  # hung for a while, then killed

@@ -16,6 +16,7 @@ import pytest
 from pgrecovery import Repository, _spool, _walclient
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal.archiver import WalArchiver
+from tests.pgtesting import wal_workers
 
 SEG, NEXT, THIRD = (segment_name(1, n) for n in (3, 4, 5))
 
@@ -26,21 +27,9 @@ def pgdata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (tmp_path / "data" / "pg_wal" / "archive_status").mkdir(parents=True)
     (tmp_path / "data" / "postmaster.pid").write_text("1\n")  # a "running server": the worker stays
     yield tmp_path / "data"
-    for pid in workers(tmp_path):
+    for pid in wal_workers(tmp_path):
         os.kill(pid, signal.SIGCONT)
         os.kill(pid, signal.SIGKILL)
-
-
-def workers(root: Path) -> list[int]:
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"wal-worker" in cmd and any(str(root).encode() in c for c in cmd):
-            out.append(int(pid))
-    return out
 
 
 def wal(pgdata: Path, name: str, ready: bool = False) -> str:
@@ -62,7 +51,7 @@ def test_a_push_is_acknowledged_once_stored_and_ready_segments_go_ahead(pgdata: 
     path, ahead = wal(pgdata, SEG), wal(pgdata, NEXT, ready=True)
     assert _spool.fast_command(["wal-push", "--repo", url, path]) == 0
     assert archived(repo, SEG, path)
-    assert len(workers(tmp_path)) == 1
+    assert len(wal_workers(tmp_path)) == 1
     spool = _spool.default_spool(path)
     deadline = time.monotonic() + 20
     while not _spool.pushed_already(ahead, spool, _spool.repo_tag(url)) and time.monotonic() < deadline:
@@ -79,9 +68,9 @@ def test_a_push_is_acknowledged_once_stored_and_ready_segments_go_ahead(pgdata: 
     # its server stopped: the worker leaves soon after
     (pgdata / "postmaster.pid").unlink()
     deadline = time.monotonic() + 20
-    while workers(tmp_path) and time.monotonic() < deadline:
+    while wal_workers(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert workers(tmp_path) == []
+    assert wal_workers(tmp_path) == []
     assert not os.path.exists(_walclient.socket_path(spool))
 
 
@@ -90,7 +79,7 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
     repo = Repository(url)
     first = wal(pgdata, SEG)
     assert _spool.fast_command(["wal-push", "--repo", url, first]) == 0
-    (pid,) = workers(tmp_path)
+    (pid,) = wal_workers(tmp_path)
     os.kill(pid, signal.SIGSTOP)  # hung: the call gives up after the timeout, for the CLI to push in-process
     monkeypatch.setenv(_walclient.TIMEOUT_ENV, "1")
     second = wal(pgdata, NEXT)
@@ -99,19 +88,19 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
     assert time.monotonic() - started < 10
     os.kill(pid, signal.SIGKILL)  # killed: the next call starts a new worker
     deadline = time.monotonic() + 10
-    while pid in workers(tmp_path) and time.monotonic() < deadline:
+    while pid in wal_workers(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.05)
     third = wal(pgdata, THIRD)
     assert _spool.fast_command(["wal-push", "--repo", url, third]) == 0
     assert archived(repo, THIRD, third)
-    assert workers(tmp_path) not in ([], [pid])
+    assert wal_workers(tmp_path) not in ([], [pid])
 
 
 def test_the_worker_can_be_turned_off(pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_walclient.WORKER_ENV, "off")
     path = wal(pgdata, SEG)
     assert _spool.fast_command(["wal-push", "--repo", f"file://{tmp_path}/repo", path]) is None
-    assert workers(tmp_path) == []
+    assert wal_workers(tmp_path) == []
 
 
 def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp_path: Path) -> None:
@@ -124,7 +113,7 @@ def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp
     argv = ["wal-fetch", "--repo", url, "--no-prefetch"]
     assert _spool.fast_command([*argv, SEG, dest]) == 0  # no prefetch queue: the worker delivers it
     assert Path(dest).read_bytes() == Path(path).read_bytes()
-    assert len(workers(tmp_path)) == 1
+    assert len(wal_workers(tmp_path)) == 1
     assert _spool.fast_command([*argv, NEXT, dest]) == 1  # the end of the archive: a miss, from the worker
     assert _spool.fast_command([*argv, "00000002.history", dest]) == 1  # the start-up history probe
     assert Path(dest).read_bytes() == Path(path).read_bytes()  # a miss leaves what was there
