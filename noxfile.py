@@ -189,11 +189,23 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side with the native tools (ratios printed; never part of the test suite)."""
+    """Benchmarks side by side with the native tools (ratios printed; never part of the test suite).
+
+    Arguments naming benchmarks run only those (``nox -s bench -- incremental``); the others are passed to each.
+    """
+
+    def script(arg: str) -> str | None:  # "incremental", "bench_incremental" or its path: that script
+        name = os.path.basename(arg).removesuffix(".py").removeprefix("bench_")
+        path = os.path.join("benchmarks", f"bench_{name}.py")
+        return path if name and not arg.startswith("-") and os.path.exists(path) else None
+
     ensure_postgres(session)
-    session.install("-e", ".[encryption]")
-    for script in sorted(glob.glob("benchmarks/bench_*.py")):
-        session.run("python", script, *session.posargs)
+    # the "majors" extra: PostgreSQL 17's pg_basebackup --incremental and pg_combinebackup (bench_incremental.py)
+    session.install("-e", ".[encryption,majors]")
+    chosen = [s for s in map(script, session.posargs) if s]
+    rest = [a for a in session.posargs if not script(a)]
+    for path in chosen or sorted(glob.glob("benchmarks/bench_*.py")):
+        session.run("python", path, *rest)
 
 
 @nox.session(python=PYTHON)
