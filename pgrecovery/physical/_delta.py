@@ -253,9 +253,10 @@ def wal_summaries(conn: Any, timeline: int, since: str, until: str, wait: float 
             time.sleep(0.05)
         rows = conn.execute(
             "select start_lsn::text, end_lsn::text from pg_available_wal_summaries() "
-            "where tli = %s and end_lsn > %s::pg_lsn and start_lsn < %s::pg_lsn order by start_lsn",
+            "where tli = %s and end_lsn > %s::pg_lsn and start_lsn < %s::pg_lsn",
             (timeline, since, until),
         ).fetchall()
+        rows.sort(key=lambda row: parse_lsn(row[0]))  # in LSN order (as text, 0/10000000 sorts before 0/F000000)
         covered = low
         for start, end in rows:
             if parse_lsn(start) > covered:

@@ -7,6 +7,7 @@ import struct
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -166,3 +167,40 @@ def test_thirty_links_rebuild_each_file_from_the_newest_version_of_each_block(re
     assert [x.member.blocks for x in layers[1:3]] == ["0-1", "0,2"]
     restore_files(repo, last, tmp_path / "restored")
     assert (tmp_path / "restored" / REL).read_bytes() == b"".join(pages)
+
+
+class _Rows:
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> tuple[object, ...]:
+        return self.rows[0]
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return list(self.rows)
+
+    def __iter__(self) -> Any:
+        return iter(self.rows)
+
+
+class _SummarizingServer:
+    """Answers wal_summaries' queries as a PostgreSQL 17 server with two summaries whose LSNs sort wrongly as text."""
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> _Rows:
+        if "summarize_wal" in sql:
+            return _Rows([("on",)])
+        if "pg_get_wal_summarizer_state" in sql:
+            return _Rows([("0/12000028",)])
+        if "pg_available_wal_summaries" in sql:  # text order: "0/10058F70" before "0/F000028"
+            return _Rows([("0/10058F70", "0/12000028"), ("0/F000028", "0/10058F70")])
+        start = params[1]
+        return _Rows([(1663, 5, 16384, 7 if start == "0/F000028" else 9, False), (1663, 5, 16384, 20, True)])
+
+
+def test_wal_summaries_cover_a_range_whatever_order_the_server_lists_them_in() -> None:
+    from pgrecovery.physical._delta import Summary, wal_summaries
+
+    got = wal_summaries(_SummarizingServer(), 1, "0/F000028", "0/12000028", wait=1)
+    assert isinstance(got, Summary), got
+    assert got.blocks == {(1663, 5, 16384): {7, 9}}
+    assert got.limits == {(1663, 5, 16384): 20}
