@@ -15,12 +15,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import sys
 import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
+    import socket
     import subprocess
     from typing import Final
 
@@ -48,8 +48,10 @@ def ask(spool: str, line: str, timeout: float) -> str | None:
     """The worker's one-line reply to ``line``: None when no worker listens, "" when one took the question but
     gave no answer (it died, or is hung past ``timeout``)."""
     path = socket_path(spool)
-    if len(os.fsencode(path)) > _MAX_PATH:
-        return None
+    if len(os.fsencode(path)) > _MAX_PATH or not os.path.exists(path):
+        return None  # (before importing socket, which costs a spool hit 5 ms)
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
@@ -98,6 +100,8 @@ class worker_lock:  # used like a function: ``with worker_lock(spool) as got:``
 
 def listen(spool: str) -> socket.socket:
     """A non-blocking listening socket at ``<spool>/worker.sock`` (0600), replacing a dead worker's."""
+    import socket
+
     path = socket_path(spool)
     if len(os.fsencode(path)) > _MAX_PATH:
         raise OSError(errno.ENAMETOOLONG, f"the spool path is too long for a socket: {path}")

@@ -11,13 +11,15 @@ loading the archiver.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import attrs
 
 from .. import _walnames
-from ..codec import SUFFIX, Codec, open_decompressed
+from ..codec import SUFFIX, Codec, compressor, open_decompressed
 from ..errors import ChecksumMismatch, PgRecoveryError, StorageError
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 WAL_PREFIX: Final = "wal"
 CHUNK: Final = 1 << 20
+IN_MEMORY: Final = 64 << 20  # a WAL file up to this size is read once, hashed and compressed from memory
 _CODEC_OF_SUFFIX: Final[dict[str, Codec]] = {suffix: codec for codec, suffix in SUFFIX.items()}
 
 
@@ -124,6 +127,30 @@ def _read_decompressed(stream: Any, obj: WalObject) -> bytes:
         raise ChecksumMismatch(f"archived object {obj.key} cannot be decompressed ({e}): it is corrupt") from None
 
 
+def read_and_pack(path: str, codec: Codec, level: int | None) -> tuple[os.stat_result, int, str, bytes | None]:
+    """A WAL file's stat, size and sha256 and (up to `IN_MEMORY`) its compressed bytes, from one read: the digest
+    is of exactly the bytes compressed, hashed in a thread while they compress (both release the GIL). A larger
+    file is only hashed here (None): it is compressed as it streams to the repository."""
+    with open(path, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        if st.st_size > IN_MEMORY:
+            h, size = hashlib.sha256(), 0
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+            return st, size, h.hexdigest(), None
+        data = f.read(st.st_size + 1)
+        while len(data) <= st.st_size and (more := f.read(st.st_size + 1 - len(data))):
+            data += more
+    h = hashlib.sha256()
+    hasher = threading.Thread(target=h.update, args=(data,))
+    hasher.start()
+    comp = compressor(codec, level, threads=1)
+    packed = comp.compress(data) + comp.flush()
+    hasher.join()
+    return st, len(data), h.hexdigest(), packed
+
+
 __all__ = [
     "CHUNK",
     "WAL_PREFIX",
@@ -132,6 +159,7 @@ __all__ = [
     "object_at",
     "object_key",
     "parse_object_name",
+    "read_and_pack",
     "read_verified",
     "timeline_dir",
     "verified_chunks",

@@ -29,7 +29,16 @@ from .. import _fsutil, _spool, _walnames
 from .._walnames import DEFAULT_SEGMENT_SIZE
 from ..codec import Codec, check_codec, check_level, compressor
 from ..errors import AlreadyExists, ConfigurationError, StorageError
-from ._layout import CHUNK, WAL_PREFIX, WalObject, object_key, parse_object_name, timeline_dir, verified_chunks
+from ._layout import (
+    CHUNK,
+    WAL_PREFIX,
+    WalObject,
+    object_key,
+    parse_object_name,
+    read_and_pack,
+    timeline_dir,
+    verified_chunks,
+)
 from .commands import archive_command, restore_command
 from .index import WalIndex, WalVerifyReport
 from .restore_points import RestorePoint, point_facts, write_record
@@ -154,8 +163,7 @@ class WalArchiver(WalIndex):
     def _push_one(self, abspath: str, spool: str, listings: _Listings) -> PushResult:
         name = os.path.basename(abspath)
         try:
-            st = os.stat(abspath)
-            size, digest = _file_digest(abspath)
+            st, size, digest, packed = read_and_pack(abspath, self.compression, self.level)
         except OSError as e:
             raise StorageError(f"cannot read {abspath}: {e.strerror or e}") from None
         key = object_key(name, digest, self.compression)
@@ -176,7 +184,7 @@ class WalArchiver(WalIndex):
                 )
             else:
                 try:
-                    stored_size = self._upload(abspath, key, digest)
+                    stored_size = self._upload(abspath, key, digest) if packed is None else self._store(key, packed)
                     outcome = "stored"
                 except AlreadyExists:  # a concurrent push of the same content won the race
                     pass
@@ -186,6 +194,15 @@ class WalArchiver(WalIndex):
             if (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
                 _spool.write_marker(spool, name, st, digest, self._tag)
         return PushResult(name=name, sha256=digest, outcome=outcome, key=key, size=size, stored_size=stored_size)
+
+    def _store(self, key: str, packed: bytes) -> int:
+        writer = self.repo.writer(key)
+        try:
+            writer.write(packed)
+        except BaseException:
+            writer.abort()
+            raise
+        return self._commit(writer, key)
 
     def _upload(self, abspath: str, key: str, digest: str) -> int:
         writer = self.repo.writer(key)
@@ -205,8 +222,11 @@ class WalArchiver(WalIndex):
         except BaseException:
             writer.abort()
             raise
+        return self._commit(writer, key)
+
+    def _commit(self, writer: Any, key: str) -> int:
         try:
-            return writer.commit().size
+            return int(writer.commit().size)
         except AlreadyExists:
             raise
         except OSError as e:
@@ -443,15 +463,6 @@ class _Listings:
             if tli not in self._index:
                 self._index[tli] = self._archiver.index(tli)
             return self._index[tli].get(name, [])
-
-
-def _file_digest(path: str) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def _succeeded(future: Future[Any], name: str) -> bool:
