@@ -11,9 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+from pgtesting import FINGERPRINT, archiving_cluster, wait_archived, wal_workers
+
 from pgrecovery import BaseBackup, RecoveryPlan, RecoveryTarget
 from pgrecovery.wal.archiver import WalArchiver
-from tests.pgtesting import FINGERPRINT, archiving_cluster, wait_archived, wal_workers
 
 
 def test_a_worker_killed_or_hung_while_the_server_archives_costs_no_segment() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+from test_bundles import T0, base_manifest, tree
 
 from pgrecovery import BackupManifest, ChecksumMismatch, Repository
 from pgrecovery._chain import file_layers, load_chain
@@ -20,7 +21,6 @@ from pgrecovery.physical._delta import Planner
 from pgrecovery.physical._pages import decode_ranges, encode_ranges, relation_file
 from pgrecovery.physical.restore import restore_files
 from pgrecovery.progress import Meter
-from tests.unit.physical.test_bundles import T0, base_manifest, tree
 
 BLOCK = 8192
 REL = "base/5/16384"

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgtesting import wal_workers
 
 from pgrecovery import Repository, _spool, _walclient
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal.archiver import WalArchiver
-from tests.pgtesting import wal_workers
 
 SEG, NEXT, THIRD = (segment_name(1, n) for n in (3, 4, 5))
 
