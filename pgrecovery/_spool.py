@@ -247,15 +247,16 @@ def queue_is_full(name: str, spool: str, count: int, segment_size: int) -> bool:
     return all(_walnames.segment_name(tli, segno + i, segment_size) in have for i in range(1, ahead + 1))
 
 
-class prefetch_lock:  # used like a function: ``with prefetch_lock(spool) as got:``
-    """Hold ``<spool>/prefetch.lock`` for a ``with`` block; ``as`` gives False (holding nothing) if it is taken.
+class spool_lock:  # used like a function: ``with spool_lock(spool) as got:``
+    """Hold ``<spool>/<name>`` (``prefetch.lock``: the prefetcher's; the WAL worker has its own) for a ``with``
+    block; ``as`` gives False (holding nothing) if it is taken.
 
     ``fd``: a descriptor of the lock file inherited from the process that took the lock for us (wal-fetch locks
     before it starts the prefetcher, so that no moment exists in which the queue looks unattended).
     """
 
-    def __init__(self, spool: str, *, wait: bool = False, fd: int | None = None) -> None:
-        self._path, self._wait, self._given, self._fd = os.path.join(ensure_dir(spool), "prefetch.lock"), wait, fd, -1
+    def __init__(self, spool: str, *, wait: bool = False, fd: int | None = None, name: str = "prefetch.lock") -> None:
+        self._path, self._wait, self._given, self._fd = os.path.join(ensure_dir(spool), name), wait, fd, -1
 
     def __enter__(self) -> bool:
         if self._given is not None:
@@ -283,7 +284,7 @@ def prefetch_running(spool: str) -> bool:
     if not os.path.exists(os.path.join(spool, "prefetch.lock")):
         return False
     try:
-        with prefetch_lock(spool) as got:
+        with spool_lock(spool) as got:
             return not got
     except OSError:
         return False
@@ -308,33 +309,25 @@ def spawn_prefetch(
     for child in list(_children):
         if child.poll() is not None:
             _children.remove(child)
-    # Take the lock here and hand it to the child: it is held from now until the child exits.
-    fd = os.open(os.path.join(ensure_dir(spool), "prefetch.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a prefetcher is running
-        _children.append(
-            _start_prefetcher(name, spool, fd, repo_url, storage_options, count, parallel, segment_size, python)
-        )
-    finally:
-        os.close(fd)  # the child keeps its inherited copy (and with it the lock)
+    # The lock is taken here and handed to the child: it is held from now until the child exits.
+    cmd, env = _prefetcher_command(name, spool, repo_url, storage_options, count, parallel, segment_size, python)
+    started = _walclient.start_holding(ensure_dir(spool), "prefetch.lock", cmd, env)
+    if started is None:
+        return False  # a prefetcher is running
+    _children.append(started)
     return True
 
 
-def _start_prefetcher(
+def _prefetcher_command(
     name: str,
     spool: str,
-    fd: int,
     repo_url: str,
     storage_options: Mapping[str, Any] | None,
     count: int,
     parallel: int,
     segment_size: int,
     python: str | None,
-) -> subprocess.Popen[bytes]:
-
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     env["PGRECOVERY_REPO"] = repo_url
     env.pop(OPTIONS_ENV, None)
@@ -356,10 +349,8 @@ def _start_prefetcher(
         str(parallel),
         "--segment-size",
         str(segment_size),
-        "--lock-fd",
-        str(fd),
     ]
-    return _walclient.detach(cmd, env, fd)
+    return cmd, env
 
 
 def after_fetch(

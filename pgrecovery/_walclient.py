@@ -74,30 +74,6 @@ def ask(spool: str, line: str, timeout: float) -> str | None:
         s.close()
 
 
-class worker_lock:  # used like a function: ``with worker_lock(spool) as got:``
-    """The spool's worker lock (flock: released when its holder dies), or an inherited descriptor holding it."""
-
-    def __init__(self, spool: str, *, fd: int | None = None) -> None:
-        self._spool, self._fd, self._inherited = spool, fd, fd is not None
-
-    def __enter__(self) -> bool:
-        if self._fd is None:
-            os.makedirs(self._spool, mode=0o700, exist_ok=True)
-            self._fd = os.open(os.path.join(self._spool, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return False
-                raise
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
 def listen(spool: str) -> socket.socket:
     """A non-blocking listening socket at ``<spool>/worker.sock`` (0600), replacing a dead worker's."""
     import socket
@@ -120,39 +96,40 @@ def listen(spool: str) -> socket.socket:
     return s
 
 
-def detach(cmd: list[str], env: dict[str, str], fd: int) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` detached (its own session, no terminal, stdin/stdout/stderr on /dev/null), handing it ``fd``."""
+def start_holding(spool: str, lock_name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    """Take ``<spool>/<lock_name>`` and start ``cmd`` with ``--lock-fd N`` detached (its own session, no terminal,
+    stdin/stdout/stderr on /dev/null), handing it the lock: held from now until the child exits. None (nothing
+    started) when the lock is taken: such a process runs, or is starting, already."""
     import subprocess
 
-    return subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-        pass_fds=(fd,),
-    )
-
-
-def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> subprocess.Popen[bytes] | None:
-    """Start a detached worker unless one runs (or is starting); the child, if one was started. The repository URL
-    goes through the child's environment, not its command line (``ps`` shows command lines to every user)."""
-
     os.makedirs(spool, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(spool, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(os.path.join(spool, lock_name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
-        env = dict(os.environ, PGRECOVERY_REPO=url)
-        if key_file:
-            env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
-        cmd = [sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
-        return detach([*cmd, "--lock-fd", str(fd)], env, fd)
+        return subprocess.Popen(
+            [*cmd, "--lock-fd", str(fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            pass_fds=(fd,),
+        )
     finally:
         os.close(fd)  # the child keeps its inherited copy (and with it the lock)
+
+
+def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> subprocess.Popen[bytes] | None:
+    """Start a detached worker unless one runs (or is starting); the child, if one was started. The repository URL
+    goes through the child's environment, not its command line (``ps`` shows command lines to every user)."""
+    env = dict(os.environ, PGRECOVERY_REPO=url)
+    if key_file:
+        env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
+    cmd = [sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
+    return start_holding(spool, LOCK_NAME, cmd, env)
 
 
 def failed_recently(spool: str) -> bool:

@@ -231,17 +231,14 @@ def resolve(repo: Storage, backup_id: str, kind: str | None = None) -> BackupMan
 
 def dependents(repo: Storage, backup_id: str) -> list[BackupManifest]:
     """Complete backups that need ``backup_id``'s files (incremental backups built on it), newest first."""
-    bases = {m.id: m for m in list_backups(repo, "base") if m.physical is not None}
-    needed = {backup_id}
-    changed = True
-    while changed:  # transitively: a block-level incremental needs every earlier link of its chain
-        changed = False
-        for m in bases.values():
-            if m.id not in needed and needed.intersection(needs_of(m)):
-                needed.add(m.id)
-                changed = True
-    out = [bases[i] for i in needed - {backup_id}]
-    return sorted(out, key=lambda m: m.started_at, reverse=True)
+    needed, out = {backup_id}, []
+    # transitively (a block-level incremental needs every earlier link of its chain), in one pass: a backup only
+    # ever needs backups that started before it
+    for m in sorted(list_backups(repo, "base"), key=lambda m: m.started_at):
+        if m.physical is not None and m.id != backup_id and needed.intersection(needs_of(m)):
+            needed.add(m.id)
+            out.append(m)
+    return out[::-1]
 
 
 def delete_backup(repo: Storage, backup_id: str, *, with_dependents: bool = False) -> list[BackupManifest]:

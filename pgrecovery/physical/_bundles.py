@@ -186,7 +186,7 @@ def _one_file(
         return decision.reuse
     if decision.blocks is None:
         return _add_file(tar, f, role, backup_id)
-    return _add_blocks(tar, f, decision.blocks, planner.block_size, role, backup_id)
+    return _add_file(tar, f, role, backup_id, decision.blocks, planner.block_size)
 
 
 class _BlockReader:
@@ -208,49 +208,40 @@ class _BlockReader:
         return out
 
 
-def _add_blocks(
-    tar: tarfile.TarFile, f: DataFile, blocks: list[int], block_size: int, role: str, backup_id: str
+def _add_file(
+    tar: tarfile.TarFile,
+    f: DataFile,
+    role: str,
+    backup_id: str,
+    blocks: list[int] | None = None,
+    block_size: int = 8192,
 ) -> MemberEntry | None:
-    text = encode_ranges(blocks)
+    """Store ``f`` whole, or only ``blocks`` (then the member's size is the one the blocks were chosen for)."""
     try:
         handle = open(f.abspath, "rb", buffering=0)  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        return None
+        return None  # a relation dropped during the backup: replay removes it anyway
+    text = None if blocks is None else encode_ranges(blocks)
     with handle:
         st = os.fstat(handle.fileno())
         info = tarfile.TarInfo(f.rel)
-        info.size, info.mtime, info.mode = len(blocks) * block_size, int(st.st_mtime), 0o600
-        reader = _BlockReader(handle, decode_ranges(text), block_size)
+        info.mtime, info.mode = int(st.st_mtime), 0o600
+        reader: _HashingFile | _BlockReader
+        if blocks is None:
+            size = info.size = st.st_size
+            reader = _HashingFile(handle, st.st_size)
+        else:
+            size, info.size = f.size, len(blocks) * block_size
+            reader = _BlockReader(handle, decode_ranges(text or ""), block_size)
         tar.addfile(info, reader)
     return MemberEntry(
         path=f.rel,
-        size=f.size,
+        size=size,
         mtime=int(st.st_mtime),
         sha256=reader.hash.hexdigest(),
         bundle=role,
         source=backup_id,
         blocks=text,
-    )
-
-
-def _add_file(tar: tarfile.TarFile, f: DataFile, role: str, backup_id: str) -> MemberEntry | None:
-    try:
-        handle = open(f.abspath, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return None  # a relation dropped during the backup: replay removes it anyway
-    with handle:
-        st = os.fstat(handle.fileno())
-        info = tarfile.TarInfo(f.rel)
-        info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o600
-        reader = _HashingFile(handle, st.st_size)
-        tar.addfile(info, reader)
-    return MemberEntry(
-        path=f.rel,
-        size=st.st_size,
-        mtime=int(st.st_mtime),
-        sha256=reader.hash.hexdigest(),
-        bundle=role,
-        source=backup_id,
     )
 
 

@@ -21,6 +21,7 @@ their old LSNs) is stored whole.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from .._walnames import format_lsn, parse_lsn
 from ..errors import ConfigurationError
 from ..manifest import BackupManifest, MemberEntry
 from ..progress import Meter
+from ..storage.repository import CHUNK
 from ._pages import SEGMENT_BYTES, RelationFile, changed_since, relation_file
 
 log = logging.getLogger("pgrecovery.backup")
@@ -128,10 +130,6 @@ class Planner:
 
 def _unchanged(abspath: str, size: int, before: MemberEntry, meter: Meter) -> MemberEntry | None:
     """The parent's entry when the file still has its size and sha256 (then it is not stored)."""
-    import hashlib
-
-    from ..storage.repository import CHUNK
-
     if before.size != size:
         return None
     h = hashlib.sha256()

@@ -84,10 +84,6 @@ def decode_ranges(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def count_blocks(text: str) -> int:
-    return sum(n for _, n in decode_ranges(text))
-
-
 def changed_since(f: IO[bytes], size: int, block_size: int, since: int) -> list[int]:
     """The blocks of a relation file (``size`` bytes, read from ``f``) whose page LSN is after ``since``, and the
     never-stamped ones (LSN 0: new or zeroed pages). Reads the whole file."""

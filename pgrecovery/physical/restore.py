@@ -250,13 +250,11 @@ def _delta_keep(pgdata: Path, layers: Mapping[str, list[Layer]], place: Callable
         try:
             if place(path).stat().st_size != m.size:
                 continue
-            h = hashlib.sha256()
             with open(place(path), "rb", buffering=0) as f:
-                while chunk := f.read(CHUNK):
-                    h.update(chunk)
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if h.hexdigest() == m.sha256:
+        if digest == m.sha256:
             keep.add(path)
     return keep
 

@@ -134,11 +134,8 @@ def read_and_pack(path: str, codec: Codec, level: int | None) -> tuple[os.stat_r
     with open(path, "rb", buffering=0) as f:
         st = os.fstat(f.fileno())
         if st.st_size > IN_MEMORY:
-            h, size = hashlib.sha256(), 0
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-            return st, size, h.hexdigest(), None
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            return st, f.tell(), digest, None
         data = f.read(st.st_size + 1)
         while len(data) <= st.st_size and (more := f.read(st.st_size + 1 - len(data))):
             data += more

@@ -315,7 +315,7 @@ class WalArchiver(WalIndex):
         if not _walnames.is_segment(after):
             raise ConfigurationError(f"{after!r} is not a segment name")
         downloaded: list[str] = []
-        with _spool.prefetch_lock(spool, fd=lock_fd) as got:
+        with _spool.spool_lock(spool, fd=lock_fd) as got:
             if not got:
                 return downloaded
             _spool.set_source(spool, self._tag)
@@ -457,10 +457,11 @@ class _Listings:
             if obj.timeline in self._index:
                 self._index[obj.timeline].setdefault(obj.name, []).append(obj)
 
-    def objects(self, name: str) -> list[WalObject]:
+    def objects(self, name: str, *, fresh: bool = False) -> list[WalObject]:
+        """``name``'s objects; ``fresh``: listed again when the name is not known (never a stale negative)."""
         tli = _walnames.timeline_of(name)
         with self._lock:
-            if tli not in self._index:
+            if tli not in self._index or (fresh and name not in self._index[tli]):
                 self._index[tli] = self._archiver.index(tli)
             return self._index[tli].get(name, [])
 

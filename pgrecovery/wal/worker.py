@@ -35,7 +35,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
-from ._layout import WalObject
 from .archiver import PushResult, WalArchiver, _Listings
 from .index import single
 
@@ -59,7 +58,6 @@ class ArchivingWorker:
         self._busy: dict[str, Future[PushResult]] = {}
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
-        self._fetch_index: dict[int, dict[str, list[WalObject]]] = {}
         self._prefetcher: threading.Thread | None = None
         self._stopping = False
 
@@ -92,10 +90,13 @@ class ArchivingWorker:
     def _ahead(self) -> None:
         """Start pushes for the ``.ready`` segments not yet archived (at most ``parallel`` under way)."""
         with self._lock:
-            running = sum(1 for f in self._busy.values() if not f.done())
-            for name in list(self._busy):
-                if self._busy[name].done():
-                    del self._busy[name]
+            finished = [name for name, f in self._busy.items() if f.done()]
+            for name in finished:
+                del self._busy[name]
+            running = len(self._busy)
+        if finished:  # markers of files gone from pg_wal, swept when pushes end (not on every poll)
+            with contextlib.suppress(OSError):
+                _spool.sweep_markers(self.spool, self.wal_dir)
         room = max(0, self.archiver.parallel - running)
         if room == 0:
             return
@@ -107,8 +108,6 @@ class ArchivingWorker:
             self._submit(name)
             self._last_work = time.monotonic()
             room -= 1
-        with contextlib.suppress(OSError):
-            _spool.sweep_markers(self.spool, self.wal_dir)
 
     # -- fetching --------------------------------------------------------------------------------------------
     def fetch(self, name: str, dest: str) -> str:
@@ -119,11 +118,8 @@ class ArchivingWorker:
         if os.path.dirname(dest) != self.wal_dir or not _walnames.is_wal_file(name):
             return f"err not a WAL file of {self.wal_dir}"
         try:
-            tli = _walnames.timeline_of(name)
-            known = self._fetch_index.get(tli)
-            if known is None or name not in known:  # known ones need no listing: archived WAL is never replaced
-                known = self._fetch_index[tli] = self.archiver.index(tli)
-            obj = single(name, known.get(name, []))
+            # a known name needs no listing (archived WAL is never replaced); an unknown one is listed afresh
+            obj = single(name, self._listings.objects(name, fresh=True))
             if obj is None:
                 return "miss" if self.archiver.timelines() else "err the repository holds no WAL archive"
             self.archiver._download(obj, dest)
@@ -192,7 +188,7 @@ class ArchivingWorker:
 
     def serve(self, lock_fd: int | None = None) -> bool:
         """Serve until idle; False (at once) when another worker holds the spool's lock."""
-        with _walclient.worker_lock(self.spool, fd=lock_fd) as got:
+        with _spool.spool_lock(self.spool, fd=lock_fd, name=_walclient.LOCK_NAME) as got:
             if not got:
                 return False
             listener = _walclient.listen(self.spool)
