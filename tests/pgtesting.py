@@ -258,3 +258,17 @@ def wal_workers(under: Path) -> list[int]:
         if b"wal-worker" in argv and any(a.startswith(str(under).encode()) for a in argv):
             found.append(int(pid))
     return found
+
+
+def pg_substitute(command: str, p: str, f: str) -> str:
+    """What PostgreSQL does to archive_command/restore_command before running it with /bin/sh -c."""
+    out, i = [], 0
+    while i < len(command):
+        if command[i] == "%" and i + 1 < len(command):
+            nxt = command[i + 1]
+            out.append({"p": p, "f": f, "%": "%"}.get(nxt, "%" + nxt))
+            i += 2
+            continue
+        out.append(command[i])
+        i += 1
+    return "".join(out)

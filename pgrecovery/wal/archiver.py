@@ -20,7 +20,8 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -29,6 +30,7 @@ from .. import _fsutil, _spool, _walnames
 from .._walnames import DEFAULT_SEGMENT_SIZE
 from ..codec import Codec, check_codec, check_level, compressor
 from ..errors import AlreadyExists, ConfigurationError, StorageError
+from . import _prefetch
 from ._layout import (
     CHUNK,
     WAL_PREFIX,
@@ -154,7 +156,7 @@ class WalArchiver(WalIndex):
             with ThreadPoolExecutor(self.parallel, thread_name_prefix="wal-push") as pool:
                 main = pool.submit(self._push_one, abspath, spool, listings)
                 others = {n: pool.submit(self._push_one, os.path.join(wal_dir, n), spool, listings) for n in ahead}
-                done = [n for n, f in others.items() if _succeeded(f, n)]
+                done = [n for n, f in others.items() if _prefetch.succeeded(f, n)]
                 result = main.result()
         with contextlib.suppress(OSError):
             _spool.sweep_markers(spool, wal_dir)
@@ -300,61 +302,30 @@ class WalArchiver(WalIndex):
             return False
 
     def run_prefetch(
-        self, after: str, spool_dir: str | os.PathLike[str] | None = None, *, lock_fd: int | None = None
+        self,
+        after: str,
+        spool_dir: str | os.PathLike[str] | None = None,
+        *,
+        lock_fd: int | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[str]:
         """Download the ``prefetch`` segments following ``after`` into the spool, verified (the wal-prefetch job).
 
-        Keeps working ahead of the newest segment restore_command asked for, and returns (with the names it
-        downloaded) when the archive has no next segment or the queue is full. Returns at once if another
-        prefetch process holds the spool's lock. ``lock_fd``: the lock, already taken by the process that started
-        this one (wal-fetch).
+        Keeps working ahead of the newest segment restore_command took or asked for, and returns (with the names
+        it downloaded) when the archive has no next segment, or recovery took nothing for a while (`_prefetch`),
+        or ``stop()`` is true. Returns at once if another prefetch process holds the spool's lock. ``lock_fd``:
+        the lock, already taken by the process that started this one (wal-fetch).
         """
         spool = os.path.abspath(spool_dir) if spool_dir is not None else self.spool_dir
         if spool is None:
             raise ConfigurationError("run_prefetch needs a spool directory")
         if not _walnames.is_segment(after):
             raise ConfigurationError(f"{after!r} is not a segment name")
-        downloaded: list[str] = []
         with _spool.spool_lock(spool, fd=lock_fd) as got:
             if not got:
-                return downloaded
+                return []
             _spool.set_source(spool, self._tag)
-            queue = _spool.prefetch_dir(spool)
-            while True:
-                wanted = _spool.read_wanted(spool) or after
-                tli = _walnames.timeline_of(wanted)
-                segno = _walnames.segment_number(wanted, self.segment_size)
-                self._sweep_queue(spool, segno)
-                have = set(_spool.prefetched(spool))
-                window = [
-                    _walnames.segment_name(tli, segno + i, self.segment_size) for i in range(1, self.prefetch + 1)
-                ]
-                todo = [n for n in window if n not in have]
-                if not todo:
-                    break
-                index = self.index(tli)
-                available = [index[n][0] for n in todo if n in index]
-                if not available:
-                    break  # the archive has nothing newer yet
-                with ThreadPoolExecutor(self.parallel, thread_name_prefix="wal-prefetch") as pool:
-                    futures = {
-                        o.name: pool.submit(self._download, o, os.path.join(queue, o.name), sync_dir=False)
-                        for o in available
-                    }
-                    got_now = [n for n, f in futures.items() if _succeeded(f, n)]
-                downloaded += got_now
-                if len(got_now) < len(todo):
-                    break  # a segment is not archived (yet) or failed: restore_command will fetch it itself
-        return downloaded
-
-    def _sweep_queue(self, spool: str, segno: int) -> None:
-        """Drop queued segments older than ``segno`` (recovery is past them) and leftovers of interrupted downloads."""
-        stale = set()
-        for n in _spool.prefetched(spool):
-            if _walnames.is_segment(n) and _walnames.segment_number(n, self.segment_size) <= segno:
-                stale.add(n)
-        keep = set(_spool.prefetched(spool)) - stale
-        _spool.clear_prefetched(spool, keep=keep)
+            return _prefetch.fill(self, after, spool, stop=stop)
 
     def wait_for_prefetch(self, spool_dir: str | os.PathLike[str], timeout: float = 60) -> bool:
         """Wait until no prefetch process runs on ``spool_dir``; False if one still runs after ``timeout`` s."""
@@ -464,15 +435,6 @@ class _Listings:
             if tli not in self._index or (fresh and name not in self._index[tli]):
                 self._index[tli] = self._archiver.index(tli)
             return self._index[tli].get(name, [])
-
-
-def _succeeded(future: Future[Any], name: str) -> bool:
-    try:
-        future.result()
-        return True
-    except Exception as e:  # noqa: BLE001 - one failed file ahead must not fail the others
-        log.warning("%s: %s", name, e)
-        return False
 
 
 __all__ = [

@@ -145,7 +145,8 @@ class ArchivingWorker:
 
     def _prefetch(self, name: str) -> None:
         try:
-            self.archiver.run_prefetch(name, self.spool)  # at once when a prefetch process holds the queue
+            stop = lambda: self._stopping or not self._server_runs()  # noqa: E731
+            self.archiver.run_prefetch(name, self.spool, stop=stop)  # at once when a prefetch process holds it
         except Exception as e:  # noqa: BLE001 - restore_command fetches what the queue lacks
             log.info("prefetch after %s: %s", name, e)
         finally:

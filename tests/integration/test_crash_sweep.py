@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 from pgtesting import archive_settings
 from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import pg_substitute
 from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, Verifier
@@ -629,7 +630,7 @@ class Recovery:
 
     def fetch(self, name: str, kill_after: float | None = None, probe: bool = False) -> Outcome:
         self.dest.unlink(missing_ok=True)
-        cmd = shlex.split(restore_command(self.url).replace("%f", name).replace("%p", "pg_wal/RECOVERYXLOG"))
+        cmd = ["/bin/sh", "-c", pg_substitute(restore_command(self.url), "pg_wal/RECOVERYXLOG", name)]
         return run(cmd, kill_after=kill_after, cwd=self.target, probe=self.pg_wal if probe else None)
 
     def pg_wal(self) -> list[str]:

@@ -40,6 +40,7 @@ from typing import Any
 import pytest
 from pgtesting import Archiving
 from pgtesting import owned_tmpdir as _owned_tmpdir
+from pgtesting import pg_substitute
 from pgtesting import wait_archived as _wait_archived
 from test_corruption import record_result, reset_section
 
@@ -414,20 +415,6 @@ def test_crafted_manifests_cannot_place_files_outside(tmp_path: Path, pg: LocalC
 HOSTILE = "sp ace 'quote' \"dq\" $HOME `id` $(touch INJECTED) ; touch INJECTED2 & back\\slash %p %f %% #"
 
 
-def _pg_substitute(command: str, p: str, f: str) -> str:
-    """What PostgreSQL does to archive_command/restore_command before running it with /bin/sh -c."""
-    out, i = [], 0
-    while i < len(command):
-        if command[i] == "%" and i + 1 < len(command):
-            nxt = command[i + 1]
-            out.append({"p": p, "f": f, "%": "%"}.get(nxt, "%" + nxt))
-            i += 2
-            continue
-        out.append(command[i])
-        i += 1
-    return "".join(out)
-
-
 def test_generated_commands_pass_arguments_intact_through_the_shell(tmp_path: Path) -> None:
     """The interpreter replaced by a recorder: each argument must arrive exactly, and nothing else must run."""
     recorder = tmp_path / f"py {HOSTILE[:12]}"
@@ -452,7 +439,7 @@ def test_generated_commands_pass_arguments_intact_through_the_shell(tmp_path: Pa
         command = build()
         f_name = tail[0] if len(tail) == 2 else Path(wal).name
         p_path = tail[-1]
-        shell = _pg_substitute(command, p_path, f_name)
+        shell = pg_substitute(command, p_path, f_name)
         done = subprocess.run(["/bin/sh", "-c", shell], cwd=work, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         argv = json.loads(record.read_text())

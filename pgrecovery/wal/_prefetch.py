@@ -1,0 +1,124 @@
+"""Keeping the prefetch queue filled ahead of recovery (the body of `WalArchiver.run_prefetch`).
+
+restore_command takes a queued segment without telling anyone: the fast form of the command (`commands`) moves
+it into place from the shell, with no Python at all. So the filler watches the queue itself: a queued segment
+that disappears was taken by recovery, and the window moves past it. It keeps ``archiver.prefetch`` segments
+ahead of the newest one taken (or asked for, ``.wanted``), downloads up to ``archiver.parallel`` at once, and
+stops when the archive has nothing newer, a download fails, or recovery takes nothing for ``linger`` seconds
+(restore_command starts a filler again when it has to fetch a segment itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Final
+
+from .. import _spool, _walnames
+
+if TYPE_CHECKING:
+    from ._layout import WalObject
+    from .archiver import WalArchiver
+
+log = logging.getLogger(__package__)
+LINGER: Final = 2.0
+_POLL: Final = 0.01
+
+
+def _position(name: str, segment_size: int) -> tuple[int, int]:
+    return _walnames.segment_number(name, segment_size), _walnames.timeline_of(name)
+
+
+class _Queue:
+    """What the filler knows of the queue: the newest segment recovery has reached, and the names it has seen."""
+
+    def __init__(self, archiver: WalArchiver, spool: str, after: str) -> None:
+        self.archiver, self.spool, self.reached = archiver, spool, after
+        self.size = archiver.segment_size
+        self.seen: set[str] = set()
+
+    def look(self) -> tuple[list[str], bool]:
+        """(the names missing from the window ahead of recovery, whether recovery moved since the last look)."""
+        asked = _spool.read_wanted(self.spool)
+        if asked and _walnames.is_segment(asked) and _position(asked, self.size) > _position(self.reached, self.size):
+            self.reached = asked
+        segno = _walnames.segment_number(self.reached, self.size)
+        self._sweep(segno)
+        have = set(_spool.prefetched(self.spool))
+        taken = [
+            n
+            for n in self.seen - have
+            if _walnames.is_segment(n) and _position(n, self.size) > _position(self.reached, self.size)
+        ]
+        self.seen = have
+        if taken:  # gone from the queue, and not by our sweep: restore_command took it
+            self.reached = max(taken, key=lambda n: _position(n, self.size))
+            return [], True
+        tli = _walnames.timeline_of(self.reached)
+        window = (_walnames.segment_name(tli, segno + i, self.size) for i in range(1, self.archiver.prefetch + 1))
+        return [n for n in window if n not in have], False
+
+    def _sweep(self, segno: int) -> None:
+        """Drop queued segments recovery is past, and leftovers of interrupted downloads."""
+        queued = _spool.prefetched(self.spool)
+        keep = {n for n in queued if not _walnames.is_segment(n) or _walnames.segment_number(n, self.size) > segno}
+        _spool.clear_prefetched(self.spool, keep=keep)
+
+
+def fill(
+    archiver: WalArchiver,
+    after: str,
+    spool: str,
+    *,
+    linger: float = LINGER,
+    stop: Callable[[], bool] | None = None,
+) -> list[str]:
+    """Fill ``spool``'s queue ahead of recovery (the caller holds the queue's lock); the names downloaded."""
+    queue = _Queue(archiver, spool, after)
+    directory = _spool.prefetch_dir(spool)
+    downloaded: list[str] = []
+    index: dict[str, list[WalObject]] = {}
+    moved = time.monotonic()
+    with ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch") as pool:
+        while True:
+            todo, taken = queue.look()
+            if taken:
+                moved = time.monotonic()
+                continue
+            if not todo:
+                if time.monotonic() - moved > linger or (stop is not None and stop()):
+                    break
+                time.sleep(_POLL)
+                continue
+            if any(n not in index for n in todo):  # read the listing again only when it may have grown
+                index = archiver.index(_walnames.timeline_of(todo[0]))
+            available = [index[n][0] for n in todo if n in index]
+            if not available:
+                break  # the archive has nothing newer yet
+            futures = {
+                o.name: pool.submit(archiver._download, o, os.path.join(directory, o.name), sync_dir=False)
+                for o in available
+            }
+            got = [n for n, f in futures.items() if succeeded(f, n)]
+            downloaded += got
+            queue.seen.update(got)
+            moved = time.monotonic()
+            if len(got) < len(todo):
+                break  # a segment is not archived (yet) or failed: restore_command will fetch it itself
+    return downloaded
+
+
+def succeeded(future: Future[Any], name: str) -> bool:
+    """Whether ``future`` (the download or push of ``name``) succeeded; a failure is logged, not raised."""
+    try:
+        future.result()
+        return True
+    except Exception as e:  # noqa: BLE001 - one failed file ahead must not fail the others
+        log.warning("%s: %s", name, e)
+        return False
+
+
+__all__ = ["LINGER", "fill", "succeeded"]

@@ -1,0 +1,166 @@
+"""The fast restore_command's shell part and the queue filler that works with it.
+
+A prefetched segment is moved into place by the shell alone (no Python starts: the interpreter here is a
+recorder that fails the test if it runs); anything the queue cannot answer for sure (another repository's queue,
+a file it lacks, a history file) goes to Python. The filler sees segments disappear from the queue and keeps its
+window ahead of them, then stops once recovery takes nothing for a while.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pgtesting import pg_substitute
+
+from pgrecovery import Repository, _spool
+from pgrecovery._walnames import segment_name
+from pgrecovery.wal import _prefetch
+from pgrecovery.wal.archiver import WalArchiver, restore_command
+
+URL = "file:///nowhere/repo"
+SEG = segment_name(1, 5)
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in interpreter that records its arguments (the Python part ran) and exits 0."""
+    record = tmp_path / "ran.json"
+    exe = tmp_path / "python"
+    exe.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    exe.chmod(0o755)
+    return exe, record
+
+
+def run(command: str, cwd: Path, p: str, f: str) -> int:
+    shell = pg_substitute(command, p, f)
+    return subprocess.run(["/bin/sh", "-c", shell], cwd=cwd, capture_output=True, timeout=30).returncode
+
+
+def queue(spool: Path, tag_url: str = URL, **files: bytes) -> Path:
+    _spool.set_source(str(spool), _spool.repo_tag(tag_url))
+    for name, data in files.items():
+        (spool / "prefetch" / name).write_bytes(data)
+    return spool / "prefetch"
+
+
+def test_a_queued_segment_is_moved_by_the_shell_alone(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    exe, ran = recorder
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    q = queue(data / "pgrecovery_spool", **{SEG: b"verified segment"})
+    assert run(restore_command(URL, str(exe)), data, "pg_wal/RECOVERYXLOG", SEG) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"verified segment"
+    assert not (q / SEG).exists()
+    assert not ran.exists(), "Python ran for a segment the queue held"
+
+
+def test_an_absolute_p_finds_the_default_spool_beside_it(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    """As pg_rewind runs restore_command: %p absolute, the working directory elsewhere."""
+    exe, ran = recorder
+    data = tmp_path / "da ta"
+    (data / "pg_wal").mkdir(parents=True)
+    queue(data / "pgrecovery_spool", **{SEG: b"x"})
+    assert run(restore_command(URL, str(exe)), tmp_path, str(data / "pg_wal" / "RECOVERYXLOG"), SEG) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"x"
+    assert not ran.exists()
+
+
+def test_an_explicit_spool_is_used(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    exe, ran = recorder
+    spool = tmp_path / "my spool %f"
+    (tmp_path / "pg_wal").mkdir()
+    queue(spool, **{SEG: b"y"})
+    assert run(restore_command(URL, str(exe), spool_dir=str(spool)), tmp_path, "pg_wal/RECOVERYXLOG", SEG) == 0
+    assert (tmp_path / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"y"
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("case", ["another repository", "not queued", "history file", "no queue"])
+def test_anything_else_goes_to_python(tmp_path: Path, recorder: tuple[Path, Path], case: str) -> None:
+    exe, ran = recorder
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    name = "00000002.history" if case == "history file" else SEG
+    if case != "no queue":
+        tag_url = "file:///another/repo" if case == "another repository" else URL
+        files = {} if case == "not queued" else {SEG: b"queued"}
+        queue(data / "pgrecovery_spool", tag_url, **files)
+    assert run(restore_command(URL, str(exe)), data, "pg_wal/RECOVERYXLOG", name) == 0  # the recorder's 0
+    assert json.loads(ran.read_text())[-2:] == [name, "pg_wal/RECOVERYXLOG"]
+    assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_a_failed_move_goes_to_python_not_to_a_miss(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    """%p's directory missing: mv fails, and the command must not exit non-zero ("not archived") from the shell."""
+    exe, ran = recorder
+    data = tmp_path / "data"
+    queue(data / "pgrecovery_spool", **{SEG: b"z"})
+    (data / "pg_wal").mkdir(parents=True)
+    (data / "pg_wal" / "RECOVERYXLOG").mkdir()  # a directory in the way: rename fails
+    (data / "pg_wal" / "RECOVERYXLOG" / "x").write_bytes(b"")
+    assert run(restore_command(URL, str(exe)), data, "pg_wal/RECOVERYXLOG", SEG) == 0
+    assert ran.exists()
+
+
+def test_without_prefetch_or_fast_there_is_no_shell_part() -> None:
+    assert "mv -fT" not in restore_command(URL, prefetch=False)
+    assert "mv -fT" not in restore_command(URL, fast=False)
+
+
+# -- the filler ------------------------------------------------------------------------------------------------
+
+
+def archive(tmp_path: Path, count: int) -> tuple[WalArchiver, dict[str, bytes]]:
+    repo = Repository(str(tmp_path / "repo"))
+    archiver = WalArchiver(repo, prefetch=3, parallel=2)
+    wal = tmp_path / "src"
+    wal.mkdir()
+    content = {}
+    for n in range(1, count + 1):
+        name = segment_name(1, n)
+        content[name] = hashlib.sha256(name.encode()).digest() * 2048
+        (wal / name).write_bytes(content[name])
+        archiver.push(wal / name)
+    return archiver, content
+
+
+def test_the_filler_follows_what_recovery_takes_and_then_stops(tmp_path: Path) -> None:
+    archiver, content = archive(tmp_path, 9)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    got: list[str] = []
+    filler = threading.Thread(target=lambda: got.extend(_prefetch.fill(archiver, segment_name(1, 1), str(spool))))
+    filler.start()
+    q = spool / "prefetch"
+    taken = []
+    for n in range(2, 10):  # recovery takes 2, 3, ... as the shell does: a rename out of the queue
+        name = segment_name(1, n)
+        deadline = time.monotonic() + 20
+        while not (q / name).exists():
+            assert time.monotonic() < deadline, f"{name} never queued (queue: {sorted(p.name for p in q.iterdir())})"
+            time.sleep(0.01)
+        (q / name).rename(tmp_path / "taken")
+        assert (tmp_path / "taken").read_bytes() == content[name]
+        taken.append(name)
+    filler.join(timeout=20)
+    assert not filler.is_alive()
+    assert sorted(got) == taken  # every segment downloaded once, and none past the archive's end
+
+
+def test_the_filler_stops_when_recovery_takes_nothing(tmp_path: Path) -> None:
+    archiver, _ = archive(tmp_path, 8)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    t0 = time.monotonic()
+    got = _prefetch.fill(archiver, segment_name(1, 1), str(spool), linger=0.3)
+    assert got == [segment_name(1, n) for n in (2, 3, 4)]
+    assert time.monotonic() - t0 < 10
+    stopped = _prefetch.fill(archiver, segment_name(1, 1), str(spool), linger=30, stop=lambda: True)
+    assert stopped == []  # the queue is full and the caller says stop: at once
