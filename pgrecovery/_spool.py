@@ -1,13 +1,15 @@
 """The WAL spool: archive-ahead markers and the prefetch queue (standard library only, and little of it).
 
 archive_command and restore_command answer from here without importing fsspec, psycopg, zstandard, attrs or
-even typing, so a call the spool can answer costs Python's start-up and a stat or a rename.
-`pgrecovery/_walcmd.py`, the script that `pgrecovery.wal.archive_command` writes (``python -S
-.../pgrecovery/_walcmd.py wal-push ...``), asks `fast_command` first: without ``site`` and without the package's
-``__init__`` the interpreter starts in a few milliseconds. Layout::
+even typing: the shell part of the generated commands (`pgrecovery.wal.commands`) tests an acknowledgement link
+or moves a queued segment itself; otherwise `pgrecovery/_walcmd.py` runs under ``python -S`` and asks
+`pgrecovery._fastpath` first (without ``site`` and without the package's ``__init__`` the interpreter starts in
+a few milliseconds). Layout::
 
     <spool>/archived/<name>       "pgrecovery-marker 1 <size> <mtime_ns> <inode> <sha256> <repo tag>": the file
                                   with exactly that size, mtime and inode is durable in that repository
+    <spool>/acked/<tag>/<name>    a hard link to the very file named so in pg_wal when it was made durable there
+                                  (archive_command's shell part: ``[ acked/<tag>/%f -ef %p ]`` answers at once)
     <spool>/prefetch/<name>       a segment downloaded ahead of restore_command, verified, complete
     <spool>/prefetch/.source      the repository tag the prefetched files came from
     <spool>/prefetch/.wanted      the last segment restore_command asked for (the prefetcher works ahead of it)
@@ -28,7 +30,7 @@ import sys
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
     from types import ModuleType
     from typing import Any, Final
 
@@ -110,12 +112,40 @@ def marker_path(spool: str, name: str) -> str:
     return os.path.join(spool, "archived", name)
 
 
-def write_marker(spool: str, name: str, st: os.stat_result, sha256: str, tag: str) -> None:
-    """Remember that the file ``name`` with stat ``st`` (and digest ``sha256``) is durable in repository ``tag``."""
+def write_marker(spool: str, path: str, st: os.stat_result, sha256: str, tag: str) -> None:
+    """Remember that the file ``path`` with stat ``st`` (and digest ``sha256``) is durable in repository ``tag``:
+    the text marker, and a hard link that the shell part of archive_command tests with ``-ef`` (`link_ack`)."""
+    name = os.path.basename(path)
     ensure_dir(spool)
     ensure_dir(os.path.join(spool, "archived"))
     text = f"{_MARKER_MAGIC} 1 {st.st_size} {st.st_mtime_ns} {st.st_ino} {sha256} {tag}\n"
     _atomic_write_text(marker_path(spool, name), text, sync=False)  # lost: the next push checks the repository
+    link_ack(spool, path, st, tag)
+
+
+def ack_dir(spool: str, tag: str) -> str:
+    return os.path.join(spool, "acked", tag)
+
+
+def link_ack(spool: str, path: str, st: os.stat_result, tag: str) -> bool:
+    """Hard-link the pushed file as ``acked/<tag>/<name>``, only if it is still the very file that was read (same
+    inode, size and mtime as ``st``). While the link exists, ``pg_wal/<name> -ef acked/<tag>/<name>`` holds only
+    for that file: the link keeps its inode from being reused, and PostgreSQL never rewrites a completed WAL file
+    under its name (a recycled segment is renamed first). Not possible across filesystems (pg_wal elsewhere): the
+    Python path answers from the text marker then."""
+    directory = ack_dir(spool, tag)
+    link = os.path.join(directory, os.path.basename(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _unlink(link)
+        os.link(path, link)
+        now = os.stat(link)
+    except OSError:
+        return False
+    if (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns):
+        _unlink(link)  # the name now holds another file: no acknowledgement for it
+        return False
+    return True
 
 
 def pushed_already(path: str, spool: str, tag: str) -> str | None:
@@ -135,17 +165,40 @@ def pushed_already(path: str, spool: str, tag: str) -> str | None:
 
 
 def sweep_markers(spool: str, wal_dir: str) -> list[str]:
-    """Remove the markers of files that are gone from ``wal_dir`` (archived, then removed or recycled)."""
+    """Remove the markers of files that are gone from ``wal_dir`` (archived, then removed or recycled), and the
+    acknowledgement links whose name in ``wal_dir`` is gone or holds another file (a link must not keep a removed
+    segment's 16 MB alive)."""
     directory = os.path.join(spool, "archived")
     try:
         names = os.listdir(directory)
     except OSError:
-        return []
-    return [
+        names = []
+    swept = [
         n
         for n in names
         if (n.endswith(".tmp") or not os.path.exists(os.path.join(wal_dir, n))) and _unlink(os.path.join(directory, n))
     ]
+    try:
+        tags = os.listdir(os.path.join(spool, "acked"))
+    except OSError:
+        tags = []
+    for tag in tags:
+        links = ack_dir(spool, tag)
+        try:
+            held = os.listdir(links)
+        except OSError:
+            continue
+        for n in held:
+            if not _same_file(os.path.join(links, n), os.path.join(wal_dir, n)):
+                _unlink(os.path.join(links, n))
+    return swept
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def ready_files(wal_dir: str) -> list[str]:
@@ -407,70 +460,6 @@ def set_source(spool: str, tag: str) -> None:
         # durable, with the removals above (one directory): the queue must never hold another repository's files
         # under this tag after a crash
         _atomic_write_text(os.path.join(directory, ".source"), tag + "\n", sync=True)
-
-
-# -- the fast command ------------------------------------------------------------------------------------------
-
-
-def _fast_args(argv: Sequence[str]) -> tuple[str, dict[str, str], list[str], set[str]] | None:
-    """(verb, options, positionals, flags) of the few forms archive_command/restore_command use, else None."""
-    if not argv or argv[0] not in ("wal-push", "wal-fetch"):
-        return None
-    opts: dict[str, str] = {}
-    flags: set[str] = set()
-    pos: list[str] = []
-    it = iter(argv[1:])
-    for arg in it:
-        if arg in ("--repo", "--spool", "--encryption-key-file"):  # a key file changes no spool decision
-            value = next(it, None)
-            if value is None:
-                return None
-            opts[arg] = value
-        elif arg == "--no-prefetch":
-            flags.add(arg)
-        elif arg.startswith("-"):
-            return None  # anything else is for the full CLI
-        else:
-            pos.append(arg)
-    return argv[0], opts, pos, flags
-
-
-def _prefetch_quietly(name: str, spool: str, url: str) -> bool:
-    try:
-        return after_fetch(name, spool, repo_url=url)
-    except Exception:  # noqa: BLE001 - the file is delivered; prefetch is only an optimisation
-        return False
-
-
-def fast_command(argv: Sequence[str]) -> int | None:
-    """Answer wal-push / wal-fetch from the spool or the WAL worker (`_walclient`): an exit code, or None when the
-    full CLI must run."""
-    parsed = _fast_args(argv)
-    url = parsed and (parsed[1].get("--repo") or os.environ.get("PGRECOVERY_REPO"))
-    if not parsed or not url:
-        return None
-    verb, opts, pos, flags = parsed
-    try:
-        if verb == "wal-push" and len(pos) == 1:
-            path = os.path.abspath(pos[0])
-            spool, tag = opts.get("--spool") or default_spool(path), repo_tag(url)
-            if pushed_already(path, spool, tag):
-                return 0
-            return 0 if _walclient.push(path, spool, url, tag, opts.get("--encryption-key-file")) else None
-        if verb == "wal-fetch" and len(pos) == 2:
-            name, dest = pos[0], os.path.abspath(pos[1])
-            spool = opts.get("--spool") or default_spool(dest)
-            remove_stale_temps(dest)
-            if not take_prefetched(name, dest, spool, repo_tag(url)):
-                got = _walclient.fetch(name, dest, spool, url, repo_tag(url), opts.get("--encryption-key-file"))
-                if not got:
-                    return None if got is None else 1
-            if "--no-prefetch" not in flags:
-                _prefetch_quietly(name, spool, url)
-            return 0
-    except Exception:  # noqa: BLE001 - the full CLI retries and reports properly
-        return None
-    return None
 
 
 if __name__ == "__main__":

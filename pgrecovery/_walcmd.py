@@ -1,6 +1,6 @@
 """The script archive_command and restore_command run: ``python -S .../pgrecovery/_walcmd.py wal-push|wal-fetch ...``.
 
-An entry point (the CLI's layer): it asks the spool first (`pgrecovery._spool.fast_command`, standard library
+An entry point (the CLI's layer): it asks the spool first (`pgrecovery._fastpath.fast_command`, standard library
 only, so a call the spool can answer costs Python's start-up and a stat or a rename), and on a miss loads
 ``site`` and hands over to the full CLI. Run as a script, it imports its sibling modules without the package
 (whose ``__init__`` imports typing).
@@ -16,16 +16,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 if __package__:
-    from . import _spool
+    from . import _fastpath
 else:  # run as a script
     import importlib
 
-    _spool = importlib.import_module("_spool")
+    _fastpath = importlib.import_module("_fastpath")
 
 
 def main(argv: Sequence[str]) -> int:
     """``python -S .../_walcmd.py <wal-push|wal-fetch> ...``: the spool's answer, else the full CLI with site loaded."""
-    code = _spool.fast_command(argv)
+    code = _fastpath.fast_command(argv)
     if code is not None:
         return code
     here = os.path.dirname(os.path.abspath(__file__))

@@ -194,7 +194,7 @@ class WalArchiver(WalIndex):
         with contextlib.suppress(OSError):
             now = os.stat(abspath)
             if (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
-                _spool.write_marker(spool, name, st, digest, self._tag)
+                _spool.write_marker(spool, abspath, st, digest, self._tag)
         return PushResult(name=name, sha256=digest, outcome=outcome, key=key, size=size, stored_size=stored_size)
 
     def _store(self, key: str, packed: bytes) -> int:

@@ -1,7 +1,7 @@
 """The ``archive_command`` and ``restore_command`` settings for postgresql.conf that run pgrecovery.
 
->>> archive_command("s3://backups/prod", python="/usr/bin/python3")  # doctest: +SKIP
-"/usr/bin/python3 -S .../pgrecovery/_walcmd.py wal-push --repo s3://backups/prod %p"
+>>> archive_command("s3://backups/prod", python="/usr/bin/python3", fast=False)  # doctest: +SKIP
+"/usr/bin/python3 -m pgrecovery wal-push --repo s3://backups/prod %p"
 """
 
 from __future__ import annotations
@@ -41,14 +41,21 @@ def archive_command(
     ``key_file``: an encrypted repository's key file (its path goes on the command line, never the key; or set
     ``PGRECOVERY_ENCRYPTION_KEY_FILE`` / ``PGRECOVERY_ENCRYPTION_KEY`` in the server's environment instead).
 
-    With ``fast`` (the default) the command runs ``pgrecovery/_walcmd.py`` under ``python -S``: a file that an
-    earlier call already archived ahead costs Python's bare start-up and a stat; anything else is handed to the
-    full CLI. ``fast=False`` gives the plainer ``python -m pgrecovery wal-push``. Storage credentials are best
-    given through the server's environment (``FSSPEC_*`` variables), not the URL.
+    With ``fast`` (the default) a file that the WAL worker already archived ahead is acknowledged by the shell
+    itself (a test of its hard link in the spool); otherwise the command runs ``pgrecovery/_walcmd.py`` under
+    ``python -S``, which asks the WAL worker, or hands over to the full CLI. ``fast=False`` gives the plainer
+    ``python -m pgrecovery wal-push``. Storage credentials are best given through the server's environment
+    (``FSSPEC_*`` variables), not the URL.
     """
     spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
     key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
-    return f"{_entry(python, fast)} wal-push --repo {_q(repo_url)}{spool}{key} %p"
+    command = f"{_entry(python, fast)} wal-push --repo {_q(repo_url)}{spool}{key} %p"
+    if not fast:
+        return command
+    # the shell's part: a file the WAL worker already made durable (pushed ahead) is acknowledged by a test of
+    # its hard link (`pgrecovery._spool.link_ack`), with no program started at all
+    acked = _spool_path(spool_dir, "acked", _spool.repo_tag(repo_url))
+    return f"""{acked}[ "$s/%f" -ef "$p" ] 2>/dev/null && exit 0; exec {command}"""
 
 
 def restore_command(
@@ -73,6 +80,16 @@ def restore_command(
     return f"{_queue_hit(repo_url, spool_dir)}exec {command}" if fast and prefetch else command
 
 
+def _spool_path(spool_dir: str | None, *parts: str) -> str:
+    """Shell code setting ``p`` to ``%p`` and ``s`` to a path under the spool: quoted, or, for the default spool,
+    found from ``%p`` as `pgrecovery._spool.default_spool` finds it (lexically: the parent of ``%p``'s directory,
+    even where pg_wal is a symbolic link). Every ``%`` of the shell's patterns is doubled for PostgreSQL."""
+    if spool_dir:
+        return f"p='%p' s={_q(os.path.join(spool_dir, *parts))}; "
+    under = "/".join((_spool.SPOOL_NAME, *parts))
+    return f"""p='%p'; d=${{p%%/*}}; s=${{d%%/*}}; [ "$s" = "$d" ] && s=.; s="$s/{under}"; """
+
+
 def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     """The shell's part of the fast restore_command: if the prefetch queue belongs to this repository (its
     ``.source`` holds the repository's tag) and holds ``%f``, rename it to ``%p`` and exit 0; otherwise (or if
@@ -81,15 +98,11 @@ def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     The queue holds only complete, verified files (renamed into it by the prefetcher), so taking one is as safe
     here as in Python. The default spool is found from ``%p`` as `pgrecovery._spool.default_spool` finds it.
     """
-    if spool_dir:
-        queue = _q(os.path.join(spool_dir, "prefetch"))
-    else:  # ${p%/*}: the directory of %p (its % doubled for PostgreSQL's placeholder substitution)
-        queue = f'"${{p%%/*}}/../{_spool.SPOOL_NAME}/prefetch"'
     tag = _spool.repo_tag(repo_url)
     return (
-        f"p='%p' q={queue}; "
-        f'{{ read t <"$q/.source" && [ "$t" = {tag} ] && [ -f "$q/%f" ] && mv -fT "$q/%f" "$p" && exit 0; }} '
-        "2>/dev/null; "
+        _spool_path(spool_dir, "prefetch")
+        + f'{{ read t <"$s/.source" && [ "$t" = {tag} ] && [ -f "$s/%f" ] && mv -fT "$s/%f" "$p" && exit 0; }} '
+        + "2>/dev/null; "
     )
 
 

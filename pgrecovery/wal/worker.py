@@ -11,7 +11,9 @@ another repository is not trusted: the call then pushes in-process as before. No
 record of a segment: the worker only writes to the repository and the spool's markers.
 
 Meanwhile the worker pushes ahead the segments waiting in ``pg_wal/archive_status/*.ready`` (``parallel`` at
-once), so that the calls PostgreSQL makes for them next are answered from their markers at once. It keeps the
+once; archive_status is looked at every 10 ms, so a new segment's push starts while PostgreSQL is still starting
+its archive_command), so that the calls PostgreSQL makes for them next are answered from their markers at once:
+by the shell alone, through the marker's hard link (`pgrecovery.wal.commands.archive_command`). It keeps the
 repository's connections, the compressor and the archive's listing warm: on object stores with conditional
 writes each new segment costs one request (the conditional PUT), the listing being read once per worker and
 kept up to date with what it stores. It exits after ``idle`` seconds without work, or two once its server has
@@ -40,7 +42,7 @@ from .index import single
 
 log = logging.getLogger("pgrecovery.wal")
 IDLE: Final = 60.0
-_POLL: Final = 0.1
+_POLL: Final = 0.01  # how often archive_status is looked at: a new .ready file is pushed before its call comes
 _GONE: Final = 2.0  # seconds without work after which a worker whose server stopped exits
 
 
@@ -56,6 +58,7 @@ class ArchivingWorker:
         self._listings = _Listings(archiver, kept=True)
         self._pool = ThreadPoolExecutor(max(1, archiver.parallel), thread_name_prefix="wal-worker")
         self._busy: dict[str, Future[PushResult]] = {}
+        self._pushed: set[str] = set()  # .ready files pushed already (so each poll reads no marker twice)
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
         self._prefetcher: threading.Thread | None = None
@@ -92,7 +95,8 @@ class ArchivingWorker:
         with self._lock:
             finished = [name for name, f in self._busy.items() if f.done()]
             for name in finished:
-                del self._busy[name]
+                if self._busy.pop(name).exception() is None:
+                    self._pushed.add(name)
             running = len(self._busy)
         if finished:  # markers of files gone from pg_wal, swept when pushes end (not on every poll)
             with contextlib.suppress(OSError):
@@ -100,10 +104,15 @@ class ArchivingWorker:
         room = max(0, self.archiver.parallel - running)
         if room == 0:
             return
-        for name in _spool.ready_files(self.wal_dir):
+        ready = _spool.ready_files(self.wal_dir)
+        self._pushed.intersection_update(ready)  # only a hint for this loop: archive_command checks the marker
+        for name in ready:
             if room == 0:
                 break
-            if name in self._busy or _spool.pushed_already(os.path.join(self.wal_dir, name), self.spool, self.tag):
+            if name in self._busy or name in self._pushed:
+                continue
+            if _spool.pushed_already(os.path.join(self.wal_dir, name), self.spool, self.tag):
+                self._pushed.add(name)
                 continue
             self._submit(name)
             self._last_work = time.monotonic()
@@ -200,6 +209,8 @@ class ArchivingWorker:
                     os.unlink(_walclient.socket_path(self.spool))  # before the lock goes: no new client waits
                 listener.close()
                 self._pool.shutdown(wait=True)
+                with contextlib.suppress(OSError):
+                    _spool.sweep_markers(self.spool, self.wal_dir)  # no link outlives its file in pg_wal
         return True
 
     def _loop(self, listener: socket.socket) -> None:

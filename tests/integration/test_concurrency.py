@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgtesting import archive_settings
+from pgtesting import archive_settings, pg_substitute
 from pgtesting import owned_tmpdir as _owned_tmpdir
 from pgtesting import wait_archived as _wait_archived
 from test_crash_sweep import FINGERPRINT, Checker, _fake_pgdata, cli, run
@@ -399,7 +398,7 @@ def _segments(repo: Repository, where: Path, count: int) -> tuple[Path, list[str
 
 def _push(url: str, name: str) -> list[str]:
     """archive_command for ``pg_wal/<name>``, as PostgreSQL runs it from the data directory."""
-    return shlex.split(archive_command(url).replace("%p", f"pg_wal/{name}"))
+    return ["/bin/sh", "-c", pg_substitute(archive_command(url), f"pg_wal/{name}", name)]
 
 
 @pytest.fixture

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgtesting import archive_settings
+from pgtesting import archive_settings, pg_substitute
 from pgtesting import owned_tmpdir as _owned_tmpdir
-from pgtesting import pg_substitute
 from pgtesting import wait_archived as _wait_archived
 
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, Verifier
+from pgrecovery import _fastpath as fastpath
 from pgrecovery import _spool as spool_mod
 from pgrecovery import _walnames as wn
 from pgrecovery.catalog import leftovers
@@ -542,7 +542,7 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
         if not ready:
             return None
         name = ready[0]
-        cmd = shlex.split(archive_command(repo.url).replace("%p", f"pg_wal/{name}"))
+        cmd = ["/bin/sh", "-c", pg_substitute(archive_command(repo.url), f"pg_wal/{name}", name)]
         res = run(cmd, kill_after=kill_after, cwd=data, probe=(lambda: tree(Path(repo.root))) if probe else None)
         if res.code == 0:
             status = data / "pg_wal" / "archive_status"
@@ -958,7 +958,7 @@ def test_the_next_delivery_removes_what_a_killed_one_left_in_pg_wal(tmp_path: Pa
     dest.unlink()
     stale = leave_stale()
     argv = ["wal-fetch", "--repo", repo.url, "--no-prefetch", segment.name, str(dest)]
-    assert spool_mod.fast_command(argv) == 0
+    assert fastpath.fast_command(argv) == 0
     assert not [p for p in stale if p.exists()]
     assert dest.read_bytes() == segment.read_bytes()
     assert all(p.read_bytes() == b"kept" for p in keep)

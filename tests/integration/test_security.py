@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgtesting import Archiving
+from pgtesting import Archiving, pg_substitute
 from pgtesting import owned_tmpdir as _owned_tmpdir
-from pgtesting import pg_substitute
 from pgtesting import wait_archived as _wait_archived
 from test_corruption import record_result, reset_section
 

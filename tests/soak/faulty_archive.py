@@ -2,7 +2,7 @@
 
     archive_command = '<python> -S faulty_archive.py <config.json> %p'
 
-It runs the real archive command (``command`` in the JSON config, with ``%p`` and ``%%`` as PostgreSQL writes
+It runs the real archive command (``command`` in the JSON config, with ``%p``, ``%f`` and ``%%`` as PostgreSQL writes
 them) but, at random and each call anew, it
 
 * ``refuse``: fails without doing anything (the storage cannot be reached);
@@ -29,11 +29,15 @@ import time
 
 
 def _command(template: str, wal_path: str) -> str:
-    """``template`` with PostgreSQL's placeholders replaced: ``%p`` by the (quoted) path, ``%%`` by ``%``."""
+    """``template`` with PostgreSQL's placeholders replaced: ``%p`` by the (quoted) path, ``%f`` by its file
+    name, ``%%`` by ``%``."""
     out, i = [], 0
     while i < len(template):
         if template.startswith("%p", i):
             out.append(shlex.quote(wal_path))
+            i += 2
+        elif template.startswith("%f", i):
+            out.append(shlex.quote(os.path.basename(wal_path)))
             i += 2
         elif template.startswith("%%", i):
             out.append("%")

@@ -22,7 +22,19 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pgrecovery"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "base",
-        {"errors", "logs", "progress", "_version", "_redact", "_fsutil", "_walnames", "_spool", "_walclient", "_lazy"},
+        {
+            "errors",
+            "logs",
+            "progress",
+            "_version",
+            "_redact",
+            "_fsutil",
+            "_walnames",
+            "_spool",
+            "_walclient",
+            "_fastpath",
+            "_lazy",
+        },
     ),
     ("formats and PostgreSQL", {"codec", "_objects", "crypto", "manifest", "pgtools", "_pgdb", "cluster"}),
     ("storage", {"storage"}),

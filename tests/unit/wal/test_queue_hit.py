@@ -1,4 +1,4 @@
-"""The fast restore_command's shell part and the queue filler that works with it.
+"""The shell parts of the fast restore_command and archive_command, and the queue filler that works with them.
 
 A prefetched segment is moved into place by the shell alone (no Python starts: the interpreter here is a
 recorder that fails the test if it runs); anything the queue cannot answer for sure (another repository's queue,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from pgtesting import pg_substitute
 from pgrecovery import Repository, _spool
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal import _prefetch
-from pgrecovery.wal.archiver import WalArchiver, restore_command
+from pgrecovery.wal.archiver import WalArchiver, archive_command, restore_command
 
 URL = "file:///nowhere/repo"
 SEG = segment_name(1, 5)
@@ -164,3 +165,38 @@ def test_the_filler_stops_when_recovery_takes_nothing(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     stopped = _prefetch.fill(archiver, segment_name(1, 1), str(spool), linger=30, stop=lambda: True)
     assert stopped == []  # the queue is full and the caller says stop: at once
+
+
+# -- archive_command's shell part ------------------------------------------------------------------------------
+
+
+def test_a_file_made_durable_is_acknowledged_by_the_shell_alone(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    """The marker's hard link answers for that very file only: not for another file under the same name, not for
+    another repository's command."""
+    exe, ran = recorder
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    path = data / "pg_wal" / SEG
+    path.write_bytes(b"a completed segment")
+    command = archive_command(URL, str(exe))
+    _spool.write_marker(_spool.default_spool(str(path)), str(path), os.stat(path), "ab" * 32, _spool.repo_tag(URL))
+    assert run(command, data, f"pg_wal/{SEG}", SEG) == 0
+    assert not ran.exists(), "Python ran for a file the worker had made durable"
+    assert run(archive_command("file:///another/repo", str(exe)), data, f"pg_wal/{SEG}", SEG) == 0
+    assert ran.exists()  # another repository: asked in Python
+    ran.unlink()
+    os.rename(path, data / "pg_wal" / segment_name(1, 9))  # recycled, and the name written anew
+    path.write_bytes(b"another segment, same name")
+    assert run(command, data, f"pg_wal/{SEG}", SEG) == 0
+    assert json.loads(ran.read_text())[-1] == f"pg_wal/{SEG}"
+
+
+def test_no_link_for_a_file_replaced_since_it_was_read(tmp_path: Path) -> None:
+    path = tmp_path / "pg_wal" / SEG
+    path.parent.mkdir()
+    path.write_bytes(b"read")
+    st = os.stat(path)
+    path.unlink()
+    path.write_bytes(b"written after the read")
+    assert not _spool.link_ack(str(tmp_path / "spool"), str(path), st, "tag")
+    assert os.listdir(tmp_path / "spool" / "acked" / "tag") == []

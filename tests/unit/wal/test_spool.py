@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgrecovery import Repository, _spool
+from pgrecovery import Repository, _fastpath, _spool
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal import WalArchiver
 
@@ -40,7 +40,7 @@ def test_a_marker_answers_only_for_the_same_file_and_repository(pgdata: Path) ->
     path = wal_file(pgdata)
     spool = _spool.default_spool(path)
     assert _spool.pushed_already(path, spool, TAG) is None
-    _spool.write_marker(spool, SEG, os.stat(path), "ab" * 32, TAG)
+    _spool.write_marker(spool, path, os.stat(path), "ab" * 32, TAG)
     assert _spool.pushed_already(path, spool, TAG) == "ab" * 32
     assert _spool.pushed_already(path, spool, _spool.repo_tag("file:///elsewhere")) is None
     marker = _spool.marker_path(spool, SEG)
@@ -57,12 +57,17 @@ def test_sweeping_removes_markers_of_files_gone_and_temporary_leftovers(pgdata: 
     kept, gone = wal_file(pgdata, segment_name(1, 1)), wal_file(pgdata, segment_name(1, 2))
     spool = _spool.default_spool(kept)
     for path in (kept, gone):
-        _spool.write_marker(spool, os.path.basename(path), os.stat(path), "cd" * 32, TAG)
+        _spool.write_marker(spool, path, os.stat(path), "cd" * 32, TAG)
     Path(spool, "archived", f".{SEG}.0123abcd.tmp").write_text("half")
     os.unlink(gone)
     removed = _spool.sweep_markers(spool, os.path.dirname(kept))
     assert sorted(removed) == sorted([os.path.basename(gone), f".{SEG}.0123abcd.tmp"])
     assert os.listdir(os.path.join(spool, "archived")) == [os.path.basename(kept)]
+    assert os.listdir(_spool.ack_dir(spool, TAG)) == [os.path.basename(kept)]  # no link keeps a gone file alive
+    os.rename(kept, kept + ".moved")  # recycled: renamed away, the name taken by another file
+    Path(kept).write_bytes(b"another file")
+    _spool.sweep_markers(spool, os.path.dirname(kept))
+    assert os.listdir(_spool.ack_dir(spool, TAG)) == []
 
 
 def test_ready_files_are_history_first_then_by_name(pgdata: Path) -> None:
@@ -159,18 +164,18 @@ def test_the_fast_command_answers_a_push_from_its_marker(pgdata: Path, monkeypat
     monkeypatch.setenv("PGRECOVERY_WAL_WORKER", "off")  # no worker to hand it to (tests/unit/wal/test_worker.py)
     path = wal_file(pgdata)
     argv = ["wal-push", "--repo", URL, path]
-    assert _spool.fast_command(argv) is None  # not marked: the full CLI must archive it
-    _spool.write_marker(_spool.default_spool(path), SEG, os.stat(path), "ef" * 32, TAG)
-    assert _spool.fast_command(argv) == 0
-    assert _spool.fast_command(["wal-push", "--repo", "file:///other", path]) is None
+    assert _fastpath.fast_command(argv) is None  # not marked: the full CLI must archive it
+    _spool.write_marker(_spool.default_spool(path), path, os.stat(path), "ef" * 32, TAG)
+    assert _fastpath.fast_command(argv) == 0
+    assert _fastpath.fast_command(["wal-push", "--repo", "file:///other", path]) is None
 
 
 def test_the_fast_command_answers_a_fetch_from_the_queue(pgdata: Path) -> None:
     spool, dest = str(pgdata / "spool"), str(pgdata / "pg_wal" / "RECOVERYXLOG")
     argv = ["wal-fetch", "--repo", URL, "--spool", spool, "--no-prefetch", SEG, dest]
-    assert _spool.fast_command(argv) is None  # a miss is for the full CLI to confirm
+    assert _fastpath.fast_command(argv) is None  # a miss is for the full CLI to confirm
     queue(spool, SEG)
-    assert _spool.fast_command(argv) == 0
+    assert _fastpath.fast_command(argv) == 0
     assert Path(dest).read_bytes() == SEG.encode()
 
 
@@ -187,4 +192,4 @@ def test_the_fast_command_answers_a_fetch_from_the_queue(pgdata: Path) -> None:
 )
 def test_anything_else_goes_to_the_full_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGRECOVERY_REPO", raising=False)
-    assert _spool.fast_command(argv) is None
+    assert _fastpath.fast_command(argv) is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pgrecovery import _spool
+from pgrecovery import _fastpath, _spool
 from pgrecovery import _walnames as wn
 from pgrecovery.wal.archiver import archive_command, object_key, parse_object_name, restore_command
 
@@ -154,7 +154,9 @@ def test_command_lines_quote_safely() -> None:
 
 def test_fast_command_lines_run_the_spool_script() -> None:
     script = str(Path(_spool.__file__).resolve().with_name("_walcmd.py"))
-    assert shlex.split(archive_command("file:///b", python="/usr/bin/python3")) == [
+    shell, _, command = archive_command("file:///b", python="/usr/bin/python3").partition("exec ")
+    assert "-ef" in shell
+    assert shlex.split(command) == [
         *("/usr/bin/python3", "-S", script, "wal-push", "--repo", "file:///b", "%p"),
     ]
     assert shlex.split(restore_command("file:///b", python="/usr/bin/python3", prefetch=False)) == [
@@ -163,13 +165,13 @@ def test_fast_command_lines_run_the_spool_script() -> None:
 
 
 def test_fast_arguments() -> None:
-    assert _spool._fast_args(["wal-push", "--repo", "file:///b", "pg_wal/x"]) == (
+    assert _fastpath._fast_args(["wal-push", "--repo", "file:///b", "pg_wal/x"]) == (
         "wal-push",
         {"--repo": "file:///b"},
         ["pg_wal/x"],
         set(),
     )
-    assert _spool._fast_args(["wal-fetch", "--no-prefetch", "--spool", "/s", "a", "b"]) == (
+    assert _fastpath._fast_args(["wal-fetch", "--no-prefetch", "--spool", "/s", "a", "b"]) == (
         "wal-fetch",
         {"--spool": "/s"},
         ["a", "b"],
@@ -177,4 +179,4 @@ def test_fast_arguments() -> None:
     )
     # Anything the fast path does not know goes to the full CLI.
     for argv in (["wal-push", "--storage-option", "a=b", "p"], ["wal-verify"], [], ["wal-push", "--repo"]):
-        assert _spool._fast_args(argv) is None
+        assert _fastpath._fast_args(argv) is None

@@ -1,4 +1,4 @@
-"""The archiving worker, through archive_command's own entry (`_spool.fast_command`): a push is acknowledged only
+"""The archiving worker, through archive_command's own entry (`_fastpath.fast_command`): a push is acknowledged only
 once the segment is in the repository, .ready segments are pushed ahead, and a worker that hangs, dies or serves
 another repository is never trusted (the call then returns None: the full CLI pushes in-process)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pgtesting import wal_workers
 
-from pgrecovery import Repository, _spool, _walclient
+from pgrecovery import Repository, _fastpath, _spool, _walclient
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal.archiver import WalArchiver
 
@@ -49,7 +49,7 @@ def test_a_push_is_acknowledged_once_stored_and_ready_segments_go_ahead(pgdata: 
     url = f"file://{tmp_path}/repo"
     repo = Repository(url)
     path, ahead = wal(pgdata, SEG), wal(pgdata, NEXT, ready=True)
-    assert _spool.fast_command(["wal-push", "--repo", url, path]) == 0
+    assert _fastpath.fast_command(["wal-push", "--repo", url, path]) == 0
     assert archived(repo, SEG, path)
     assert len(wal_workers(tmp_path)) == 1
     spool = _spool.default_spool(path)
@@ -57,7 +57,7 @@ def test_a_push_is_acknowledged_once_stored_and_ready_segments_go_ahead(pgdata: 
     while not _spool.pushed_already(ahead, spool, _spool.repo_tag(url)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert archived(repo, NEXT, ahead)  # pushed ahead: the server's call for it is answered by its marker
-    assert _spool.fast_command(["wal-push", "--repo", url, ahead]) == 0
+    assert _fastpath.fast_command(["wal-push", "--repo", url, ahead]) == 0
     # a worker serves one repository: a call for another is not answered by it
     reply = _walclient.ask(spool, f"push {_spool.repo_tag('file:///elsewhere')} {path}", 5)
     assert reply is not None
@@ -78,13 +78,13 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
     url = f"file://{tmp_path}/repo"
     repo = Repository(url)
     first = wal(pgdata, SEG)
-    assert _spool.fast_command(["wal-push", "--repo", url, first]) == 0
+    assert _fastpath.fast_command(["wal-push", "--repo", url, first]) == 0
     (pid,) = wal_workers(tmp_path)
     os.kill(pid, signal.SIGSTOP)  # hung: the call gives up after the timeout, for the CLI to push in-process
     monkeypatch.setenv(_walclient.TIMEOUT_ENV, "1")
     second = wal(pgdata, NEXT)
     started = time.monotonic()
-    assert _spool.fast_command(["wal-push", "--repo", url, second]) is None
+    assert _fastpath.fast_command(["wal-push", "--repo", url, second]) is None
     assert time.monotonic() - started < 10
     os.kill(pid, signal.SIGKILL)  # killed: the next call starts a new worker
     monkeypatch.setenv(_walclient.TIMEOUT_ENV, "60")  # (a loaded machine may take more than 1 s to answer)
@@ -93,7 +93,7 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
     while _walclient.ask(spool, "ping", 0.2) is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     third = wal(pgdata, THIRD)
-    assert _spool.fast_command(["wal-push", "--repo", url, third]) == 0
+    assert _fastpath.fast_command(["wal-push", "--repo", url, third]) == 0
     assert archived(repo, THIRD, third)
     assert wal_workers(tmp_path) not in ([], [pid])
 
@@ -101,7 +101,7 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
 def test_the_worker_can_be_turned_off(pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(_walclient.WORKER_ENV, "off")
     path = wal(pgdata, SEG)
-    assert _spool.fast_command(["wal-push", "--repo", f"file://{tmp_path}/repo", path]) is None
+    assert _fastpath.fast_command(["wal-push", "--repo", f"file://{tmp_path}/repo", path]) is None
     assert wal_workers(tmp_path) == []
 
 
@@ -113,15 +113,15 @@ def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp
     WalArchiver(Repository(url), spool_dir=str(tmp_path / "source-spool")).push(path)
     dest = str(pgdata / "pg_wal" / "RECOVERYXLOG")
     argv = ["wal-fetch", "--repo", url, "--no-prefetch"]
-    assert _spool.fast_command([*argv, SEG, dest]) == 0  # no prefetch queue: the worker delivers it
+    assert _fastpath.fast_command([*argv, SEG, dest]) == 0  # no prefetch queue: the worker delivers it
     assert Path(dest).read_bytes() == Path(path).read_bytes()
     assert len(wal_workers(tmp_path)) == 1
-    assert _spool.fast_command([*argv, NEXT, dest]) == 1  # the end of the archive: a miss, from the worker
-    assert _spool.fast_command([*argv, "00000002.history", dest]) == 1  # the start-up history probe
+    assert _fastpath.fast_command([*argv, NEXT, dest]) == 1  # the end of the archive: a miss, from the worker
+    assert _fastpath.fast_command([*argv, "00000002.history", dest]) == 1  # the start-up history probe
     assert Path(dest).read_bytes() == Path(path).read_bytes()  # a miss leaves what was there
     later = wal(source, NEXT)
     WalArchiver(Repository(url), spool_dir=str(tmp_path / "source-spool")).push(later)
-    assert _spool.fast_command([*argv, NEXT, dest]) == 0  # archived since: a negative answer is never stale
+    assert _fastpath.fast_command([*argv, NEXT, dest]) == 0  # archived since: a negative answer is never stale
     assert Path(dest).read_bytes() == Path(later).read_bytes()
     reply = _walclient.ask(_spool.default_spool(dest), f"fetch {_spool.repo_tag(url)} {SEG} /tmp/elsewhere", 5)
     assert reply == f"err not a WAL file of {pgdata}/pg_wal"
