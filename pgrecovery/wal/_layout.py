@@ -142,7 +142,7 @@ def read_and_pack(path: str, codec: Codec, level: int | None) -> tuple[os.stat_r
     h = hashlib.sha256()
     hasher = threading.Thread(target=h.update, args=(data,))
     hasher.start()
-    comp = compressor(codec, level, threads=1)
+    comp = compressor(codec, level, threads=0)  # a thread per core: at call time, the call waits for it
     packed = comp.compress(data) + comp.flush()
     hasher.join()
     return st, len(data), h.hexdigest(), packed
