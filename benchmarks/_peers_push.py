@@ -13,7 +13,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -39,6 +39,9 @@ class Pusher:
     settle: Callable[[], None] = lambda: None
     single: bool = True  # timed without a backlog
     backlog: bool = True  # timed with a backlog
+    # a data directory of its own: a method with a worker that pushes .ready files ahead (pgrecovery's) must not
+    # push the other methods' segments while they are timed, as it would in a shared pg_wal
+    own_dir: bool = False
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Scratch:
     ``global/pg_control`` (pgBackRest's archive-push reads it); segments are laid there under new names (a counter,
     so no name is ever archived twice). ``{copies}`` in a command is the directory ``cp`` copies into."""
 
-    def __init__(self, segments: Sequence[Path], pgdata: Path) -> None:
+    def __init__(self, segments: Sequence[Path], pgdata: Path, names: Iterator[int] | None = None) -> None:
+        self.pgdata = pgdata
         self.root = postgres_dir("pgrecovery-bench-peers-push-")
         self.data = self.root / "data"
         self.status = self.data / "pg_wal" / "archive_status"
@@ -70,7 +74,7 @@ class Scratch:
         self.copies = self.root / "copies"
         self.copies.mkdir()
         self.segments = list(segments)
-        self.names = count(0x4000)
+        self.names = names if names is not None else count(0x4000)
         who = default_run_as()
         self.ids = None if who is None else (os.stat(self.root).st_uid, os.stat(self.root).st_gid)
         (self.data / "global").mkdir()
@@ -78,6 +82,10 @@ class Scratch:
         for d in (self.data, self.data / "pg_wal", self.status, self.copies, self.data / "global"):
             self._own(d)
         self._own(self.data / "global" / "pg_control")
+
+    def sibling(self) -> Scratch:
+        """Another data directory like this one, drawing from the same name counter (names stay unique)."""
+        return Scratch(self.segments, self.pgdata, self.names)
 
     def _own(self, path: Path) -> None:
         if self.ids:
@@ -124,26 +132,30 @@ def run_push(
     full_env = {**os.environ, **env}
     results = {p.name: PushTimes(p) for p in pushers}
     single = [p for p in pushers if p.single]
+    dirs = {p.name: scratch.sibling() if p.own_dir else scratch for p in pushers}
     try:
         for r in range(runs):
             for p in rotated(single, r):
-                names = scratch.lay(1)
-                command = p.command.replace("{copies}", str(scratch.copies))
-                results[p.name].single.append(archive(command, names, scratch.data, full_env))
-                scratch.clear(names)
+                where = dirs[p.name]
+                names = where.lay(1)
+                command = p.command.replace("{copies}", str(where.copies))
+                results[p.name].single.append(archive(command, names, where.data, full_env))
+                where.clear(names)
             line = ", ".join(f"{results[p.name].single[-1] * 1e3:.0f}" for p in single)
             print(f"  run {r + 1}/{runs} (ms, in the table's order): {line}", flush=True)
         with_backlog = [p for p in pushers if p.backlog]
         for r in range(rounds):
             for p in rotated(with_backlog, r):
-                names = scratch.lay(BACKLOG)
-                seconds = archive(p.command, names, scratch.data, full_env) / BACKLOG
+                where = dirs[p.name]
+                names = where.lay(BACKLOG)
+                seconds = archive(p.command, names, where.data, full_env) / BACKLOG
                 p.settle()
-                scratch.clear(names)
+                where.clear(names)
                 results[p.name].backlog.append(seconds)
                 print(f"  backlog round {r + 1}/{rounds}  {p.name:<46} {seconds * 1e3:7.1f} ms per segment", flush=True)
     finally:
-        shutil.rmtree(scratch.root, ignore_errors=True)
+        for where in {id(d): d for d in [scratch, *dirs.values()]}.values():
+            shutil.rmtree(where.root, ignore_errors=True)
     return results
 
 

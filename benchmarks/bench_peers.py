@@ -248,10 +248,10 @@ def pushers(push_repo: Path, spools: Path, s3: S3, pgbr: Any) -> list[Pusher]:
     remote = archive_command(f"s3://{BUCKET}/push", spool_dir=str(spools / "push-s3"))
     return [
         Pusher(CP, "cp %p {copies}/%f", backlog=False),
-        Pusher(PGR_LOCAL, local, settle),
+        Pusher(PGR_LOCAL, local, settle, own_dir=True),
         Pusher(PGB_LOCAL, pgbr.archive_command("local"), settle),
         Pusher(PGB_LOCAL_ASYNC, pgbr.archive_command("local-async"), settle, single=False),
-        Pusher(PGR_S3, remote, settle),
+        Pusher(PGR_S3, remote, settle, own_dir=True),
         Pusher(PGB_S3, pgbr.archive_command("s3"), settle),
         Pusher(PGB_S3_ASYNC, pgbr.archive_command("s3-async"), settle, single=False),
         Pusher(BARMAN_S3, barman_wal_archive(s3, "push"), settle),

@@ -53,9 +53,10 @@ def archive_command(
     if not fast:
         return command
     # the shell's part: a file the WAL worker already made durable (pushed ahead) is acknowledged by a test of
-    # its hard link (`pgrecovery._spool.link_ack`), with no program started at all
+    # its hard link (`pgrecovery._spool.link_ack`), with no program started at all. In a subshell, so that its
+    # exit and exec end only this command: it composes with others (``A && B``) as a plain command does.
     acked = _spool_path(spool_dir, "acked", _spool.repo_tag(repo_url))
-    return f"""{acked}[ "$s/%f" -ef "$p" ] 2>/dev/null && exit 0; exec {command}"""
+    return f"""({acked}[ "$s/%f" -ef "$p" ] 2>/dev/null && exit 0; exec {command})"""
 
 
 def restore_command(
@@ -77,7 +78,7 @@ def restore_command(
     no_prefetch = "" if prefetch else " --no-prefetch"
     key = f" --encryption-key-file {_q(key_file)}" if key_file else ""
     command = f"{_entry(python, fast)} wal-fetch --repo {_q(repo_url)}{spool}{no_prefetch}{key} %f %p"
-    return f"{_queue_hit(repo_url, spool_dir)}exec {command}" if fast and prefetch else command
+    return f"({_queue_hit(repo_url, spool_dir)}exec {command})" if fast and prefetch else command
 
 
 def _spool_path(spool_dir: str | None, *parts: str) -> str:

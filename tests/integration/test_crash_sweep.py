@@ -116,8 +116,11 @@ def run(
     cwd: str | Path | None = None,
     env: dict[str, str] | None = None,
     probe: Callable[[], object] | None = None,
+    group: bool = False,
 ) -> Outcome:
-    """Run ``cmd`` in its own process group; with ``kill_after``, SIGKILL the process (not its children) then.
+    """Run ``cmd`` in its own process group; with ``kill_after``, SIGKILL the process (not its children) then,
+    or with ``group`` the whole group, as PostgreSQL signals an archive_command or restore_command (its children
+    lead process groups, and the shell a generated command runs in is one of them).
 
     After a kill, the processes it started must end by themselves (they notice their parent is gone). ``probe``
     (polled while the command runs) tells when the command started to change things: its first different answer.
@@ -147,7 +150,7 @@ def run(
             if kill_after is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 raise
-            os.kill(proc.pid, signal.SIGKILL)
+            (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
             killed = True
             proc.wait()
         seconds = time.monotonic() - t0
@@ -543,7 +546,8 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
             return None
         name = ready[0]
         cmd = ["/bin/sh", "-c", pg_substitute(archive_command(repo.url), f"pg_wal/{name}", name)]
-        res = run(cmd, kill_after=kill_after, cwd=data, probe=(lambda: tree(Path(repo.root))) if probe else None)
+        probe_fn = (lambda: tree(Path(repo.root))) if probe else None
+        res = run(cmd, kill_after=kill_after, cwd=data, probe=probe_fn, group=True)
         if res.code == 0:
             status = data / "pg_wal" / "archive_status"
             os.replace(status / f"{name}.ready", status / f"{name}.done")
@@ -631,7 +635,7 @@ class Recovery:
     def fetch(self, name: str, kill_after: float | None = None, probe: bool = False) -> Outcome:
         self.dest.unlink(missing_ok=True)
         cmd = ["/bin/sh", "-c", pg_substitute(restore_command(self.url), "pg_wal/RECOVERYXLOG", name)]
-        return run(cmd, kill_after=kill_after, cwd=self.target, probe=self.pg_wal if probe else None)
+        return run(cmd, kill_after=kill_after, cwd=self.target, probe=self.pg_wal if probe else None, group=True)
 
     def pg_wal(self) -> list[str]:
         return sorted(os.listdir(self.target / "pg_wal"))

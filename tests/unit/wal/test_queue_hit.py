@@ -200,3 +200,24 @@ def test_no_link_for_a_file_replaced_since_it_was_read(tmp_path: Path) -> None:
     path.write_bytes(b"written after the read")
     assert not _spool.link_ack(str(tmp_path / "spool"), str(path), st, "tag")
     assert os.listdir(tmp_path / "spool" / "acked" / "tag") == []
+
+
+def test_the_commands_compose_like_plain_commands(tmp_path: Path, recorder: tuple[Path, Path]) -> None:
+    """``A && B`` runs B after the shell part answered; ``false && A`` fails: an exit or exec in the shell part
+    must end only its own command (a second archive destination skipped silently would be lost WAL)."""
+    exe, _ran = recorder
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    path = data / "pg_wal" / SEG
+    path.write_bytes(b"a completed segment")
+    _spool.write_marker(_spool.default_spool(str(path)), str(path), os.stat(path), "ab" * 32, _spool.repo_tag(URL))
+    second = tmp_path / "second"
+    command = archive_command(URL, str(exe))
+    assert run(f"{command} && touch {second}", data, f"pg_wal/{SEG}", SEG) == 0
+    assert second.exists()
+    assert run(f"false && {command}", data, f"pg_wal/{SEG}", SEG) != 0
+    queue(data / "pgrecovery_spool", **{SEG: b"queued"})
+    second.unlink()
+    assert run(f"{restore_command(URL, str(exe))} && touch {second}", data, "pg_wal/RECOVERYXLOG", SEG) == 0
+    assert second.exists()
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"queued"

@@ -156,7 +156,7 @@ def test_fast_command_lines_run_the_spool_script() -> None:
     script = str(Path(_spool.__file__).resolve().with_name("_walcmd.py"))
     shell, _, command = archive_command("file:///b", python="/usr/bin/python3").partition("exec ")
     assert "-ef" in shell
-    assert shlex.split(command) == [
+    assert shlex.split(command.removesuffix(")")) == [
         *("/usr/bin/python3", "-S", script, "wal-push", "--repo", "file:///b", "%p"),
     ]
     assert shlex.split(restore_command("file:///b", python="/usr/bin/python3", prefetch=False)) == [
