@@ -78,9 +78,13 @@ class Scratch:
         who = default_run_as()
         self.ids = None if who is None else (os.stat(self.root).st_uid, os.stat(self.root).st_gid)
         (self.data / "global").mkdir()
+        # a running server's mark: pgrecovery's WAL worker stays for a running server (and leaves 2 s after its
+        # postmaster.pid is gone), as pgBackRest's async process works whether or not one runs
+        (self.data / "postmaster.pid").write_text(f"{os.getpid()}\n{self.data}\n")
         shutil.copyfile(pgdata / "global" / "pg_control", self.data / "global" / "pg_control")
         for d in (self.data, self.data / "pg_wal", self.status, self.copies, self.data / "global"):
             self._own(d)
+        self._own(self.data / "postmaster.pid")
         self._own(self.data / "global" / "pg_control")
 
     def sibling(self) -> Scratch:
@@ -92,15 +96,17 @@ class Scratch:
             os.chown(path, *self.ids)
 
     def lay(self, n: int) -> list[str]:
-        """``n`` segments (the real ones in turn) under fresh names, each with its ``.ready`` file."""
+        """``n`` segments (the real ones in turn) under fresh names; then, all at once, their ``.ready`` files (a
+        method that pushes ahead must not get a head start while the files are being copied)."""
         names = []
         for i in range(n):
             name = wn.segment_name(1, next(self.names))
             shutil.copyfile(self.segments[i % len(self.segments)], self.data / "pg_wal" / name)
-            (self.status / f"{name}.ready").touch()
             self._own(self.data / "pg_wal" / name)
-            self._own(self.status / f"{name}.ready")
             names.append(name)
+        for name in names:
+            (self.status / f"{name}.ready").touch()
+            self._own(self.status / f"{name}.ready")
         return names
 
     def clear(self, names: Sequence[str]) -> None:
