@@ -327,12 +327,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_leftovers(repo: Storage, *, include_in_progress: bool = False) -> list[Leftover]:
-    """Delete interrupted backups' files; those that look in progress are kept unless asked."""
+def clean_leftovers(repo: Storage, *, include_in_progress: bool = False, dry_run: bool = False) -> list[Leftover]:
+    """Delete interrupted backups' files; those that look in progress are kept unless asked. ``dry_run``: only
+    the list of what would be deleted."""
     removed = []
     for item in leftovers(repo):
         if item.reason == "in progress" and not include_in_progress:
             continue
-        repo.delete_prefix(f"{BACKUPS}/{item.id}")
+        if not dry_run:
+            repo.delete_prefix(f"{BACKUPS}/{item.id}")
         removed.append(item)
     return removed

@@ -101,14 +101,32 @@ def clean(args: argparse.Namespace) -> int:
     from ..catalog import clean_leftovers
 
     repo = repository(args)
-    removed = clean_leftovers(repo, include_in_progress=args.include_in_progress)
+    dry = args.dry_run
+    removed = clean_leftovers(repo, include_in_progress=args.include_in_progress, dry_run=dry)
     temps = repo.stale_temp_files()  # left by writes killed mid-way (an hour old at least)
-    for key in temps:
-        repo.remove_temp_file(key)
-    lines = [f"removed {x.id} ({x.reason})" for x in removed] + [f"removed temporary file {k}" for k in temps]
+    uploads = repo.unfinished_uploads(args.uploads_older_than * 3600)  # invisible to listings, still stored
+    if not dry:
+        for key in temps:
+            repo.remove_temp_file(key)
+        for upload in uploads:
+            repo.abort_upload(upload)
+    verb = "would remove" if dry else "removed"
+    lines = (
+        [f"{verb} {x.id} ({x.reason})" for x in removed]
+        + [f"{verb} temporary file {k}" for k in temps]
+        + [
+            f"{'would abort' if dry else 'aborted'} {u.kind} of {u.key} (last active {u.last_active:%Y-%m-%d %H:%M})"
+            for u in uploads
+        ]
+    )
     emit(
         args,
-        {"removed": [x.to_dict() for x in removed], "temporary_files": temps},
+        {
+            "dry_run": dry,
+            "removed": [x.to_dict() for x in removed],
+            "temporary_files": temps,
+            "unfinished_uploads": [u.to_dict() for u in uploads],
+        },
         "\n".join(lines) or "nothing to clean",
     )
     return EXIT_OK

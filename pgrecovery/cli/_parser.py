@@ -52,6 +52,17 @@ LOGICAL_RESTORE_FLAGS = (
 )
 
 
+def _hours(text: str) -> float:
+    """A number of hours above 0 (0 would cut uploads under way right now)."""
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1.0
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of hours above 0, got {text!r}")
+    return hours
+
+
 def extension(name: str) -> Any:
     """The module of a verb kept in its own module."""
     return importlib.import_module(f".{name}", __package__)
@@ -199,4 +210,17 @@ def _catalog_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     delete.add_argument("id")
     flags(delete, {"with-dependents": "also delete incremental backups built on it"})
     clean = add_verb(verbs, "clean", common, "remove interrupted backups' leftovers")
-    flags(clean, {"include-in-progress": "also remove ones that look in progress"})
+    flags(
+        clean,
+        {
+            "include-in-progress": "also remove ones that look in progress",
+            "dry-run": "only list what would be removed or aborted",
+        },
+    )
+    clean.add_argument(
+        "--uploads-older-than",
+        type=_hours,
+        default=24.0,
+        metavar="HOURS",
+        help="abort unfinished uploads (S3 multipart, Azure uncommitted blocks) idle this long (default 24)",
+    )

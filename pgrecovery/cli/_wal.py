@@ -83,7 +83,11 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     verify = add_verb(verbs, "wal-verify", common, "check the WAL archive for gaps")
     verify.add_argument("--from", dest="first", metavar="SEGMENT", help="first segment (default: the oldest)")
     verify.add_argument("--timeline", type=int, help="follow this timeline's history (default: the newest)")
-    verify.add_argument("--check-digests", action="store_true", help="also download and check every segment")
+    verify.add_argument(
+        "--check-digests",
+        action="store_true",
+        help="also download and check every archived object (segments, history, .backup and .partial files)",
+    )
     _segment_size_option(verify)
 
     status = add_verb(verbs, "archiver-status", common, "the server's WAL archiver statistics")

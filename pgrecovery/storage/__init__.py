@@ -4,6 +4,7 @@ The only subpackage that talks to fsspec (layer 2: it imports only from the form
 """
 
 from .._objects import ObjectWriter, StoredObject
+from ._uploads import UnfinishedUpload
 from .repository import (
     CHUNK,
     PART_SIZE,
@@ -24,6 +25,7 @@ __all__ = [
     "RetryPolicy",
     "Storage",
     "StoredObject",
+    "UnfinishedUpload",
     "capabilities_of",
     "is_transient",
 ]

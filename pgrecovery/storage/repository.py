@@ -39,6 +39,7 @@ from ._local import LocalWriter, local_dir, mtime, remove_tree
 from ._readers import ParallelReader, RetryingReader, digest_stream, modified_of
 from ._retry import Retry, RetryPolicy, is_transient
 from ._staged import StagedWriter
+from ._uploads import UnfinishedUpload, abort_upload, unfinished_uploads
 from ._writers import BufferWriter, Target, UploadWriter
 
 if TYPE_CHECKING:
@@ -423,6 +424,16 @@ class Storage:
         path = f"{self.root.rstrip('/')}/{key}" if self.root else key
         with contextlib.suppress(FileNotFoundError):
             self._retry("delete", key, lambda: self.fs.rm_file(path))
+
+    def unfinished_uploads(self, older_than: float = 86400.0) -> list[UnfinishedUpload]:
+        """Uploads under this repository that a killed writer left unfinished more than ``older_than`` seconds
+        ago: S3 multipart uploads and Azure blobs with only uncommitted blocks (`pgrecovery.storage._uploads`;
+        nothing elsewhere: GCS sessions cannot be listed and expire by themselves)."""
+        return unfinished_uploads(self, older_than)
+
+    def abort_upload(self, upload: UnfinishedUpload) -> None:
+        """Abort one of `unfinished_uploads`, freeing what it stored."""
+        abort_upload(self, upload)
 
     # -- deletes -------------------------------------------------------------------------------------------
     def delete(self, key: str) -> None:

@@ -200,8 +200,10 @@ class WalIndex:
     ) -> WalVerifyReport:
         """Check that every segment from ``first_segment`` to the newest archived one is present.
 
-        ``first_segment`` defaults to the oldest archived segment. With ``check_digests`` each segment is also
-        downloaded and checked against its sha256 (reported in ``corrupt``). The history file of every archived
+        ``first_segment`` defaults to the oldest archived segment. With ``check_digests`` every archived object
+        is also downloaded and checked against its sha256 (reported in ``corrupt``): the segments checked for
+        continuity, and every other file of every timeline (history files, ``.backup`` and ``.partial`` files,
+        segments of timelines not followed), which recovery may need later. The history file of every archived
         timeline after the first is expected too (reported in ``missing``).
         """
         if first_segment is None:
@@ -217,18 +219,18 @@ class WalIndex:
                 missing.append(name)
                 continue
             count += 1
-            if check_digests:
-                objs = index_cache.setdefault(owner, self.index(owner))[name]
-                for obj in objs:
-                    try:
-                        check_object(self.repo, obj)
-                    except ChecksumMismatch:
-                        corrupt.append(name)
-                        break
+            if check_digests and not self._intact(index_cache.setdefault(owner, self.index(owner))[name]):
+                corrupt.append(name)
+        checked = set(corrupt) | {
+            _walnames.segment_name(self._owner(lineage, n), n, self.segment_size) for n in range(start, end + 1)
+        }
         for other in self.timelines():  # a timeline holding WAL without its history file cannot be followed
+            index = index_cache.setdefault(other, self.index(other))
             history = _walnames.history_name(other)
-            if other > 1 and history not in index_cache.setdefault(other, self.index(other)):
+            if other > 1 and history not in index:
                 missing.append(history)
+            if check_digests:
+                corrupt += [n for n in sorted(index) if n not in checked and not self._intact(index[n])]
         return WalVerifyReport(
             first=_walnames.segment_name(self._owner(lineage, start), start, self.segment_size),
             last=_walnames.segment_name(self._owner(lineage, end), end, self.segment_size),
@@ -238,6 +240,15 @@ class WalIndex:
             missing=tuple(missing),
             corrupt=tuple(corrupt),
         )
+
+    def _intact(self, objects: list[WalObject]) -> bool:
+        """Whether every stored object of one WAL file reads back whole and matches the sha256 in its name."""
+        for obj in objects:
+            try:
+                check_object(self.repo, obj)
+            except ChecksumMismatch:
+                return False
+        return True
 
     def _oldest_segment(self, timeline: int | None) -> str:
         for tli in self.timelines():

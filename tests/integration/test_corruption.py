@@ -364,6 +364,26 @@ def test_damage_is_detected_and_never_used(
         _seen[f"{kind}/{how}"] = bool(outcome["detected"])
 
 
+@pytest.mark.parametrize("how", ["flip", "truncate", "swap"])
+def test_wal_verify_check_digests_covers_backup_history_files(
+    story: dict[str, Any], damaged_copy: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """A damaged ``.backup`` file is not on any timeline's segment path, so only the periodic check can find it:
+    ``wal-verify --check-digests`` must name it and exit 1 (presence alone still passes)."""
+    backups = sorted(p for p in damaged_copy.joinpath("wal").rglob("*") if ".backup-" in p.name)
+    assert len(backups) >= 2, "the story archives a .backup file per base backup"
+    victim, partner = backups[0], backups[1]
+    name = victim.name.split("-")[0]
+    damage(how, victim, partner)
+    url = f"file://{damaged_copy}"
+    assert main(["--repo", url, "wal-verify", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["--repo", url, "wal-verify", "--check-digests", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert name in report["corrupt"], report
+    assert not report["ok"]
+
+
 def test_history_damage_stops_planning_instead_of_following_another_timeline(
     story: dict[str, Any], damaged_copy: Path, pgdata: Path
 ) -> None:

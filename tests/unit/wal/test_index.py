@@ -119,6 +119,20 @@ def test_verify_with_digests_names_the_corrupt_segment(repo: Repository) -> None
     assert WalIndex(repo).verify().ok  # presence alone
 
 
+def test_verify_with_digests_checks_every_archived_object(repo: Repository) -> None:
+    """Not only the segments on the followed path: .backup and .partial files, and other timelines' files."""
+    put(repo, seg(1, 1))
+    put(repo, seg(1, 2))
+    backup_file = f"{seg(1, 1)}.00000028.backup"
+    put(repo, backup_file, b"START WAL LOCATION: 0/1000028\n", digest_of=b"the label as archived")
+    put(repo, f"{seg(1, 3)}.partial", b"half", digest_of=b"other half")
+    put(repo, seg(3, 9), b"on a timeline nobody follows", digest_of=b"x")
+    history(repo, 3, "1\t0/9000000\tno recovery target specified")
+    report = WalIndex(repo).verify(timeline=1, check_digests=True)
+    assert set(report.corrupt) == {backup_file, f"{seg(1, 3)}.partial", seg(3, 9)}
+    assert WalIndex(repo).verify(timeline=1).ok  # presence alone
+
+
 def test_reading_checks_the_digest_in_the_name(repo: Repository) -> None:
     name = history_name(2)
     key = put(repo, name, b"1\t0/3000000\tx\n", digest_of=b"other")
