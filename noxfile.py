@@ -229,8 +229,8 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def soak(session: nox.Session) -> None:
     """The long profile: the PITR oracle with 100 recovery targets, and 10 minutes of archiving under load with
-    storage faults (PGRECOVERY_SOAK_SECONDS to change that). Figures land in tests/.results/ (or
-    PGRECOVERY_RELIABILITY_OUT)."""
+    storage faults, into a local repository and into S3 (moto behind a fault proxy); PGRECOVERY_SOAK_SECONDS
+    changes the length. Figures land in tests/.results/ (or PGRECOVERY_RELIABILITY_OUT)."""
     ensure_postgres(session)
     session.install(*(["-e"] if EDITABLE else []), ".[test]")
     _check_reachable_by_server(session)
@@ -240,6 +240,7 @@ def soak(session: nox.Session) -> None:
         "no:cacheprovider",
         "tests/integration/test_pitr_oracle.py",
         "tests/soak",
+        "tests/storage/test_soak_s3.py",
         *session.posargs,
         env={"PGRECOVERY_SOAK": "1"},
     )

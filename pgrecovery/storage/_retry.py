@@ -12,6 +12,7 @@ import errno
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -107,7 +108,9 @@ def is_transient(exc: BaseException) -> bool:
         if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(current).__mro__):
             return True
         for attr in ("status_code", "status", "code"):
-            value = getattr(current, attr, None)
+            with warnings.catch_warnings():  # some clients deprecate one of these names (urllib3: code)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                value = getattr(current, attr, None)
             if isinstance(value, int) and not isinstance(value, bool) and value in _TRANSIENT_STATUS:
                 return True
         current = current.__cause__ or current.__context__

@@ -3,7 +3,9 @@ conditional PUT, or an upload that completes only on commit). Each is handed a `
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +78,9 @@ class UploadWriter(HashingWriter):
         self._buffered = 0
         self._file: Any = None
         self._sent = 0
+        # GCS keeps an MD5 of every object uploaded in one piece or by a resumable session: a large upload is
+        # checked against it after completion (a chunk sent again after a lost answer must not land twice)
+        self._md5 = hashlib.md5(usedforsecurity=False) if _protocols(target.fs) & {"gs", "gcs"} else None
 
     # -- writing -------------------------------------------------------------------------------------------
     def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
@@ -105,6 +110,8 @@ class UploadWriter(HashingWriter):
                 piece = view[start : start + CHUNK]
                 self._file.write(piece)
                 self._sent += len(piece)
+                if self._md5 is not None:
+                    self._md5.update(piece)
                 # Parts of part_size up to a tenth of S3's part limit, then each part 1/1000 of what was sent:
                 # 1,000 + 1,000 * ln(size / (1,000 * part_size)) parts, fewer than 10,000 up to 5 TiB.
                 self._file.blocksize = max(self._t.part_size, self._sent // (MAX_PARTS // 10))
@@ -157,6 +164,25 @@ class UploadWriter(HashingWriter):
         if self._t.capabilities.finish == "commit":
             self._t.retry("complete the upload of", self.key, f.commit, confirm=self._landed)
         self._file = None
+        self._check_stored_md5()
+
+    def _check_stored_md5(self) -> None:
+        """GCS: the completed object's MD5 must be that of the bytes sent; otherwise the object (ours: the write
+        was conditional or ours to replace) is removed and the write fails, to be retried whole."""
+        if self._md5 is None:
+            return
+        t = self._t
+        with contextlib.suppress(Exception):
+            t.fs.invalidate_cache(t.path)
+        stored = t.retry("check", self.key, lambda: t.fs.info(t.path)).get("md5Hash")
+        if not stored or base64.b64decode(stored) == self._md5.digest():
+            return  # a composite object has no MD5: nothing to compare
+        with contextlib.suppress(Exception):
+            t.retry("delete", self.key, lambda: t.fs.rm_file(t.path))
+        raise StorageError(
+            f"the store kept other bytes than were sent for {self.key!r} ({self._sent} bytes, MD5 mismatch after "
+            "the upload completed): the object was removed; write it again"
+        )
 
     def _landed(self) -> bool:
         """After a lost answer: is exactly what we wrote stored under the key (our own attempt succeeded)?"""
@@ -183,6 +209,11 @@ class UploadWriter(HashingWriter):
             with contextlib.suppress(Exception):
                 f.forced = True
                 f.closed = True
+
+
+def _protocols(fs: AbstractFileSystem) -> set[str]:
+    protocol = fs.protocol
+    return {protocol} if isinstance(protocol, str) else set(protocol)
 
 
 def cancel(f: Any) -> None:

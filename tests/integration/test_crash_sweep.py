@@ -181,10 +181,10 @@ def tree(path: Path) -> list[str]:
 class Sweep:
     """Seeded kill delays for one operation, and the tally of what happened."""
 
-    def __init__(self, op: str) -> None:
-        self.op = op
-        self.rng = random.Random(f"{SEED}:{op}")
-        self.points = POINTS[op] * SCALE
+    def __init__(self, op: str, *, where: str = "", points: int | None = None) -> None:
+        self.op = f"{op} ({where})" if where else op  # where: the storage, when not file://
+        self.rng = random.Random(f"{SEED}:{self.op}")
+        self.points = (points if points is not None else POINTS[op]) * SCALE
         self.kills = 0
         self.survived = 0
         self.finished_first = 0
@@ -284,8 +284,9 @@ def _record(op: str, data: dict[str, Any]) -> None:
 class Checker:
     """The invariants on one repository, remembering what already passed (stored objects are immutable)."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, env: dict[str, str] | None = None) -> None:
         self.repo = repo
+        self.env = env  # what a command needs to reach the repository (an object store's FSSPEC_* variables)
         self.verified: set[str] = set()
         self.wal_ok: set[str] = set()
 
@@ -345,13 +346,13 @@ class Checker:
                 self.wal_ok.add(name)
 
     def wal_verify_clean(self) -> None:
-        res = run(cli(self.repo.url, "wal-verify", "--json"))
+        res = run(cli(self.repo.url, "wal-verify", "--json"), env=self.env)
         assert res.code == 0, f"wal-verify on {self.repo.display_url} is not clean: {res.out}{res.err}"
 
     def clean_removes(self, expected: set[str] | None = None) -> list[str]:
         """`pgrecovery clean` removes every leftover (nothing else runs), and leaves no backup half there."""
         before = {x.id for x in leftovers(self.repo)}
-        res = run(cli(self.repo.url, "clean", "--json")).check()
+        res = run(cli(self.repo.url, "clean", "--json"), env=self.env).check()
         removed = {x["id"] for x in json.loads(res.out)["removed"]}
         assert removed == before, f"clean removed {sorted(removed)}, leftovers were {sorted(before)}"
         if expected is not None:
@@ -458,21 +459,26 @@ def _server_checks(world: dict[str, Any]) -> None:
 # -- backups ----------------------------------------------------------------------------------------------------
 
 
-def _backup_sweep(world: dict[str, Any], op: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def _backup_sweep(
+    world: dict[str, Any], op: str, args: list[str], capsys: pytest.CaptureFixture[str], sweep: Sweep | None = None
+) -> None:
+    """``world["env"]``: the environment the commands need for the repository (object stores)."""
     pg: LocalCluster = world["pg"]
     checker: Checker = world["checker"]
     url = world["url"]
-    sweep = Sweep(op)
+    env = world.get("env") or {}
+    sweep = sweep or Sweep(op)
     base = op == "backup base"
-    backups = Path(world["repo"].root) / "backups"
-    measured = run(cli(url, *args), env={"PGAPPNAME": "sweep-measure"}, probe=lambda: sorted(os.listdir(backups)))
+    repo: Repository = world["repo"]
+    measure_env = {**env, "PGAPPNAME": "sweep-measure"}
+    measured = run(cli(url, *args), env=measure_env, probe=lambda: repo.list_keys("backups"))
     counter = iter(range(10**6))
 
     def body(delay: float) -> str | None:
         appname = f"sweep-{op.split()[-1]}-{next(counter)}"
         before = set(checker.listed_backups())
         aborts = _log_count(pg, ABORT_WARNING) if base else 0
-        res = run(cli(url, *args), kill_after=delay, env={"PGAPPNAME": appname})
+        res = run(cli(url, *args), kill_after=delay, env={**env, "PGAPPNAME": appname})
         if not res.killed:
             res.check()
             return None
@@ -489,7 +495,7 @@ def _backup_sweep(world: dict[str, Any], op: str, args: list[str], capsys: pytes
         if base and _log_count(pg, ABORT_WARNING) > aborts:
             phase = "in backup mode (server aborted the backup)"
         checker.clean_removes(left)
-        rerun = run(cli(url, *args)).check()  # a new backup starts and completes right after
+        rerun = run(cli(url, *args), env=env).check()  # a new backup starts and completes right after
         new = json.loads(rerun.out)["id"] if "--json" in args else None
         assert new is None or new in checker.listed_backups()
         _server_checks(world)
@@ -524,8 +530,20 @@ def _fake_pgdata(dest: Path, segments: Path, names: list[str]) -> Path:
 
 
 def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The test plays PostgreSQL's archiver: archive_command on the oldest .ready file, .done on exit 0 only."""
-    sweep = Sweep("wal-push")
+    _wal_push_sweep(world, tmp_path, capsys, lambda n: Repository(f"file://{tmp_path / f'repo{n}'}"))
+
+
+def _wal_push_sweep(
+    world: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    new_repo: Callable[[int], Repository],
+    sweep: Sweep | None = None,
+) -> None:
+    """The test plays PostgreSQL's archiver: archive_command on the oldest .ready file, .done on exit 0 only.
+    Each kill point archives into a fresh repository (``new_repo``); ``world["env"]`` reaches it."""
+    sweep = sweep or Sweep("wal-push")
+    env = world.get("env") or {}
     names = world["segments"][-8:]
     cycle = iter(range(10**6))
     segments = tmp_path / "segments"
@@ -535,8 +553,7 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
 
     def fresh() -> tuple[Path, Repository]:
         n = next(cycle)
-        data = _fake_pgdata(tmp_path / f"data{n}", segments, names)
-        return data, Repository(f"file://{tmp_path / f'repo{n}'}")
+        return _fake_pgdata(tmp_path / f"data{n}", segments, names), new_repo(n)
 
     def archive_one(
         data: Path, repo: Repository, kill_after: float | None = None, probe: bool = False
@@ -546,8 +563,8 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
             return None
         name = ready[0]
         cmd = ["/bin/sh", "-c", pg_substitute(archive_command(repo.url), f"pg_wal/{name}", name)]
-        probe_fn = (lambda: tree(Path(repo.root))) if probe else None
-        res = run(cmd, kill_after=kill_after, cwd=data, probe=probe_fn, group=True)
+        probe_fn = (lambda: repo.list_keys()) if probe else None
+        res = run(cmd, kill_after=kill_after, cwd=data, env=env, probe=probe_fn, group=True)
         if res.code == 0:
             status = data / "pg_wal" / "archive_status"
             os.replace(status / f"{name}.ready", status / f"{name}.done")
@@ -564,7 +581,7 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
 
     def body(delay: float) -> str | None:
         data, repo = fresh()
-        checker = Checker(repo)
+        checker = Checker(repo, env)
         res = archive_one(data, repo, kill_after=delay)
         assert res is not None
         if not res.killed:
@@ -579,7 +596,9 @@ def test_wal_push_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys:
             phase = f"after storing {'all' if stored == len(names) else 'some'}"
         if vouched:
             phase += ", markers written"
-        if any(Path(p).name.startswith(".") and p.endswith(".tmp") for p in tree(Path(repo.root))):
+        if repo.capabilities.local and any(
+            Path(p).name.startswith(".") and p.endswith(".tmp") for p in tree(Path(repo.root))
+        ):
             phase += " (temporary object left in the repository)"
         # PostgreSQL retries the same file, then goes on with the others: every call succeeds
         while (again := archive_one(data, repo)) is not None:

@@ -27,7 +27,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,24 +91,38 @@ class Sampler(threading.Thread):
 
 
 class Outages(threading.Thread):
-    """Makes the repository's WAL directory read-only for 3-8 s at random moments, until stopped."""
+    """Makes the store unusable for 3-8 s at random moments (`outage`), until stopped."""
 
-    def __init__(self, directory: Path, rng: random.Random, every: tuple[float, float]) -> None:
+    def __init__(self, rng: random.Random, every: tuple[float, float]) -> None:
         super().__init__(daemon=True)
-        self.directory, self.rng, self.every = directory, rng, every
+        self.rng, self.every = rng, every
         self.done = threading.Event()
         self.outages: list[float] = []
 
+    def outage(self, seconds: float) -> None:
+        raise NotImplementedError
+
     def run(self) -> None:
-        mode = self.directory.stat().st_mode & 0o777
         while not self.done.wait(self.rng.uniform(*self.every)):
             length = self.rng.uniform(3, 8)
-            self.directory.chmod(0o555)
-            try:
-                self.done.wait(length)
-            finally:
-                self.directory.chmod(mode)
+            self.outage(length)
             self.outages.append(round(length, 1))
+
+
+class DirectoryOutages(Outages):
+    """A local repository's WAL directory turned read-only."""
+
+    def __init__(self, directory: Path, rng: random.Random, every: tuple[float, float]) -> None:
+        super().__init__(rng, every)
+        self.directory = directory
+
+    def outage(self, seconds: float) -> None:
+        mode = self.directory.stat().st_mode & 0o777
+        self.directory.chmod(0o555)
+        try:
+            self.done.wait(seconds)
+        finally:
+            self.directory.chmod(mode)
 
 
 @pytest.fixture
@@ -117,11 +132,43 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class Store:
+    """Where the soak archives: the repository (this process's view), the URL and environment the server's
+    archive_command uses, a thread that causes outages, and how to count half-written objects left behind."""
+
+    name: str
+    url: str
+    repo: Repository
+    outages: Callable[[random.Random], Outages]
+    server_env: dict[str, str] = field(default_factory=dict)
+    leftovers: Callable[[], int] = lambda: 0
+
+
 def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: pytest.FixtureRequest) -> None:
-    rng = random.Random(int(os.environ.get("PGRECOVERY_SOAK_SEED", "7")))
     repo_dir = _owned_tmpdir("pgrecovery-soak-repo-")
-    url = f"file://{repo_dir}"
-    repo = Repository(url)
+    wal_dir = repo_dir / timeline_dir(1)
+    try:
+        store = Store(
+            "file",
+            f"file://{repo_dir}",
+            Repository(f"file://{repo_dir}"),
+            lambda rng: DirectoryOutages(wal_dir, rng, _every()),
+            leftovers=lambda: len([p for p in wal_dir.iterdir() if p.name.startswith(".")]),
+        )
+        soak(store, workdir, request)
+    finally:
+        shutil.rmtree(repo_dir, ignore_errors=True)
+
+
+def _every() -> tuple[float, float]:
+    return (min(30.0, SECONDS / 6), min(60.0, SECONDS / 3))
+
+
+def soak(store: Store, workdir: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The soak (see the module) against ``store``; returns its figures (also reported)."""
+    rng = random.Random(int(os.environ.get("PGRECOVERY_SOAK_SEED", "7")))
+    url, repo = store.url, store.repo
     # the wrapper and its files live where the server's OS user can read (the checkout may be private)
     wrapper = workdir / "faulty_archive.py"
     shutil.copy(Path(__file__).with_name("faulty_archive.py"), wrapper)
@@ -150,15 +197,21 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
     recovered = workdir / "recovered"
     recovered.mkdir()
     _give(recovered)
-    figures: dict[str, Any] = {"seconds": SECONDS, "scale": SCALE, "rate": RATE, "faults": FAULTS}
+    figures: dict[str, Any] = {
+        "storage": store.name,
+        "seconds": SECONDS,
+        "scale": SCALE,
+        "rate": RATE,
+        "fault_rates": FAULTS,
+    }
     try:
-        pg.start()
+        pg.start(env=store.server_env)
         subprocess.run([pgbench, *conn, "-p", str(pg.port), "-i", "-q", "-s", str(SCALE), "postgres"],
                        check=True, capture_output=True)  # fmt: skip
         backup = BaseBackup(dbname=pg.conninfo()).run(repo)
         assert backup.physical is not None
         sampler = Sampler(pg.data_dir)
-        outages = Outages(repo_dir / timeline_dir(1), rng, (min(30.0, SECONDS / 6), min(60.0, SECONDS / 3)))
+        outages = store.outages(rng)
         sampler.start()
         outages.start()
         t0 = time.monotonic()
@@ -191,7 +244,6 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
         faults = Counter(line.split()[0] for line in log.read_text().splitlines() if line.strip())
         archiver = WalArchiver(repo)
         report = archiver.verify(backup.physical.start_wal, check_digests=True)
-        leftovers = [p.name for p in (repo_dir / timeline_dir(1)).iterdir() if p.name.startswith(".")]
         readies = [n for _, n in sampler.samples]
         figures.update(
             tps=next((round(float(ln.split()[2])) for ln in load.stdout.splitlines() if ln.startswith("tps = ")), None),
@@ -204,7 +256,7 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
             ready_max=max(readies, default=0),
             ready_mean=round(sum(readies) / len(readies), 2) if readies else 0,
             ready_final=final_ready,
-            temp_files_left=len(leftovers),
+            temp_files_left=store.leftovers(),
         )
 
         plan = RecoveryPlan(repo, RecoveryTarget.time(target))
@@ -217,6 +269,7 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
         finally:
             back.stop()
         figures["pitr_matched"] = got == expected
+        figures["faults"] = {**figures["faults"], **getattr(outages, "injected", {})}
         _report(request, figures)
 
         assert faults["refuse"] + faults["lost"] + faults["kill"] > 0, "no fault was injected"
@@ -230,15 +283,16 @@ def test_archiving_under_load_and_faults_loses_nothing(workdir: Path, request: p
     finally:
         pg.destroy()
         LocalCluster(data_dir=recovered / "data").stop(mode="immediate")
-        shutil.rmtree(repo_dir, ignore_errors=True)
+    return figures
 
 
 def _report(request: pytest.FixtureRequest, figures: dict[str, Any]) -> None:
     figures["finished_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak_archive.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    name = "soak_archive.json" if figures["storage"] == "file" else f"soak_archive_{figures['storage']}.json"
+    (RESULTS / name).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
     line = (
-        f"archive soak: {figures['load_seconds']} s of pgbench ({figures['tps']} tps), "
+        f"archive soak ({figures['storage']}): {figures['load_seconds']} s of pgbench ({figures['tps']} tps), "
         f"{figures['segments_archived']} segments, faults {figures['faults']}, {len(figures['outages'])} outages, "
         f".ready max {figures['ready_max']} (mean {figures['ready_mean']}), PITR matched: {figures['pitr_matched']}"
     )

@@ -1,0 +1,139 @@
+"""The kill -9 sweeps on the object stores: the same operations, kills and checks as
+tests/integration/test_crash_sweep.py (on ``file://``), against moto (S3), Azurite (Azure Blob) and
+fake-gcs-server (GCS), whose failure modes differ: an upload killed half-way stays behind unseen, a write is
+conditional instead of a rename.
+
+After every kill: only complete backups are listed (each passes `verify`), every WAL segment the archiver was
+told is archived is stored with its digest, `clean` removes exactly the leftovers, the rerun succeeds, and
+`wal-verify` is clean; at the end `clean` finds no unfinished upload older than the sweep and a restore of the
+last backup matches the source row for row.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pgtesting import archive_settings
+from pgtesting import wait_archived as _wait_archived
+from storage_backends import Backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the sweep's machinery
+from test_crash_sweep import Checker, Sweep, _backup_sweep, _fingerprint, _wal_push_sweep, cli, run
+
+from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, WalArchiver
+from pgrecovery import _walnames as wn
+
+# kill points per operation and store (the fast profile; PGRECOVERY_SOAK multiplies them, as on file://)
+POINTS = {"backup logical": 5, "backup base": 5, "wal-push": 5}
+
+
+@pytest.fixture(scope="module")
+def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
+    """A cluster archiving into a repository on ``object_store`` (the server reaches it through the backend's
+    environment), with data, a logical and a base backup."""
+    backend = object_store
+    prefix = f"crash-{uuid.uuid4().hex[:10]}"
+    url = backend.url(prefix)
+    repo = backend.repo(prefix)
+    pg = LocalCluster.temporary(settings=archive_settings(url, fsync=False, max_connections=40))
+    try:
+        pg.start(env=backend.env)
+        pg.execute("create database crash")
+        crash = pg.conninfo("crash")
+        pg.execute(
+            "create table t (i int primary key, pad text not null);"
+            "insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, 20000) i",
+            dbname="crash",
+        )
+        LogicalBackup(dbname=crash).run(repo)
+        BaseBackup(dbname=pg.conninfo()).run(repo)
+        for _ in range(3):
+            pg.execute(
+                "insert into t select i, 'more' from generate_series(20001, 20100) i on conflict do nothing",
+                dbname="crash",
+            )
+            pg.execute("select pg_switch_wal()")
+        _wait_archived(pg)
+        archiver = WalArchiver(repo)
+        segments = sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
+        yield {
+            "backend": backend,
+            "pg": pg,
+            "url": url,
+            "repo": repo,
+            "env": dict(backend.env),
+            "crash": crash,
+            "segments": segments,
+            "checker": Checker(repo, dict(backend.env)),
+        }
+    finally:
+        pg.destroy()
+
+
+def _sweep(world: dict[str, Any], op: str) -> Sweep:
+    return Sweep(op, where=world["backend"].name, points=POINTS[op])
+
+
+def test_backup_logical_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["backup", "logical", "--dbname", store_world["crash"], "--json"]
+    _backup_sweep(store_world, "backup logical", args, capsys, _sweep(store_world, "backup logical"))
+
+
+def test_backup_base_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["backup", "base", "--dbname", store_world["pg"].conninfo(), "--json"]
+    _backup_sweep(store_world, "backup base", args, capsys, _sweep(store_world, "backup base"))
+
+
+def test_wal_push_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backend: Backend = store_world["backend"]
+    base = f"crash-push-{uuid.uuid4().hex[:8]}"
+
+    def new_repo(n: int) -> Repository:
+        return backend.repo(f"{base}-{n}")
+
+    _wal_push_sweep(store_world, tmp_path, capsys, new_repo, _sweep(store_world, "wal-push"))
+
+
+def test_after_the_sweeps_the_repository_restores_exactly(
+    store_world: dict[str, Any], owned_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the kills left: `clean` aborts every upload a kill left unfinished (nothing else writes large
+    objects here now: WAL segments go in one request) and the newest base backup restores to the source's exact
+    rows."""
+    from pgrecovery import RecoveryPlan, RecoveryTarget
+
+    pg: LocalCluster = store_world["pg"]
+    repo: Repository = store_world["repo"]
+    time.sleep(1.5)
+    left = repo.unfinished_uploads(1.0)
+    res = run(cli(store_world["url"], "clean", "--uploads-older-than", str(1 / 3600), "--json"), env=store_world["env"])
+    report = json.loads(res.check().out)
+    assert report["removed"] == []  # the sweeps' own checks cleaned every leftover backup already
+    assert sorted(u["key"] for u in report["unfinished_uploads"]) == sorted(u.key for u in left)
+    assert repo.unfinished_uploads(1.0) == []
+    print(f"\n{store_world['backend'].name}: {len(left)} unfinished uploads left by the kills, aborted by clean")
+    source = _fingerprint(pg, "crash")
+    pg.execute("select pg_switch_wal()")
+    _wait_archived(pg)
+    for k, v in store_world["env"].items():  # the recovering server's restore_command reads them
+        monkeypatch.setenv(k, v)
+    pgdata = owned_dir("pgrecovery-crash-store-restore-") / "data"
+    result = RecoveryPlan(repo, RecoveryTarget.latest()).run(pgdata, settings={"archive_mode": "off"})
+    restored = LocalCluster(data_dir=pgdata, port=result.port)
+    try:
+        assert _fingerprint(restored, "crash") == source
+    finally:
+        restored.stop(mode="immediate")
