@@ -636,6 +636,7 @@ class Recovery:
 
     def __init__(self, world: dict[str, Any], where: Path) -> None:
         self.url = world["url"]
+        self.env = world.get("env") or {}  # what restore_command needs to reach the repository (object stores)
         self.names: list[str] = world["segments"]
         archiver = WalArchiver(world["repo"])
         self.digests = {n: archiver.find(n).sha256 for n in self.names}  # type: ignore[union-attr]
@@ -654,7 +655,8 @@ class Recovery:
     def fetch(self, name: str, kill_after: float | None = None, probe: bool = False) -> Outcome:
         self.dest.unlink(missing_ok=True)
         cmd = ["/bin/sh", "-c", pg_substitute(restore_command(self.url), "pg_wal/RECOVERYXLOG", name)]
-        return run(cmd, kill_after=kill_after, cwd=self.target, probe=self.pg_wal if probe else None, group=True)
+        probe_fn = self.pg_wal if probe else None
+        return run(cmd, kill_after=kill_after, cwd=self.target, env=self.env, probe=probe_fn, group=True)
 
     def pg_wal(self) -> list[str]:
         return sorted(os.listdir(self.target / "pg_wal"))
@@ -700,8 +702,14 @@ class Recovery:
 
 
 def test_wal_fetch_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _wal_fetch_sweep(world, tmp_path, capsys)
+
+
+def _wal_fetch_sweep(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], sweep: Sweep | None = None
+) -> None:
     """wal-fetch killed while it downloads (the queue is empty, as when recovery outruns the prefetcher)."""
-    sweep = Sweep("wal-fetch")
+    sweep = sweep or Sweep("wal-fetch")
     rec = Recovery(world, tmp_path / "recovery")
     for _ in range(2):  # the first run warms the caches up; the second is measured
         rec.start_over()

@@ -25,13 +25,13 @@ from pgtesting import wait_archived as _wait_archived
 from storage_backends import Backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the sweep's machinery
-from test_crash_sweep import Checker, Sweep, _backup_sweep, _fingerprint, _wal_push_sweep, cli, run
+from test_crash_sweep import Checker, Sweep, _backup_sweep, _fingerprint, _wal_fetch_sweep, _wal_push_sweep, cli, run
 
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, WalArchiver
 from pgrecovery import _walnames as wn
 
 # kill points per operation and store (the fast profile; PGRECOVERY_SOAK multiplies them, as on file://)
-POINTS = {"backup logical": 5, "backup base": 5, "wal-push": 5}
+POINTS = {"backup logical": 5, "backup base": 5, "wal-push": 5, "wal-fetch": 4}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,12 @@ def test_wal_push_survives_kill_9_on_object_stores(
         return backend.repo(f"{base}-{n}")
 
     _wal_push_sweep(store_world, tmp_path, capsys, new_repo, _sweep(store_world, "wal-push"))
+
+
+def test_wal_fetch_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _wal_fetch_sweep(store_world, tmp_path, capsys, _sweep(store_world, "wal-fetch"))
 
 
 def test_after_the_sweeps_the_repository_restores_exactly(
