@@ -6,11 +6,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
 
 from .. import _spool
+
+log = logging.getLogger(__package__)
+# PostgreSQL 15 and older expand archive_command into a buffer of MAXPGPATH (1,024) bytes and cut what does not fit
+_PG15_LIMIT = 1024
 
 
 def _q(text: str) -> str:
@@ -56,7 +61,20 @@ def archive_command(
     # its hard link (`pgrecovery._spool.link_ack`), with no program started at all. In a subshell, so that its
     # exit and exec end only this command: it composes with others (``A && B``) as a plain command does.
     acked = _spool_path(spool_dir, "acked", _spool.repo_tag(repo_url))
-    return f"""({acked}[ "$s/%f" -ef "$p" ] 2>/dev/null && exit 0; exec {command})"""
+    return _checked(f"""({acked}[ "$s/%f" -ef "$p" ] 2>/dev/null && exit 0; exec {command})""")
+
+
+def _checked(command: str) -> str:
+    """``command``, after a warning if PostgreSQL 15 would cut it once ``%p`` and ``%f`` are expanded (a path of
+    up to 64 bytes assumed for ``%p``): the cut command would fail, and archiving stop, until it is shortened."""
+    expanded = len(command.replace("%%", "%").replace("%p", "x" * 64).replace("%f", "x" * 24))
+    if expanded >= _PG15_LIMIT:
+        log.warning(
+            "the archive_command is about %d bytes once expanded; PostgreSQL 15 and older cut it at 1,024: use a "
+            "shorter interpreter or spool path, or fast=False",
+            expanded,
+        )
+    return command
 
 
 def restore_command(

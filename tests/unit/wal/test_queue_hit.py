@@ -221,3 +221,11 @@ def test_the_commands_compose_like_plain_commands(tmp_path: Path, recorder: tupl
     assert run(f"{restore_command(URL, str(exe))} && touch {second}", data, "pg_wal/RECOVERYXLOG", SEG) == 0
     assert second.exists()
     assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"queued"
+
+
+def test_an_archive_command_too_long_for_postgresql_15_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="pgrecovery.wal"):
+        archive_command(URL)
+        assert not caplog.records
+        archive_command(URL, spool_dir="/var/spool/" + "deep/" * 160)
+    assert "PostgreSQL 15 and older cut it at 1,024" in caplog.text
