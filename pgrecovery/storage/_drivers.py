@@ -46,6 +46,7 @@ PROVIDER_EXTRAS: Final[dict[str, str]] = {
 # -- capabilities ------------------------------------------------------------------------------------------------
 
 Finish = Literal["commit", "close"]
+Unfinished = Literal["s3-multipart-upload", "azure-uncommitted-blocks"]
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +60,9 @@ class Capabilities:
     ``staged``: nothing is known of the filesystem; a write goes to a hidden temporary name, is published under
     its own name, and is reported stored only once the storage shows it there with the size written (and the
     digest, read back, up to the repository's part size).
+    ``stored_md5``: the key of ``info()`` that holds the base64 MD5 the store keeps of a whole object uploaded in
+    parts (GCS: ``md5Hash``); a large upload is checked against it once completed.
+    ``unfinished``: how uploads a killed writer left unfinished are found and aborted (`_uploads`).
     """
 
     local: bool = False
@@ -66,13 +70,15 @@ class Capabilities:
     finish: Finish = "commit"
     conditional: bool = False
     staged: bool = False
+    stored_md5: str | None = None
+    unfinished: Unfinished | None = None
 
 
 _LOCAL = Capabilities(local=True)
 _MEMORY = Capabilities()
-_S3 = Capabilities(object_store=True, finish="commit", conditional=True)
-_GCS = Capabilities(object_store=True, finish="commit", conditional=True)
-_AZURE = Capabilities(object_store=True, finish="close", conditional=True)
+_S3 = Capabilities(object_store=True, finish="commit", conditional=True, unfinished="s3-multipart-upload")
+_GCS = Capabilities(object_store=True, finish="commit", conditional=True, stored_md5="md5Hash")
+_AZURE = Capabilities(object_store=True, finish="close", conditional=True, unfinished="azure-uncommitted-blocks")
 # Any other filesystem: writes staged under a temporary name, published, then confirmed by reading the storage back
 # (see `_StagedWriter`). Nothing is assumed of it that fsspec's public API does not promise.
 _OTHER = Capabilities(staged=True)

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+from ._drivers import Unfinished
 
 if TYPE_CHECKING:
     from .repository import Storage
@@ -33,7 +35,7 @@ class UnfinishedUpload:
 
     key: str
     last_active: datetime
-    kind: Literal["s3-multipart-upload", "azure-uncommitted-blocks"]
+    kind: Unfinished
     upload_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,9 +56,10 @@ def _relative(prefix: str, name: str) -> str | None:
 def unfinished_uploads(storage: Storage, older_than: float) -> list[UnfinishedUpload]:
     """The repository's unfinished uploads idle for more than ``older_than`` seconds, oldest first."""
     cutoff = datetime.fromtimestamp(time.time() - older_than, tz=UTC)
-    if storage.protocol in ("s3", "s3a"):
+    kind = storage.capabilities.unfinished  # only the drivers whose API was proven (`_drivers`)
+    if kind == "s3-multipart-upload":
         found = _s3_uploads(storage)
-    elif storage.protocol in ("az", "abfs", "abfss"):
+    elif kind == "azure-uncommitted-blocks":
         found = _azure_uncommitted(storage)
     else:
         return []

@@ -78,9 +78,9 @@ class UploadWriter(HashingWriter):
         self._buffered = 0
         self._file: Any = None
         self._sent = 0
-        # GCS keeps an MD5 of every object uploaded in one piece or by a resumable session: a large upload is
-        # checked against it after completion (a chunk sent again after a lost answer must not land twice)
-        self._md5 = hashlib.md5(usedforsecurity=False) if _protocols(target.fs) & {"gs", "gcs"} else None
+        # where the store keeps an MD5 of the whole object (GCS), a large upload is checked against it after
+        # completion (a chunk sent again after a lost answer must not land in the wrong place)
+        self._md5 = hashlib.md5(usedforsecurity=False) if target.capabilities.stored_md5 else None
 
     # -- writing -------------------------------------------------------------------------------------------
     def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
@@ -167,14 +167,15 @@ class UploadWriter(HashingWriter):
         self._check_stored_md5()
 
     def _check_stored_md5(self) -> None:
-        """GCS: the completed object's MD5 must be that of the bytes sent; otherwise the object (ours: the write
-        was conditional or ours to replace) is removed and the write fails, to be retried whole."""
+        """Where the store keeps an MD5 (``capabilities.stored_md5``): the completed object's must be that of the
+        bytes sent; otherwise the object (ours: the write was conditional or ours to replace) is removed and the
+        write fails, to be retried whole."""
         if self._md5 is None:
             return
         t = self._t
         with contextlib.suppress(Exception):
             t.fs.invalidate_cache(t.path)
-        stored = t.retry("check", self.key, lambda: t.fs.info(t.path)).get("md5Hash")
+        stored = t.retry("check", self.key, lambda: t.fs.info(t.path)).get(t.capabilities.stored_md5)
         if not stored or base64.b64decode(stored) == self._md5.digest():
             return  # a composite object has no MD5: nothing to compare
         with contextlib.suppress(Exception):
@@ -209,11 +210,6 @@ class UploadWriter(HashingWriter):
             with contextlib.suppress(Exception):
                 f.forced = True
                 f.closed = True
-
-
-def _protocols(fs: AbstractFileSystem) -> set[str]:
-    protocol = fs.protocol
-    return {protocol} if isinstance(protocol, str) else set(protocol)
 
 
 def cancel(f: Any) -> None:
