@@ -39,6 +39,7 @@ class _Queue:
         self.archiver, self.spool, self.reached = archiver, spool, after
         self.size = archiver.segment_size
         self.seen: set[str] = set()
+        self._swept: str | None = None  # where recovery was at the last sweep (none yet)
 
     def look(self) -> tuple[list[str], bool]:
         """(the names missing from the window ahead of recovery, whether recovery moved since the last look)."""
@@ -46,7 +47,9 @@ class _Queue:
         if asked and _walnames.is_segment(asked) and _position(asked, self.size) > _position(self.reached, self.size):
             self.reached = asked
         segno = _walnames.segment_number(self.reached, self.size)
-        self._sweep(segno)
+        if self._swept != self.reached:  # only downloads add files, all ahead of recovery: sweep when it moves
+            self._sweep(segno)
+            self._swept = self.reached
         have = set(_spool.prefetched(self.spool))
         taken = [
             n

@@ -210,20 +210,19 @@ class WalIndex:
             first_segment = self._oldest_segment(timeline)
         tli, lineage, start, end, archived = self._expected(first_segment, None, timeline)
         missing, corrupt, followed, count = [], [], set(), 0
+        checked: set[str] = set()  # the segments along the followed path (their digests checked here, if asked)
         index_cache: dict[int, dict[str, list[WalObject]]] = {}
         for segno in range(start, end + 1):
             owner = self._owner(lineage, segno)
             followed.add(owner)
             name = _walnames.segment_name(owner, segno, self.segment_size)
+            checked.add(name)
             if name not in archived[owner]:
                 missing.append(name)
                 continue
             count += 1
             if check_digests and not self._intact(index_cache.setdefault(owner, self.index(owner))[name]):
                 corrupt.append(name)
-        checked = set(corrupt) | {
-            _walnames.segment_name(self._owner(lineage, n), n, self.segment_size) for n in range(start, end + 1)
-        }
         for other in self.timelines():  # a timeline holding WAL without its history file cannot be followed
             index = index_cache.setdefault(other, self.index(other))
             history = _walnames.history_name(other)
