@@ -392,6 +392,22 @@ def _copy_repo(src: Path, dest: Path) -> Path:
 # -- the world ---------------------------------------------------------------------------------------------------
 
 
+def _crash_database(pg: LocalCluster, rows: int) -> str:
+    """The sweeps' database ``crash``, with a table ``t`` of ``rows`` rows (see FINGERPRINT); its conninfo."""
+    pg.execute("create database crash")
+    pg.execute(
+        "create table t (i int primary key, pad text not null);"
+        f"insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, {int(rows)}) i",
+        dbname="crash",
+    )
+    return pg.conninfo("crash")
+
+
+def _archived_segments(repo: Repository) -> list[str]:
+    archiver = WalArchiver(repo)
+    return sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[dict[str, Any]]:
     """A cluster archiving into repository A (PostgreSQL runs wal-push), a few MB of data, some backups.
@@ -407,13 +423,7 @@ def world() -> Iterator[dict[str, Any]]:
     pg = LocalCluster.temporary(settings=archive_settings(url, fsync=False, max_connections=40))
     try:
         pg.start()
-        pg.execute("create database crash")
-        crash = pg.conninfo("crash")
-        pg.execute(
-            "create table t (i int primary key, pad text not null);"
-            "insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, 40000) i",
-            dbname="crash",
-        )
+        crash = _crash_database(pg, 40000)
         repo = Repository(url)
         logical = [LogicalBackup(dbname=crash).run(repo) for _ in range(6)]
         full = BaseBackup(dbname=pg.conninfo()).run(repo)
@@ -425,8 +435,7 @@ def world() -> Iterator[dict[str, Any]]:
         inc = BaseBackup(dbname=pg.conninfo(), parent=full2.id).run(repo)
         _wait_archived(pg)
         snapshot = _copy_repo(repo_dir, root / "snapshot")
-        archiver = WalArchiver(repo)
-        segments = sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
+        segments = _archived_segments(repo)
         yield {
             "pg": pg,
             "root": root,

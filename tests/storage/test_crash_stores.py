@@ -25,10 +25,20 @@ from pgtesting import wait_archived as _wait_archived
 from storage_backends import Backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # the sweep's machinery
-from test_crash_sweep import Checker, Sweep, _backup_sweep, _fingerprint, _wal_fetch_sweep, _wal_push_sweep, cli, run
+from test_crash_sweep import (
+    Checker,
+    Sweep,
+    _archived_segments,
+    _backup_sweep,
+    _crash_database,
+    _fingerprint,
+    _wal_fetch_sweep,
+    _wal_push_sweep,
+    cli,
+    run,
+)
 
-from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, WalArchiver
-from pgrecovery import _walnames as wn
+from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository
 
 # kill points per operation and store (the fast profile; PGRECOVERY_SOAK multiplies them, as on file://)
 POINTS = {"backup logical": 5, "backup base": 5, "wal-push": 5, "wal-fetch": 4}
@@ -45,13 +55,7 @@ def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
     pg = LocalCluster.temporary(settings=archive_settings(url, fsync=False, max_connections=40))
     try:
         pg.start(env=backend.env)
-        pg.execute("create database crash")
-        crash = pg.conninfo("crash")
-        pg.execute(
-            "create table t (i int primary key, pad text not null);"
-            "insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, 20000) i",
-            dbname="crash",
-        )
+        crash = _crash_database(pg, 20000)
         LogicalBackup(dbname=crash).run(repo)
         BaseBackup(dbname=pg.conninfo()).run(repo)
         for _ in range(3):
@@ -61,8 +65,7 @@ def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
             )
             pg.execute("select pg_switch_wal()")
         _wait_archived(pg)
-        archiver = WalArchiver(repo)
-        segments = sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
+        segments = _archived_segments(repo)
         yield {
             "backend": backend,
             "pg": pg,
