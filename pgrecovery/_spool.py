@@ -11,7 +11,9 @@ a few milliseconds). Layout::
     <spool>/acked/<tag>/<name>    a hard link to the very file named so in pg_wal when it was made durable there
                                   (archive_command's shell part: ``[ acked/<tag>/%f -ef %p ]`` answers at once)
     <spool>/prefetch/<name>       a segment downloaded ahead of restore_command, verified, complete
-    <spool>/prefetch/.source      the repository tag the prefetched files came from
+    <spool>/prefetch/.source      "<repo tag> <boot id>": the repository the prefetched files came from, and the
+                                  boot they were written in (they are not fsynced: after a power loss, which is
+                                  always a reboot, the queue no longer counts and is emptied)
     <spool>/prefetch/.wanted      the last segment restore_command asked for (the prefetcher works ahead of it)
     <spool>/prefetch.lock         flock()ed by the one running prefetch process
     <spool>/prefetch.log          why the last prefetch process stopped early, if it failed
@@ -218,10 +220,28 @@ def prefetch_dir(spool: str) -> str:
     return os.path.join(spool, "prefetch")
 
 
+BOOT_ID: Final = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's id, or '' where the kernel does not tell (then every queued file is fsynced)."""
+    try:
+        with open(BOOT_ID) as f:
+            return f.read(64).strip()
+    except OSError:
+        return ""
+
+
+def _source_line(tag: str) -> str:
+    boot = boot_id()
+    return f"{tag} {boot}" if boot else tag
+
+
 def source_matches(spool: str, tag: str) -> bool:
+    """Whether the queue holds files of repository ``tag`` written in this boot."""
     try:
         with open(os.path.join(prefetch_dir(spool), ".source")) as f:
-            return f.read(64).strip() == tag
+            return f.read(128).strip() == _source_line(tag)
     except OSError:
         return False
 
@@ -452,14 +472,16 @@ def clear_prefetched(spool: str, keep: set[str] | None = None) -> list[str]:
     ]
 
 
-def set_source(spool: str, tag: str) -> None:
-    """Make the queue belong to repository ``tag`` (emptying it if it held another repository's files)."""
+def set_source(spool: str, tag: str) -> bool:
+    """Make the queue belong to repository ``tag`` in this boot (emptying it if it held another repository's
+    files, or files of an earlier boot); whether queued files must be fsynced (only where the boot is unknown)."""
     directory = ensure_dir(prefetch_dir(spool))
     if not source_matches(spool, tag):
         clear_prefetched(spool)
         # durable, with the removals above (one directory): the queue must never hold another repository's files
         # under this tag after a crash
-        _atomic_write_text(os.path.join(directory, ".source"), tag + "\n", sync=True)
+        _atomic_write_text(os.path.join(directory, ".source"), _source_line(tag) + "\n", sync=True)
+    return not boot_id()
 
 
 if __name__ == "__main__":

@@ -78,40 +78,72 @@ def fill(
     *,
     linger: float = LINGER,
     stop: Callable[[], bool] | None = None,
+    sync: bool = True,
 ) -> list[str]:
-    """Fill ``spool``'s queue ahead of recovery (the caller holds the queue's lock); the names downloaded."""
+    """Fill ``spool``'s queue ahead of recovery (the caller holds the queue's lock); the names downloaded.
+    ``sync``: fsync each queued file (not needed where the queue is bound to this boot, `_spool.set_source`).
+
+    A pipeline: up to ``archiver.parallel`` downloads are in flight at any time, and a new one starts as soon as
+    recovery takes a segment or a download ends. (Waiting for a whole batch let the queue run dry: recovery takes
+    one segment at a time, so each batch was one segment, downloaded while recovery waited.)"""
     queue = _Queue(archiver, spool, after)
-    directory = _spool.prefetch_dir(spool)
-    downloaded: list[str] = []
-    index: dict[str, list[WalObject]] = {}
+    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
     moved = time.monotonic()
     with ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch") as pool:
         while True:
+            if flight.harvest(queue):
+                moved = time.monotonic()
             todo, taken = queue.look()
             if taken:
                 moved = time.monotonic()
                 continue
-            if not todo:
-                if time.monotonic() - moved > linger or (stop is not None and stop()):
-                    break
-                time.sleep(_POLL)
+            todo = [n for n in todo if n not in flight.running]
+            if not flight.ended and todo and len(flight.running) < archiver.parallel:
+                flight.start(pool, todo)
                 continue
-            if any(n not in index for n in todo):  # read the listing again only when it may have grown
-                index = archiver.index(_walnames.timeline_of(todo[0]))
-            available = [index[n][0] for n in todo if n in index]
-            if not available:
-                break  # the archive has nothing newer yet
-            futures = {
-                o.name: pool.submit(archiver._download, o, os.path.join(directory, o.name), sync_dir=False)
-                for o in available
-            }
-            got = [n for n, f in futures.items() if succeeded(f, n)]
-            downloaded += got
-            queue.seen.update(got)
-            moved = time.monotonic()
-            if len(got) < len(todo):
-                break  # a segment is not archived (yet) or failed: restore_command will fetch it itself
-    return downloaded
+            idle = not todo and (time.monotonic() - moved > linger or (stop is not None and stop()))
+            if not flight.running and (flight.ended or idle):  # ended: the archive's end, or a failed download
+                break
+            time.sleep(_POLL)
+    return flight.downloaded
+
+
+class _Flight:
+    """The downloads under way, and what the filler learnt from the ones that ended."""
+
+    def __init__(self, archiver: WalArchiver, directory: str, sync: bool) -> None:
+        self.archiver, self.directory, self.sync = archiver, directory, sync
+        self.running: dict[str, Future[None]] = {}
+        self.downloaded: list[str] = []
+        self.index: dict[str, list[WalObject]] = {}
+        self.ended = False  # no new downloads: the archive has nothing newer (yet), or one failed
+
+    def start(self, pool: ThreadPoolExecutor, todo: list[str]) -> None:
+        """Start downloading the first of ``todo`` (names in window order) the archive holds, as many as fit."""
+        if any(n not in self.index for n in todo):  # read the listing again only when it may have grown
+            self.index = self.archiver.index(_walnames.timeline_of(todo[0]))
+        room = self.archiver.parallel - len(self.running)
+        for name in todo[:room]:
+            if name not in self.index:
+                self.ended = True  # not archived (yet): restore_command fetches it itself, and starts a filler
+                break
+            obj = self.index[name][0]
+            dest = os.path.join(self.directory, name)
+            self.running[name] = pool.submit(self.archiver._download, obj, dest, sync_dir=False, sync_file=self.sync)
+
+    def harvest(self, queue: _Queue) -> bool:
+        """Collect the downloads that ended; whether any succeeded."""
+        got = False
+        for name, future in list(self.running.items()):
+            if future.done():
+                del self.running[name]
+                if succeeded(future, name):
+                    self.downloaded.append(name)
+                    queue.seen.add(name)
+                    got = True
+                else:
+                    self.ended = True
+        return got
 
 
 def succeeded(future: Future[Any], name: str) -> bool:

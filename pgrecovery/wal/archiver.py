@@ -265,14 +265,15 @@ class WalArchiver(WalIndex):
             self._start_prefetch(name, spool)
         return True
 
-    def _download(self, obj: WalObject, dest: str, *, sync_dir: bool = True) -> None:
+    def _download(self, obj: WalObject, dest: str, *, sync_dir: bool = True, sync_file: bool = True) -> None:
         """Deliver ``obj`` as ``dest`` verified: temp file beside it, fsync, rename (then the directory's fsync,
-        unless ``sync_dir`` is off: the prefetch queue is a cache)."""
+        unless ``sync_dir`` is off: the prefetch queue is a cache; ``sync_file`` off skips the file's fsync too,
+        for a queue that a reboot invalidates)."""
         try:
             with self.repo.open(obj.key) as raw, _fsutil.atomic_file(dest, mode=0o600, sync=sync_dir) as out:
                 for chunk in verified_chunks(raw, obj, then="; nothing was delivered"):
                     out.write(chunk)
-                if not sync_dir:  # the file is fsynced all the same: only the queue's directory entry may be lost
+                if sync_file and not sync_dir:  # only the queue's directory entry may be lost
                     out.flush()
                     os.fsync(out.fileno())
         except OSError as e:
@@ -324,8 +325,8 @@ class WalArchiver(WalIndex):
         with _spool.spool_lock(spool, fd=lock_fd) as got:
             if not got:
                 return []
-            _spool.set_source(spool, self._tag)
-            return _prefetch.fill(self, after, spool, stop=stop)
+            sync = _spool.set_source(spool, self._tag)
+            return _prefetch.fill(self, after, spool, stop=stop, sync=sync)
 
     def wait_for_prefetch(self, spool_dir: str | os.PathLike[str], timeout: float = 60) -> bool:
         """Wait until no prefetch process runs on ``spool_dir``; False if one still runs after ``timeout`` s."""

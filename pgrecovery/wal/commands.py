@@ -111,16 +111,20 @@ def _spool_path(spool_dir: str | None, *parts: str) -> str:
 
 def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     """The shell's part of the fast restore_command: if the prefetch queue belongs to this repository (its
-    ``.source`` holds the repository's tag) and holds ``%f``, rename it to ``%p`` and exit 0; otherwise (or if
-    the rename fails) fall through to the Python command. Only builtins and one ``mv``: about 2 ms.
+    ``.source`` holds the repository's tag and this boot's id) and holds ``%f``, rename it to ``%p`` and exit 0;
+    otherwise (or if the rename fails) fall through to the Python command. Only builtins and one ``mv``: about
+    2 ms.
 
     The queue holds only complete, verified files (renamed into it by the prefetcher), so taking one is as safe
-    here as in Python. The default spool is found from ``%p`` as `pgrecovery._spool.default_spool` finds it.
+    here as in Python. They are not fsynced: a power loss could tear them, but a power loss is always a reboot,
+    and a queue written in another boot is never taken. The default spool is found from ``%p`` as
+    `pgrecovery._spool.default_spool` finds it.
     """
     tag = _spool.repo_tag(repo_url)
     return (
         _spool_path(spool_dir, "prefetch")
-        + f'{{ read t <"$s/.source" && [ "$t" = {tag} ] && [ -f "$s/%f" ] && mv -fT "$s/%f" "$p" && exit 0; }} '
+        + f'{{ read t b <"$s/.source" && {{ read k <{_q(_spool.BOOT_ID)} || k=; }} && [ "$t $b" = "{tag} $k" ] '
+        + '&& [ -f "$s/%f" ] && mv -fT "$s/%f" "$p" && exit 0; } '
         + "2>/dev/null; "
     )
 
