@@ -32,7 +32,7 @@ import sys
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from types import ModuleType
     from typing import Any, Final
 
@@ -456,18 +456,21 @@ def after_fetch(
     )
 
 
-def clear_prefetched(spool: str, keep: set[str] | None = None) -> list[str]:
-    """Remove queued files (and leftovers of interrupted downloads) not in ``keep``."""
+def clear_prefetched(
+    spool: str, keep: set[str] | Callable[[str], bool] | None = None, *, temps: bool = True
+) -> list[str]:
+    """Remove queued files not in ``keep`` (names, or a test of a name: a file that lands meanwhile is judged
+    too), and (``temps``) leftovers of interrupted downloads: only where no download of this process is under way."""
     directory = prefetch_dir(spool)
     try:
         names = os.listdir(directory)
     except OSError:
         return []
+    kept = keep if callable(keep) else (keep or set()).__contains__
     return [
         n
         for n in names
-        if (n.endswith(".tmp") or _walnames.is_wal_file(n))
-        and n not in (keep or set())
+        if ((temps and n.endswith(".tmp")) or (_walnames.is_wal_file(n) and not kept(n)))
         and _unlink(os.path.join(directory, n))
     ]
 

@@ -39,7 +39,9 @@ class _Queue:
         self.archiver, self.spool, self.reached = archiver, spool, after
         self.size = archiver.segment_size
         self.seen: set[str] = set()
-        self._swept: str | None = None  # where recovery was at the last sweep (none yet)
+        self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
+        # removes what interrupted downloads of an earlier filler left; later ones leave temporary files alone,
+        # which are this filler's downloads under way)
 
     def look(self) -> tuple[list[str], bool]:
         """(the names missing from the window ahead of recovery, whether recovery moved since the last look)."""
@@ -66,9 +68,11 @@ class _Queue:
 
     def _sweep(self, segno: int) -> None:
         """Drop queued segments recovery is past, and leftovers of interrupted downloads."""
-        queued = _spool.prefetched(self.spool)
-        keep = {n for n in queued if not _walnames.is_segment(n) or _walnames.segment_number(n, self.size) > segno}
-        _spool.clear_prefetched(self.spool, keep=keep)
+
+        def ahead(n: str) -> bool:
+            return not _walnames.is_segment(n) or _walnames.segment_number(n, self.size) > segno
+
+        _spool.clear_prefetched(self.spool, keep=ahead, temps=self._swept is None)
 
 
 def fill(
