@@ -204,6 +204,30 @@ def test_the_filler_stops_when_recovery_takes_nothing(tmp_path: Path) -> None:
     assert stopped == []  # the queue is full and the caller says stop: at once
 
 
+def test_a_sweep_as_recovery_moves_leaves_downloads_under_way_alone(tmp_path: Path) -> None:
+    """The filler keeps downloads in flight while recovery moves: sweeping the segments recovery passed must not
+    remove their temporary files (the downloads failed, and the filler stopped). An earlier filler's leftovers go
+    at the first sweep."""
+    archiver, _ = archive(tmp_path, 6)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    q = spool / "prefetch"
+    leftover = q / f".{segment_name(1, 9)}.dead.tmp"
+    leftover.write_bytes(b"killed half-way")
+    queue = _prefetch._Queue(archiver, str(spool), segment_name(1, 1))
+    queue.look()
+    assert not leftover.exists()
+    under_way = q / f".{segment_name(1, 5)}.live.tmp"
+    under_way.write_bytes(b"being written")
+    (q / segment_name(1, 2)).write_bytes(b"passed")
+    (q / segment_name(1, 4)).write_bytes(b"ahead")
+    _spool.note_wanted(str(spool), segment_name(1, 3))  # recovery moved on
+    queue.look()
+    assert sorted(p.name for p in q.iterdir() if p.name not in (".source", ".wanted")) == sorted(
+        [under_way.name, segment_name(1, 4)]
+    )
+
+
 # -- archive_command's shell part ------------------------------------------------------------------------------
 
 
