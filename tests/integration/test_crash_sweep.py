@@ -44,7 +44,9 @@ from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository, Veri
 from pgrecovery import _fastpath as fastpath
 from pgrecovery import _spool as spool_mod
 from pgrecovery import _walnames as wn
-from pgrecovery.catalog import leftovers
+from pgrecovery.catalog import BACKUPS, leftovers
+from pgrecovery.retention import EXPIRED
+from pgrecovery.storage._readers import modified_of
 from pgrecovery.wal.archiver import WalArchiver, archive_command, restore_command
 
 SEED = int(os.environ.get("PGRECOVERY_SWEEP_SEED", "20261125"))
@@ -753,8 +755,14 @@ def _wal_fetch_sweep(
 def test_wal_prefetch_survives_kill_9(
     world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _wal_prefetch_sweep(world, tmp_path, capsys)
+
+
+def _wal_prefetch_sweep(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], sweep: Sweep | None = None
+) -> None:
     """The detached prefetcher (started by wal-fetch) killed while it fills the queue."""
-    sweep = Sweep("wal-prefetch")
+    sweep = sweep or Sweep("wal-prefetch")
     rec = Recovery(world, tmp_path / "recovery")
 
     def started() -> None:
@@ -799,33 +807,72 @@ def test_wal_prefetch_survives_kill_9(
 # -- copy, expire -----------------------------------------------------------------------------------------------
 
 
+def _changes(repo: Repository) -> Callable[[], object]:
+    """A probe that changes as soon as anything is written to ``repo``: its tree on local disk (temporary files
+    too), its listing elsewhere."""
+    if repo.capabilities.local:
+        return lambda: tree(Path(repo.root))
+    return repo.list_keys
+
+
+def _contents(repo: Repository) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Everything stored under ``repo`` (temporary files too) with its size and modification time, and its
+    unfinished uploads: any write there changes this."""
+    repo.fs.invalidate_cache()
+    found = repo.fs.find(repo.root, detail=True)
+    stored = {
+        path: (int(info["size"]), modified_of(info, path, repo.display_url).isoformat()) for path, info in found.items()
+    }
+    return stored, sorted(u.key for u in repo.unfinished_uploads(0.0))
+
+
 def test_copy_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = Sweep("copy")
-    source = Repository(f"file://{world['snapshot']}")
-    wanted = [m.id for m in source.backups()]
     counter = iter(range(10**6))
+    source = Repository(f"file://{world['snapshot']}")
+    _copy_sweep(world, source, lambda: Repository(f"file://{tmp_path / f'copy{next(counter)}'}"), capsys)
 
-    def target() -> Repository:
-        return Repository(f"file://{tmp_path / f'copy{next(counter)}'}")
 
-    first = target()
-    measured = run(cli(source.url, "copy", "--to", first.url), probe=lambda: tree(Path(first.root)))
+def _copy_sweep(
+    world: dict[str, Any],
+    source: Repository,
+    new_target: Callable[[], Repository],
+    capsys: pytest.CaptureFixture[str],
+    sweep: Sweep | None = None,
+    backups: Sequence[str] = (),
+) -> None:
+    """`copy` killed; each kill point copies ``source`` (only ``backups``, with every WAL file, when given) into a
+    new repository (``new_target``), and ``world["env"]`` reaches both. The source stays exactly as it was:
+    nothing written there, nothing left unfinished."""
+    sweep = sweep or Sweep("copy")
+    env = world.get("env") or {}
+    wanted = [m.id for m in source.backups() if not backups or m.id in backups]
+    before = _contents(source)
+
+    def copy(dest: Repository) -> list[str]:
+        return cli(source.url, "copy", "--to", dest.url, *(a for b in backups for a in ("--backup", b)))
+
+    first = new_target()
+    measured = run(copy(first), env=env, probe=_changes(first))
 
     def body(delay: float) -> str | None:
-        dest = target()
-        res = run(cli(source.url, "copy", "--to", dest.url), kill_after=delay)
+        dest = new_target()
+        res = run(copy(dest), kill_after=delay, env=env)
         if not res.killed:
             res.check()
             return None
-        checker = Checker(dest)
+        assert _contents(source) == before, f"the killed copy changed its source {source.display_url}"
+        checker = Checker(dest, env)
         listed = checker.listed_backups()
         checker.no_corrupt_wal()
         left = {x.id for x in leftovers(dest)}
         phase = f"{len(listed)} of {len(wanted)} backups there" + (", one half-copied" if left else "")
+        if dest.unfinished_uploads(0.0):
+            phase += ", an upload left unfinished"
         checker.clean_removes(left)
-        run(cli(source.url, "copy", "--to", dest.url)).check()
+        run(copy(dest), env=env).check()
         assert checker.listed_backups() == wanted
         checker.wal_verify_clean()
+        assert _contents(source) == before, f"copying again changed the source {source.display_url}"
         return phase
 
     for delay in sweep.delays(measured):
@@ -834,15 +881,31 @@ def test_copy_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: pyt
 
 
 def test_expire_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = Sweep("expire")
     counter = iter(range(10**6))
-    args = ["expire", "--keep-last", "1", "--json"]
 
     def fresh() -> Repository:
         return Repository(f"file://{_copy_repo(world['snapshot'], tmp_path / f'exp{next(counter)}')}")
 
+    _expire_sweep(world, fresh, capsys)
+
+
+def _expire_sweep(
+    world: dict[str, Any],
+    fresh: Callable[[], Repository],
+    capsys: pytest.CaptureFixture[str],
+    sweep: Sweep | None = None,
+) -> None:
+    """`expire --keep-last 1` killed; each kill point expires a new copy of the same repository (``fresh``), which
+    ``world["env"]`` reaches."""
+    sweep = sweep or Sweep("expire")
+    env = world.get("env") or {}
+    args = ["expire", "--keep-last", "1", "--json"]
+
+    def marked(repo: Repository) -> list[str]:
+        return [k.split("/")[1] for k in repo.list_keys(BACKUPS) if k.endswith(f"/{EXPIRED}")]
+
     reference = fresh()
-    measured = run(cli(reference.url, *args), probe=lambda: tree(Path(reference.root))).check()
+    measured = run(cli(reference.url, *args), env=env, probe=_changes(reference)).check()
     kept = [m.id for m in reference.backups()]
     assert set(json.loads(measured.out)["deleted"]), "the expire sweep needs something to expire"
     wal_kept = WalArchiver(reference).list_archived()
@@ -850,26 +913,25 @@ def test_expire_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: p
     def body(delay: float) -> str | None:
         repo = fresh()
         before = [m.id for m in repo.backups()]
-        res = run(cli(repo.url, *args), kill_after=delay)
+        res = run(cli(repo.url, *args), kill_after=delay, env=env)
         if not res.killed:
             res.check()
             return None
-        checker = Checker(repo)
+        checker = Checker(repo, env)
         listed = checker.listed_backups()
         checker.no_corrupt_wal()
         checker.wal_verify_clean()  # WAL goes oldest first: never a gap
-        marked = [d.name for d in (Path(repo.root) / "backups").iterdir() if (d / "expired.json").exists()]
         phase = "before unlisting" if listed == before else "after unlisting"
-        if marked:
+        if marked(repo):
             phase += ", data deletion interrupted"
         elif WalArchiver(repo).list_archived() == wal_kept and listed == kept:
             phase = "after everything was deleted"
-        run(cli(repo.url, *args)).check()
+        run(cli(repo.url, *args), env=env).check()
         assert checker.listed_backups(again=True) == kept
         assert WalArchiver(repo).list_archived() == wal_kept
         checker.clean_removes()
-        assert sorted(p.name for p in (Path(repo.root) / "backups").iterdir()) == sorted(kept), "a backup dir remains"
-        assert not list((Path(repo.root) / "backups").glob("*/expired.json")), "a kept backup is marked expired"
+        assert repo.children(BACKUPS) == sorted(kept), "an expired backup's objects remain"
+        assert not marked(repo), "a kept backup is marked expired"
         checker.wal_verify_clean()
         return phase
 
@@ -882,28 +944,38 @@ def test_expire_survives_kill_9(world: dict[str, Any], tmp_path: Path, capsys: p
 
 
 def test_restore_base_survives_kill_9(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """Kill `restore base` (an incremental backup: files from two backups); rerun with --overwrite into the same
-    directory; the recovered cluster holds exactly the source's data."""
-    sweep = Sweep("restore base")
+    """Kill `restore base` of an incremental backup (files from two backups)."""
     base = _owned_tmpdir("pgrecovery-crash-restore-")
-    pgdata = base / "data"
-    args = ["restore", "base", world["inc"].id, "--pgdata", str(pgdata), "--overwrite", "--target-immediate"]
-    args += ["--no-archive"]
     try:
-        measured = run(cli(world["url"], *args), probe=lambda: tree(pgdata))
+        _restore_base_sweep(world, world["inc"].id, base / "data", capsys)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _restore_base_sweep(
+    world: dict[str, Any], backup: str, pgdata: Path, capsys: pytest.CaptureFixture[str], sweep: Sweep | None = None
+) -> None:
+    """Kill `restore base` of ``backup`` into ``pgdata`` (its parent belongs to the server's user); rerun with
+    --overwrite into the same directory; the recovered cluster, whose restore_command reaches the repository
+    through ``world["env"]``, holds exactly the source's data (``world["source"]``)."""
+    sweep = sweep or Sweep("restore base")
+    env = world.get("env") or {}
+    args = ["restore", "base", backup, "--pgdata", str(pgdata), "--overwrite", "--target-immediate", "--no-archive"]
+    try:
+        measured = run(cli(world["url"], *args), env=env, probe=lambda: tree(pgdata))
 
         def body(delay: float) -> str | None:
-            res = run(cli(world["url"], *args), kill_after=delay)
+            res = run(cli(world["url"], *args), kill_after=delay, env=env)
             if not res.killed:
                 res.check()
                 return None
             phase = "before writing files"
             if pgdata.exists() and any(pgdata.iterdir()):
                 phase = "configured" if (pgdata / "recovery.signal").exists() else "while writing files"
-            run(cli(world["url"], *args)).check()
+            run(cli(world["url"], *args), env=env).check()
             restored = LocalCluster(data_dir=pgdata)
             try:
-                restored.start()
+                restored.start(env=env)
                 _wait_until(lambda: not restored.query("select pg_is_in_recovery()")[0][0], 120, "the end of recovery")
                 got = _fingerprint(restored, "crash")
             finally:
@@ -917,14 +989,21 @@ def test_restore_base_survives_kill_9(world: dict[str, Any], capsys: pytest.Capt
         cluster = LocalCluster(data_dir=pgdata)
         if cluster.is_running():
             cluster.stop(mode="immediate")
-        shutil.rmtree(base, ignore_errors=True)
     sweep.finish(capsys)
 
 
 def test_restore_logical_survives_kill_9(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    """Kill `restore logical --create`; the rerun into the same database (--clean --if-exists when the killed
-    run had created it) succeeds and the data equal the source."""
-    sweep = Sweep("restore logical")
+    _restore_logical_sweep(world, capsys)
+
+
+def _restore_logical_sweep(
+    world: dict[str, Any], capsys: pytest.CaptureFixture[str], sweep: Sweep | None = None
+) -> None:
+    """Kill `restore logical --create` of the newest of ``world["logical"]`` into ``world["pg"]``; the rerun into
+    the same database (--clean --if-exists when the killed run had created it) succeeds and the data equal the
+    source (``world["source"]``)."""
+    sweep = sweep or Sweep("restore logical")
+    env = world.get("env") or {}
     pg: LocalCluster = world["pg"]
     backup = world["logical"][-1].id
     dbname = "crash_restored"
@@ -938,22 +1017,22 @@ def test_restore_logical_survives_kill_9(world: dict[str, Any], capsys: pytest.C
     def exists() -> bool:
         return bool(pg.query("select 1 from pg_database where datname = %s", (dbname,)))
 
-    measured = run(cli(world["url"], *create), probe=exists)
+    measured = run(cli(world["url"], *create), env=env, probe=exists)
     assert _fingerprint(pg, dbname) == world["source"]
-    refused = run(cli(world["url"], *create))
+    refused = run(cli(world["url"], *create), env=env)
     assert refused.code != 0
     assert "already exists" in refused.err, refused.err
     drop()
 
     def body(delay: float) -> str | None:
         try:
-            res = run(cli(world["url"], *create), kill_after=delay, env={"PGAPPNAME": "sweep-restore"})
+            res = run(cli(world["url"], *create), kill_after=delay, env={**env, "PGAPPNAME": "sweep-restore"})
             if not res.killed:
                 res.check()
                 return None
             _wait_until(lambda: _sessions(pg, "sweep-restore") == 0, 30, "the killed restore's sessions to end")
             phase = "after creating the database" if exists() else "before creating the database"
-            run(cli(world["url"], *(into if exists() else create))).check()
+            run(cli(world["url"], *(into if exists() else create)), env=env).check()
             got = _fingerprint(pg, dbname)
             assert got == world["source"], f"restored data differ: {got} != {world['source']}"
             return phase

@@ -5,8 +5,10 @@ conditional instead of a rename.
 
 After every kill: only complete backups are listed (each passes `verify`), every WAL segment the archiver was
 told is archived is stored with its digest, `clean` removes exactly the leftovers, the rerun succeeds, and
-`wal-verify` is clean; at the end `clean` finds no unfinished upload older than the sweep and a restore of the
-last backup matches the source row for row.
+`wal-verify` is clean. `copy` goes from the sweeps' repository into new ones on the same store (the source must
+not change at all), `expire` works on store-side copies of a snapshot taken after setup, the restores read the
+store. At the end `clean` aborts exactly the uploads the kills left unfinished in the sweeps' repository, and a
+restore of the last backup matches the source row for row.
 """
 
 from __future__ import annotations
@@ -30,9 +32,14 @@ from test_crash_sweep import (
     Sweep,
     _archived_segments,
     _backup_sweep,
+    _copy_sweep,
     _crash_database,
+    _expire_sweep,
     _fingerprint,
+    _restore_base_sweep,
+    _restore_logical_sweep,
     _wal_fetch_sweep,
+    _wal_prefetch_sweep,
     _wal_push_sweep,
     cli,
     run,
@@ -41,13 +48,26 @@ from test_crash_sweep import (
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository
 
 # kill points per operation and store (the fast profile; PGRECOVERY_SOAK multiplies them, as on file://)
-POINTS = {"backup logical": 5, "backup base": 5, "wal-push": 5, "wal-fetch": 4}
+POINTS = {
+    "backup logical": 5,
+    "backup base": 5,
+    "wal-push": 5,
+    "wal-fetch": 4,
+    "wal-prefetch": 3,
+    "copy": 3,
+    "expire": 3,
+    "restore base": 3,
+    "restore logical": 3,
+}
 
 
 @pytest.fixture(scope="module")
 def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
     """A cluster archiving into a repository on ``object_store`` (the server reaches it through the backend's
-    environment), with data, a logical and a base backup."""
+    environment), with data, two logical backups, two full base backups and an incremental one on the second.
+
+    ``source``: the data's fingerprint when they were taken; ``snapshot``: a copy of the repository on the same
+    store, taken after setup, for the expire sweep (the same starting point at every kill point)."""
     backend = object_store
     prefix = f"crash-{uuid.uuid4().hex[:10]}"
     url = backend.url(prefix)
@@ -56,8 +76,17 @@ def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
     try:
         pg.start(env=backend.env)
         crash = _crash_database(pg, 20000)
-        LogicalBackup(dbname=crash).run(repo)
+        logical = [LogicalBackup(dbname=crash).run(repo) for _ in range(2)]
         BaseBackup(dbname=pg.conninfo()).run(repo)
+        for _ in range(2):
+            pg.execute("select pg_switch_wal()")
+            pg.execute("checkpoint")
+        full2 = BaseBackup(dbname=pg.conninfo()).run(repo)
+        pg.execute("select pg_switch_wal()")
+        inc = BaseBackup(dbname=pg.conninfo(), parent=full2.id).run(repo)
+        source = _fingerprint(pg, "crash")
+        _wait_archived(pg)
+        snapshot = _copy_objects(repo, backend.repo(f"{prefix}-snapshot"))
         for _ in range(3):
             pg.execute(
                 "insert into t select i, 'more' from generate_series(20001, 20100) i on conflict do nothing",
@@ -73,11 +102,24 @@ def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
             "repo": repo,
             "env": dict(backend.env),
             "crash": crash,
+            "source": source,
+            "logical": logical,
+            "inc": inc,
+            "snapshot": snapshot,
             "segments": segments,
             "checker": Checker(repo, dict(backend.env)),
         }
     finally:
         pg.destroy()
+
+
+def _copy_objects(source: Repository, dest: Repository) -> Repository:
+    """Every object of ``source`` (a listing shows no unfinished upload) copied by the store itself into ``dest``
+    (empty), as ``shutil.copytree`` copies a file:// repository."""
+    keys = source.list_keys()
+    source.fs.copy([source.path(k) for k in keys], [dest.path(k) for k in keys])
+    assert dest.list_keys() == keys
+    return dest
 
 
 def _sweep(world: dict[str, Any], op: str) -> Sweep:
@@ -114,6 +156,57 @@ def test_wal_fetch_survives_kill_9_on_object_stores(
     store_world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _wal_fetch_sweep(store_world, tmp_path, capsys, _sweep(store_world, "wal-fetch"))
+
+
+def test_wal_prefetch_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _wal_prefetch_sweep(store_world, tmp_path, capsys, _sweep(store_world, "wal-prefetch"))
+
+
+def test_copy_survives_kill_9_on_object_stores(store_world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """From the sweeps' repository into new ones on the same store: the newest logical backup, the incremental
+    one and its full parent, with all the WAL (the sweeps above leave some 30 backups: copying and verifying every
+    one at each kill point would take minutes). The source is never changed."""
+    backend: Backend = store_world["backend"]
+    base = f"crash-copy-{uuid.uuid4().hex[:8]}"
+    counter = iter(range(10**6))
+
+    def target() -> Repository:
+        return backend.repo(f"{base}-{next(counter)}")
+
+    inc = store_world["inc"]
+    chosen = [store_world["logical"][-1].id, inc.physical.parent, inc.id]
+    _copy_sweep(store_world, store_world["repo"], target, capsys, _sweep(store_world, "copy"), chosen)
+
+
+def test_expire_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each kill point expires a new repository on the store: a copy of the snapshot taken after setup."""
+    backend: Backend = store_world["backend"]
+    base = f"crash-expire-{uuid.uuid4().hex[:8]}"
+    counter = iter(range(10**6))
+
+    def fresh() -> Repository:
+        return _copy_objects(store_world["snapshot"], backend.repo(f"{base}-{next(counter)}"))
+
+    _expire_sweep(store_world, fresh, capsys, _sweep(store_world, "expire"))
+
+
+def test_restore_base_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], owned_dir: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The incremental backup (files from two backups) into a local data directory; recovery reads WAL from the
+    store."""
+    pgdata = owned_dir("pgrecovery-crash-store-restore-") / "data"
+    _restore_base_sweep(store_world, store_world["inc"].id, pgdata, capsys, _sweep(store_world, "restore base"))
+
+
+def test_restore_logical_survives_kill_9_on_object_stores(
+    store_world: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _restore_logical_sweep(store_world, capsys, _sweep(store_world, "restore logical"))
 
 
 def test_after_the_sweeps_the_repository_restores_exactly(
