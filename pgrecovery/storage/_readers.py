@@ -35,6 +35,12 @@ class _Reader(io.RawIOBase):
         return len(data)
 
 
+def _vanished(key: str, retry: Retry) -> StorageError:
+    """An object deleted after it was opened (by another process: an expire, a delete): missing, as if it had been
+    missing at `open` (object stores fetch on read; a local file stays readable once open)."""
+    return StorageError(f"{key!r} is missing from {retry.where} (deleted while it was being read)")
+
+
 class RetryingReader(_Reader):
     """A driver's read-only file whose reads are retried on transient errors.
 
@@ -53,7 +59,10 @@ class RetryingReader(_Reader):
 
     def read(self, size: int | None = -1) -> bytes:
         n = -1 if size is None else size
-        return bytes(self._retry("read", self._key, lambda: self._f.read(n)))
+        try:
+            return bytes(self._retry("read", self._key, lambda: self._f.read(n)))
+        except FileNotFoundError:
+            raise _vanished(self._key, self._retry) from None
 
     def close(self) -> None:
         if not self.closed:
@@ -90,7 +99,10 @@ class ParallelReader(_Reader):
         return self._pos
 
     def _fetch(self, start: int, end: int) -> bytes:
-        data = bytes(self._retry("read", self._key, lambda: self._fs.cat_file(self._path, start=start, end=end)))
+        try:
+            data = bytes(self._retry("read", self._key, lambda: self._fs.cat_file(self._path, start=start, end=end)))
+        except FileNotFoundError:
+            raise _vanished(self._key, self._retry) from None
         if len(data) != end - start:
             raise StorageError(
                 f"{self._key!r} changed while it was read ({len(data)} bytes at {start}, not {end - start})"
