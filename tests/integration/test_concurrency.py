@@ -9,6 +9,9 @@
 
 A base backup is held "in progress" in this process by a progress callback that waits on an event, so that the
 other operation (a real CLI process) runs while the server is in backup mode.
+
+Each story is a helper taking the cluster and the repository (and what else varies), called here on ``file://`` and
+by tests/storage/test_concurrency_stores.py on the object stores, with the same checks.
 """
 
 from __future__ import annotations
@@ -50,16 +53,29 @@ from pgrecovery.wal.archiver import WalArchiver, archive_command
 _counter = itertools.count()
 
 
+def fill(pg: LocalCluster) -> None:
+    """The tests' data: table ``t`` (see FINGERPRINT), and ``noise`` to make WAL with."""
+    pg.execute(
+        "create table t (i int primary key, pad text not null);"
+        "insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, 20000) i;"
+        "create table noise (i int)"
+    )
+
+
+def archive_into(cluster: LocalCluster, url: str) -> None:
+    """Make the cluster archive into ``url`` from now on (archive_command switched by a reload)."""
+    cluster.configure(archive_command=archive_command(url))
+    cluster.reload()
+    cluster.execute("insert into noise select generate_series(1, 1000)")
+    _wait_archived(cluster)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     pg = LocalCluster.temporary(settings=archive_settings(command="", fsync=False))
     try:
         pg.start()
-        pg.execute(
-            "create table t (i int primary key, pad text not null);"
-            "insert into t select i, md5(i::text) || md5((i * 7)::text) from generate_series(1, 20000) i;"
-            "create table noise (i int)"
-        )
+        fill(pg)
         yield pg
     finally:
         pg.destroy()
@@ -76,10 +92,7 @@ def repo(cluster: LocalCluster) -> Repository:
     root = _owned_tmpdir("pgrecovery-conc-")
     _roots.append(root)
     url = f"file://{root}"
-    cluster.configure(archive_command=archive_command(url))
-    cluster.reload()
-    cluster.execute("insert into noise select generate_series(1, 1000)")
-    _wait_archived(cluster)
+    archive_into(cluster, url)
     return Repository(url)
 
 
@@ -153,7 +166,8 @@ class Held:
 # -- backups ----------------------------------------------------------------------------------------------------
 
 
-def test_two_logical_backups_at_once_get_distinct_ids_and_both_verify(cluster: LocalCluster, repo: Repository) -> None:
+def two_logical_backups_at_once(cluster: LocalCluster, repo: Repository) -> None:
+    """Three at once: distinct ids, all listed, each verifies, nothing left over."""
     cmd = cli(repo.url, "backup", "logical", "--dbname", cluster.conninfo(), "--json")
     results = _together(cmd, cmd, cmd)
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
@@ -165,7 +179,12 @@ def test_two_logical_backups_at_once_get_distinct_ids_and_both_verify(cluster: L
     assert not leftovers(repo)
 
 
-def test_ids_claimed_in_the_same_second_are_distinct(repo: Repository) -> None:
+def test_two_logical_backups_at_once_get_distinct_ids_and_both_verify(cluster: LocalCluster, repo: Repository) -> None:
+    two_logical_backups_at_once(cluster, repo)
+
+
+def ids_claimed_in_the_same_second(repo: Repository) -> None:
+    """Eight threads claim an id for the same second at once: each gets its own."""
     now = datetime.now(UTC)
     claimed: list[str] = []
     lock = threading.Lock()
@@ -184,7 +203,12 @@ def test_ids_claimed_in_the_same_second_are_distinct(repo: Repository) -> None:
     assert {x.id for x in leftovers(repo)} == set(claimed)
 
 
-def test_two_base_backups_at_once_on_one_server_both_restore(cluster: LocalCluster, repo: Repository) -> None:
+def test_ids_claimed_in_the_same_second_are_distinct(repo: Repository) -> None:
+    ids_claimed_in_the_same_second(repo)
+
+
+def two_base_backups_at_once(cluster: LocalCluster, repo: Repository) -> None:
+    """On one server (PostgreSQL allows concurrent non-exclusive backups): both listed, both restore exactly."""
     cmd = cli(repo.url, "backup", "base", "--dbname", cluster.conninfo(), "--json")
     results = _together(cmd, cmd)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
@@ -198,9 +222,15 @@ def test_two_base_backups_at_once_on_one_server_both_restore(cluster: LocalClust
     assert not (cluster.data_dir / "backup_label").exists()
 
 
-def test_expire_and_clean_during_a_base_backup_leave_it_alone(
+def test_two_base_backups_at_once_on_one_server_both_restore(cluster: LocalCluster, repo: Repository) -> None:
+    two_base_backups_at_once(cluster, repo)
+
+
+def expire_and_clean_during_a_base_backup(
     cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """`clean` removes nothing of the backup in progress, `expire` only the old backup; the held backup then
+    completes with its WAL and passes a verify drill."""
     old = BaseBackup(dbname=cluster.conninfo()).run(repo)
     newer = BaseBackup(dbname=cluster.conninfo()).run(repo)
     held = Held(cluster, repo, monkeypatch)
@@ -223,10 +253,18 @@ def test_expire_and_clean_during_a_base_backup_leave_it_alone(
     Verifier(repo).verify(m.id, drill=True).raise_for_failure()
 
 
-def test_expire_during_an_incremental_backup_keeps_what_it_builds_on(
+def test_expire_and_clean_during_a_base_backup_leave_it_alone(
     cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Regression: expire used to delete the parent of an incremental backup in progress; the backup then
+    expire_and_clean_during_a_base_backup(cluster, repo, monkeypatch)
+
+
+def expire_during_an_incremental_backup(
+    cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Expire keeps the parent of an incremental backup in progress, and (once it is complete) because of it.
+
+    Regression: expire used to delete the parent of an incremental backup in progress; the backup then
     completed, was listed and passed verification, but could not be restored."""
     parent = BaseBackup(dbname=cluster.conninfo()).run(repo)
     newest = BaseBackup(dbname=cluster.conninfo()).run(repo)
@@ -251,9 +289,16 @@ def test_expire_during_an_incremental_backup_keeps_what_it_builds_on(
     assert _restored_fingerprint(repo, m.id) == tuple(cluster.query(FINGERPRINT)[0])
 
 
-def test_delete_of_a_parent_during_an_incremental_backup_is_refused(
+def test_expire_during_an_incremental_backup_keeps_what_it_builds_on(
     cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    expire_during_an_incremental_backup(cluster, repo, monkeypatch)
+
+
+def delete_of_a_parent_during_an_incremental_backup(
+    cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, naming the backup in progress; the incremental backup then completes and verifies."""
     parent = BaseBackup(dbname=cluster.conninfo()).run(repo)
     held = Held(cluster, repo, monkeypatch, parent=parent.id)
     try:
@@ -267,7 +312,13 @@ def test_delete_of_a_parent_during_an_incremental_backup_is_refused(
     Verifier(repo).verify(m.id).raise_for_failure()
 
 
-def test_an_incremental_backup_whose_parent_vanished_meanwhile_fails_instead_of_completing(
+def test_delete_of_a_parent_during_an_incremental_backup_is_refused(
+    cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delete_of_a_parent_during_an_incremental_backup(cluster, repo, monkeypatch)
+
+
+def parent_vanished_during_an_incremental_backup(
     cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An expire that scanned before the backup's claim was visible still unlists the parent: the backup must
@@ -280,6 +331,12 @@ def test_an_incremental_backup_whose_parent_vanished_meanwhile_fails_instead_of_
         held.finish()
     assert repo.backups() == []
     assert held.leftover.id not in {x.id for x in leftovers(repo)}
+
+
+def test_an_incremental_backup_whose_parent_vanished_meanwhile_fails_instead_of_completing(
+    cluster: LocalCluster, repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent_vanished_during_an_incremental_backup(cluster, repo, monkeypatch)
 
 
 # -- the chain of an incremental backup --------------------------------------------------------------------------
@@ -325,11 +382,12 @@ def test_copying_an_incremental_backup_brings_what_it_builds_on(
 # -- several copies, several expires -----------------------------------------------------------------------------
 
 
-def test_two_copies_at_once_into_one_repository(cluster: LocalCluster, repo: Repository, tmp_path: Path) -> None:
+def two_copies_at_once(cluster: LocalCluster, repo: Repository, target: Repository) -> None:
+    """Two `copy --to target` of the same repository at once: the target lists exactly the source's backups,
+    each complete, with its WAL intact and nothing left over."""
     for _ in range(2):
         BaseBackup(dbname=cluster.conninfo()).run(repo)
     run(cli(repo.url, "backup", "logical", "--dbname", cluster.conninfo())).check()
-    target = Repository(f"file://{tmp_path / 'copy'}")
     cmd = cli(repo.url, "copy", "--to", target.url, "--json")
     results = _together(cmd, cmd)
     assert [r.returncode for r in results] == [0, 0], [r.stdout + r.stderr for r in results]
@@ -340,7 +398,12 @@ def test_two_copies_at_once_into_one_repository(cluster: LocalCluster, repo: Rep
     assert not leftovers(target)
 
 
-def test_two_expires_at_once(cluster: LocalCluster, repo: Repository) -> None:
+def test_two_copies_at_once_into_one_repository(cluster: LocalCluster, repo: Repository, tmp_path: Path) -> None:
+    two_copies_at_once(cluster, repo, Repository(f"file://{tmp_path / 'copy'}"))
+
+
+def two_expires_at_once(cluster: LocalCluster, repo: Repository) -> None:
+    """Both succeed; only the newest backup remains, listed and as the only thing under backups/."""
     for _ in range(3):
         BaseBackup(dbname=cluster.conninfo()).run(repo)
     newest = repo.backups()[-1].id
@@ -348,10 +411,14 @@ def test_two_expires_at_once(cluster: LocalCluster, repo: Repository) -> None:
     results = _together(cmd, cmd)
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     assert [m.id for m in repo.backups()] == [newest]
-    assert sorted(p.name for p in (Path(repo.root) / "backups").iterdir()) == [newest]
+    assert repo.children("backups") == [newest]
     checker = Checker(repo)
     checker.listed_backups()
     checker.wal_verify_clean()
+
+
+def test_two_expires_at_once(cluster: LocalCluster, repo: Repository) -> None:
+    two_expires_at_once(cluster, repo)
 
 
 @contextlib.contextmanager
@@ -386,7 +453,13 @@ def test_two_expires_at_once_under_load(cluster: LocalCluster, repo: Repository)
 # -- archivers --------------------------------------------------------------------------------------------------
 
 
-def _segments(repo: Repository, where: Path, count: int) -> tuple[Path, list[str]]:
+def archived_segments(cluster: LocalCluster, repo: Repository, where: Path, count: int = 4) -> tuple[Path, list[str]]:
+    """Make ``count`` segments' worth of WAL, wait until they are archived into ``repo``, and copy the last
+    ``count`` archived segments into the new directory ``where``: (where, their names)."""
+    for _ in range(count):
+        cluster.execute("insert into noise select generate_series(1, 1000)")
+        cluster.execute("select pg_switch_wal()")
+    _wait_archived(cluster)
     archiver = WalArchiver(repo)
     names = sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
     names = names[-count:]
@@ -401,22 +474,29 @@ def _push(url: str, name: str) -> list[str]:
     return ["/bin/sh", "-c", pg_substitute(archive_command(url), f"pg_wal/{name}", name)]
 
 
-@pytest.fixture
-def segments(cluster: LocalCluster, repo: Repository, tmp_path: Path) -> tuple[Path, list[str]]:
-    for _ in range(4):
-        cluster.execute("insert into noise select generate_series(1, 1000)")
-        cluster.execute("select pg_switch_wal()")
-    _wait_archived(cluster)
-    return _segments(repo, tmp_path / "segments", 4)
+def same_segment(names: list[str]) -> list[str]:
+    return [names[0], names[0]]
 
 
-def _archive_rounds(
-    tmp_path: Path, segments: tuple[Path, list[str]], pick: Callable[[list[str]], list[str]], rounds: int = 4
+def different_segments(names: list[str]) -> list[str]:
+    """Each call archives the other .ready files ahead: both upload the same objects at the same time."""
+    return [names[0], names[-1]]
+
+
+def archive_rounds(
+    workdir: Path,
+    segments: tuple[Path, list[str]],
+    pick: Callable[[list[str]], list[str]],
+    new_repo: Callable[[], Repository],
+    rounds: int = 4,
 ) -> None:
+    """Each round: a data directory (under ``workdir``) with ``segments`` ready, archive_command run at once for
+    each of ``pick(names)`` into a fresh repository (``new_repo``), then for every segment in turn, as the
+    archiver goes on. Every acknowledged segment is stored once, with its digest; wal-verify is clean."""
     source, names = segments
     for n in range(rounds):
-        data = _fake_pgdata(tmp_path / f"data{n}-{next(_counter)}", source, names)
-        target = Repository(f"file://{tmp_path / f'repo{n}-{next(_counter)}'}")
+        data = _fake_pgdata(workdir / f"data{n}-{next(_counter)}", source, names)
+        target = new_repo()
         results = _together(*[_push(target.url, name) for name in pick(names)], cwd=data)
         assert [r.returncode for r in results] == [0] * len(results), [r.stderr for r in results]
         checker = Checker(target)
@@ -431,10 +511,18 @@ def _archive_rounds(
         checker.wal_verify_clean()
 
 
+@pytest.fixture
+def segments(cluster: LocalCluster, repo: Repository, tmp_path: Path) -> tuple[Path, list[str]]:
+    return archived_segments(cluster, repo, tmp_path / "segments")
+
+
+def _new_local_repo(tmp_path: Path) -> Callable[[], Repository]:
+    return lambda: Repository(f"file://{tmp_path / f'repo-{next(_counter)}'}")
+
+
 def test_two_archivers_push_the_same_segment_at_once(tmp_path: Path, segments: tuple[Path, list[str]]) -> None:
-    _archive_rounds(tmp_path, segments, lambda names: [names[0], names[0]])
+    archive_rounds(tmp_path, segments, same_segment, _new_local_repo(tmp_path))
 
 
 def test_two_archivers_push_different_segments_at_once(tmp_path: Path, segments: tuple[Path, list[str]]) -> None:
-    """Each call archives the other .ready files ahead: both upload the same objects at the same time."""
-    _archive_rounds(tmp_path, segments, lambda names: [names[0], names[-1]])
+    archive_rounds(tmp_path, segments, different_segments, _new_local_repo(tmp_path))
