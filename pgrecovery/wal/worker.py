@@ -44,6 +44,11 @@ log = logging.getLogger("pgrecovery.wal")
 IDLE: Final = 60.0
 _POLL: Final = 0.01  # how often archive_status is looked at: a new .ready file is pushed before its call comes
 _GONE: Final = 2.0  # seconds without work after which a worker whose server stopped exits
+# a .ready file whose push ahead failed is tried again after 1, 2, 4 ... up to 60 s (archive_command's own calls
+# are not held back: PostgreSQL paces them); without this, a repository that refuses every write made the worker
+# read and compress the same segments every 10 ms, a core at 100 % for as long as the outage lasted
+_BACKOFF_FIRST: Final = 1.0
+_BACKOFF_MAX: Final = 60.0
 
 
 class ArchivingWorker:
@@ -59,6 +64,7 @@ class ArchivingWorker:
         self._pool = ThreadPoolExecutor(max(1, archiver.parallel), thread_name_prefix="wal-worker")
         self._busy: dict[str, Future[PushResult]] = {}
         self._pushed: set[str] = set()  # .ready files pushed already (so each poll reads no marker twice)
+        self._failed: dict[str, tuple[float, int]] = {}  # .ready files whose push failed: (retry after, failures)
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
         self._prefetcher: threading.Thread | None = None
@@ -97,6 +103,9 @@ class ArchivingWorker:
             for name in finished:
                 if self._busy.pop(name).exception() is None:
                     self._pushed.add(name)
+                    self._failed.pop(name, None)
+                else:
+                    self._back_off(name)
             running = len(self._busy)
         if finished:  # markers of files gone from pg_wal, swept when pushes end (not on every poll)
             with contextlib.suppress(OSError):
@@ -106,10 +115,14 @@ class ArchivingWorker:
             return
         ready = _spool.ready_files(self.wal_dir)
         self._pushed.intersection_update(ready)  # only a hint for this loop: archive_command checks the marker
+        if self._failed:  # forget the files archived since (by archive_command's own calls)
+            waiting = set(ready)
+            self._failed = {n: v for n, v in self._failed.items() if n in waiting}
+        now = time.monotonic()
         for name in ready:
             if room == 0:
                 break
-            if name in self._busy or name in self._pushed:
+            if name in self._busy or name in self._pushed or self._failed.get(name, (0.0, 0))[0] > now:
                 continue
             if _spool.pushed_already(os.path.join(self.wal_dir, name), self.spool, self.tag):
                 self._pushed.add(name)
@@ -117,6 +130,14 @@ class ArchivingWorker:
             self._submit(name)
             self._last_work = time.monotonic()
             room -= 1
+
+    def _back_off(self, name: str) -> None:
+        """Hold back pushing ``name`` ahead after a failure (the failure itself went to whoever asked, or is
+        logged once per retry here)."""
+        _, failures = self._failed.get(name, (0.0, 0))
+        delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**failures)
+        self._failed[name] = (time.monotonic() + delay, failures + 1)
+        log.info("%s: push ahead failed (%d in a row); next try in %.0f s", name, failures + 1, delay)
 
     # -- fetching --------------------------------------------------------------------------------------------
     def fetch(self, name: str, dest: str) -> str:

@@ -125,3 +125,41 @@ def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp
     assert Path(dest).read_bytes() == Path(later).read_bytes()
     reply = _walclient.ask(_spool.default_spool(dest), f"fetch {_spool.repo_tag(url)} {SEG} /tmp/elsewhere", 5)
     assert reply == f"err not a WAL file of {pgdata}/pg_wal"
+
+
+def test_a_push_ahead_that_fails_is_retried_with_growing_pauses_not_every_poll(
+    pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repository that refuses every write (here: its wal directory is a file) must not make the worker read and compress
+    the same .ready segments every 10 ms for as long as the outage lasts; archive_command's own calls still push
+    at once, and once the repository takes writes again the segments go."""
+    from pgrecovery.wal.worker import ArchivingWorker
+
+    root = tmp_path / "repo"
+    archiver = WalArchiver(Repository(f"file://{root}"))
+    root.mkdir(exist_ok=True)
+    (root / "wal").write_bytes(b"not a directory")
+    attempts: list[str] = []
+    real = archiver._push_one
+
+    def counted(abspath: str, *args: object) -> object:
+        attempts.append(os.path.basename(abspath))
+        return real(abspath, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archiver, "_push_one", counted)
+    path = wal(pgdata, SEG, ready=True)
+    worker = ArchivingWorker(archiver, str(tmp_path / "spool"), str(pgdata / "pg_wal"))
+    try:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            worker._ahead()
+            time.sleep(0.01)
+        assert 1 <= attempts.count(SEG) <= 2, attempts  # tried, then held back 1 s (not ~80 tries)
+        before = len(attempts)
+        assert worker.push(path).startswith("err ")  # PostgreSQL's own call is not held back, and fails loudly
+        assert len(attempts) == before + 1
+        (root / "wal").unlink()  # the repository takes writes again
+        assert worker.push(path).startswith("ok ")
+        assert archived(Repository(f"file://{root}"), SEG, path)
+    finally:
+        worker._pool.shutdown(wait=True)
