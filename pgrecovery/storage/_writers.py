@@ -78,12 +78,18 @@ class UploadWriter(HashingWriter):
         self._buffered = 0
         self._file: Any = None
         self._sent = 0
+        # the failure of the upload, raised again by any later write or commit: a caller that writes on while it
+        # handles the error (tarfile closing its stream) would otherwise replace it with what the driver's broken
+        # file says then ("File not in write mode", a BufferError), and the real cause would go unreported
+        self._failed: StorageError | None = None
         # where the store keeps an MD5 of the whole object (GCS), a large upload is checked against it after
         # completion (a chunk sent again after a lost answer must not land in the wrong place)
         self._md5 = hashlib.md5(usedforsecurity=False) if target.capabilities.stored_md5 else None
 
     # -- writing -------------------------------------------------------------------------------------------
     def _write_raw(self, data: bytes | bytearray | memoryview) -> None:
+        if self._failed is not None:
+            raise self._failed
         if self._file is None:
             self._buffer.append(bytes(data))
             self._buffered += len(data)
@@ -116,12 +122,16 @@ class UploadWriter(HashingWriter):
                 # 1,000 + 1,000 * ln(size / (1,000 * part_size)) parts, fewer than 10,000 up to 5 TiB.
                 self._file.blocksize = max(self._t.part_size, self._sent // (MAX_PARTS // 10))
         except Exception as e:
-            raise self._t.retry.failure("upload", self.key, e) from e
+            self._failed = self._t.retry.failure("upload", self.key, e)
+            raise self._failed from e
 
     # -- completing ----------------------------------------------------------------------------------------
     def commit(self) -> StoredObject:
         if self._done:
             raise StorageError(f"write of {self.key!r} was already finished")
+        if self._failed is not None:
+            self.abort()
+            raise self._failed
         try:
             if self._file is None:
                 self._put_whole()

