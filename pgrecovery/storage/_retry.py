@@ -87,6 +87,9 @@ _TRANSIENT_NAMES: Final = frozenset(
         "ChunkedEncodingError",
     }
 )
+# error codes in an S3 answer's body worth retrying whatever the status: ConditionalRequestConflict (409) is
+# S3's answer to two conditional writes of one key at the same moment; the retry then learns who won (412)
+_TRANSIENT_CODES: Final = frozenset({"ConditionalRequestConflict", "SlowDown", "RequestTimeout"})
 _PERMANENT: Final = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
@@ -106,6 +109,9 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNO:
             return True
         if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(current).__mro__):
+            return True
+        response = getattr(current, "response", None)  # botocore's ClientError, which s3fs keeps as the cause
+        if isinstance(response, dict) and response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
             return True
         for attr in ("status_code", "status", "code"):
             with warnings.catch_warnings():  # some clients deprecate one of these names (urllib3: code)

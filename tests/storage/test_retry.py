@@ -51,6 +51,21 @@ def test_a_cause_makes_an_error_transient() -> None:
     assert is_transient(outer)
 
 
+def test_s3s_answer_to_two_conditional_writes_at_once_is_retried() -> None:
+    """Real S3 answers 409 ConditionalRequestConflict when two conditional writes of one key race (moto never
+    does); s3fs keeps botocore's error as the cause of an EIO OSError. The retry then learns who won (412)."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    def answer(code: str, status: int) -> BaseException:
+        body = {"Error": {"Code": code, "Message": "..."}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return translate_boto_error(ClientError(body, "PutObject"))  # type: ignore[arg-type]
+
+    assert is_transient(answer("ConditionalRequestConflict", 409))
+    assert not is_transient(answer("PreconditionFailed", 412))
+    assert not is_transient(answer("AccessDenied", 403))
+
+
 def test_pauses_grow_with_jitter_and_a_cap() -> None:
     policy = RetryPolicy(attempts=8, base_delay=0.5, max_delay=4.0)
     for attempt in range(1, 8):
