@@ -51,7 +51,7 @@ from pgrecovery import LocalCluster, Repository
 from pgrecovery.catalog import claim_backup_id, leftovers
 from pgrecovery.storage.repository import Storage
 
-ROUNDS = 2  # archiver rounds per store (4 on file://): each round starts six archive_command processes
+ROUNDS = 1  # archiver rounds per store (4 on file://): each round starts six archive_command processes
 
 
 @pytest.fixture(scope="module")

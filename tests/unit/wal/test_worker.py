@@ -130,9 +130,9 @@ def test_restore_command_gets_files_and_misses_from_the_worker(pgdata: Path, tmp
 def test_a_push_ahead_that_fails_is_retried_with_growing_pauses_not_every_poll(
     pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A repository that refuses every write (here: its wal directory is a file) must not make the worker read and compress
-    the same .ready segments every 10 ms for as long as the outage lasts; archive_command's own calls still push
-    at once, and once the repository takes writes again the segments go."""
+    """A repository that refuses every write (here: its wal directory is a file) must not make the worker read and
+    compress the same .ready segments every 10 ms for as long as the outage lasts; archive_command's own calls
+    still push at once, and once the repository takes writes again the segments go."""
     from pgrecovery.wal.worker import ArchivingWorker
 
     root = tmp_path / "repo"
