@@ -410,6 +410,19 @@ def _archived_segments(repo: Repository) -> list[str]:
     return sorted(n for t in archiver.timelines() for n in archiver.index(t) if wn.is_segment(n))
 
 
+def _backup_chain(pg: LocalCluster, repo: Repository, crash: str, logical: int) -> tuple[list[Any], Any, Any]:
+    """The sweeps' backups: ``logical`` logical backups of ``crash``, a full base backup, WAL switched past it, a
+    second full one and an incremental on that; (the logical backups, the first full, the incremental)."""
+    dumps = [LogicalBackup(dbname=crash).run(repo) for _ in range(logical)]
+    full = BaseBackup(dbname=pg.conninfo()).run(repo)
+    for _ in range(2):
+        pg.execute("select pg_switch_wal()")
+        pg.execute("checkpoint")
+    full2 = BaseBackup(dbname=pg.conninfo()).run(repo)
+    pg.execute("select pg_switch_wal()")
+    return dumps, full, BaseBackup(dbname=pg.conninfo(), parent=full2.id).run(repo)
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[dict[str, Any]]:
     """A cluster archiving into repository A (PostgreSQL runs wal-push), a few MB of data, some backups.
@@ -427,14 +440,7 @@ def world() -> Iterator[dict[str, Any]]:
         pg.start()
         crash = _crash_database(pg, 40000)
         repo = Repository(url)
-        logical = [LogicalBackup(dbname=crash).run(repo) for _ in range(6)]
-        full = BaseBackup(dbname=pg.conninfo()).run(repo)
-        for _ in range(2):
-            pg.execute("select pg_switch_wal()")
-            pg.execute("checkpoint")
-        full2 = BaseBackup(dbname=pg.conninfo()).run(repo)
-        pg.execute("select pg_switch_wal()")
-        inc = BaseBackup(dbname=pg.conninfo(), parent=full2.id).run(repo)
+        logical, full, inc = _backup_chain(pg, repo, crash, 6)
         _wait_archived(pg)
         snapshot = _copy_repo(repo_dir, root / "snapshot")
         segments = _archived_segments(repo)

@@ -31,6 +31,7 @@ from test_crash_sweep import (
     Checker,
     Sweep,
     _archived_segments,
+    _backup_chain,
     _backup_sweep,
     _copy_sweep,
     _crash_database,
@@ -45,7 +46,7 @@ from test_crash_sweep import (
     run,
 )
 
-from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, Repository
+from pgrecovery import LocalCluster, Repository
 
 # kill points per operation and store: the fast profile, 22 per store, sized to keep `nox -s tests` within the
 # CI's 30 minutes (each point on a store costs several seconds of requests); PGRECOVERY_SOAK multiplies them, as on
@@ -78,14 +79,7 @@ def store_world(object_store: Backend) -> Iterator[dict[str, Any]]:
     try:
         pg.start(env=backend.env)
         crash = _crash_database(pg, 20000)
-        logical = [LogicalBackup(dbname=crash).run(repo) for _ in range(2)]
-        BaseBackup(dbname=pg.conninfo()).run(repo)
-        for _ in range(2):
-            pg.execute("select pg_switch_wal()")
-            pg.execute("checkpoint")
-        full2 = BaseBackup(dbname=pg.conninfo()).run(repo)
-        pg.execute("select pg_switch_wal()")
-        inc = BaseBackup(dbname=pg.conninfo(), parent=full2.id).run(repo)
+        logical, _, inc = _backup_chain(pg, repo, crash, 2)
         source = _fingerprint(pg, "crash")
         _wait_archived(pg)
         snapshot = _copy_objects(repo, backend.repo(f"{prefix}-snapshot"))
