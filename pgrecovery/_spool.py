@@ -10,6 +10,7 @@ a few milliseconds). Layout::
                                   with exactly that size, mtime and inode is durable in that repository
     <spool>/acked/<tag>/<name>    a hard link to the very file named so in pg_wal when it was made durable there
                                   (archive_command's shell part: ``[ acked/<tag>/%f -ef %p ]`` answers at once)
+    <spool>/acked/<tag>.worker    the pid of the WAL worker serving that repository, while it runs
     <spool>/prefetch/<name>       a segment downloaded ahead of restore_command, verified, complete
     <spool>/prefetch/.source      "<repo tag> <boot id>": the repository the prefetched files came from, and the
                                   boot they were written in (they are not fsynced: after a power loss, which is

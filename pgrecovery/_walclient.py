@@ -7,7 +7,7 @@ worker, an error) counts as no answer: the caller then does the work in-process,
 archiving and recovery faster, never make them lose, falsely acknowledge or wrongly deny a file.
 ``PGRECOVERY_WAL_WORKER=off`` in the server's environment turns the worker off; ``PGRECOVERY_WAL_WORKER_TIMEOUT``
 sets how long a push may take before the caller stops waiting (120 s), ``PGRECOVERY_WAL_WORKER_IDLE`` how long a
-worker without work lives (60 s).
+worker without work lives (600 s).
 """
 
 from __future__ import annotations
@@ -42,6 +42,36 @@ def enabled() -> bool:
 
 def socket_path(spool: str) -> str:
     return os.path.join(spool, SOCKET_NAME)
+
+
+def worker_mark(spool: str, tag: str) -> str:
+    """``acked/<tag>.worker``: the pid of the WAL worker pushing ahead into repository ``tag`` while it runs, beside
+    that repository's acknowledgement links. The shell part of archive_command waits a moment for a link only
+    while that process lives."""
+    return os.path.join(spool, "acked", tag + ".worker")
+
+
+def mark_worker(spool: str, tag: str, pid: int) -> None:
+    path = worker_mark(spool, tag)
+    tmp = f"{path}.{pid}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # best effort: without it archive_command asks the worker over its socket
+
+
+def unmark_worker(spool: str, tag: str, pid: int) -> None:
+    """Remove the worker mark if it is still ``pid``'s (a worker started after this one keeps its own)."""
+    path = worker_mark(spool, tag)
+    try:
+        with open(path) as f:
+            if f.read(32).strip() == str(pid):
+                os.unlink(path)
+    except OSError:
+        pass
 
 
 def ask(spool: str, line: str, timeout: float) -> str | None:

@@ -77,7 +77,7 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument("--spool", required=True)
     worker.add_argument("--wal-dir", required=True)
     worker.add_argument("--lock-fd", type=int, help="descriptor of the spool's worker lock, taken by wal-push")
-    worker.add_argument("--idle", type=float, help="seconds without work before it exits (default 60)")
+    worker.add_argument("--idle", type=float, help="seconds without work before it exits (default 600)")
     worker.add_argument("--parallel", type=int, default=4)
 
     verify = add_verb(verbs, "wal-verify", common, "check the WAL archive for gaps")

@@ -162,10 +162,13 @@ class WalArchiver(WalIndex):
             _spool.sweep_markers(spool, wal_dir)
         return attrs.evolve(result, ahead=tuple(done))
 
-    def _push_one(self, abspath: str, spool: str, listings: _Listings) -> PushResult:
+    def _push_one(
+        self, abspath: str, spool: str, listings: _Listings, ahead: Callable[[bytearray, int], Any] | None = None
+    ) -> PushResult:
+        """Push one file (``ahead``: work done on it while it was written, see `read_and_pack`)."""
         name = os.path.basename(abspath)
         try:
-            st, size, digest, packed = read_and_pack(abspath, self.compression, self.level)
+            st, size, digest, packed = read_and_pack(abspath, self.compression, self.level, ahead)
         except OSError as e:
             raise StorageError(f"cannot read {abspath}: {e.strerror or e}") from None
         key = object_key(name, digest, self.compression)

@@ -37,11 +37,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
+from ..codec import compressor
+from ._filling import SegmentFiller
+from ._inotify import DirWatch
 from .archiver import PushResult, WalArchiver, _Listings
 from .index import single
 
 log = logging.getLogger("pgrecovery.wal")
-IDLE: Final = 60.0
+# while its server runs: on a quiet primary a segment may come every few minutes (archive_timeout), and a worker
+# gone between them made every call pay a worker's start (0.2-0.5 s, its imports and connections) instead of ~30 ms
+IDLE: Final = 600.0
 _POLL: Final = 0.01  # how often archive_status is looked at: a new .ready file is pushed before its call comes
 _GONE: Final = 2.0  # seconds without work after which a worker whose server stopped exits
 # a .ready file whose push ahead failed is tried again after 1, 2, 4 ... up to 60 s (archive_command's own calls
@@ -68,6 +73,7 @@ class ArchivingWorker:
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
         self._prefetcher: threading.Thread | None = None
+        self._filler: SegmentFiller | None = None  # set while serving
         self._stopping = False
 
     # -- pushing ---------------------------------------------------------------------------------------------
@@ -77,7 +83,9 @@ class ArchivingWorker:
             fut = self._busy.get(name)
             if fut is None or fut.done():  # a finished push is not reused: its marker answers, or it runs again
                 path = os.path.join(self.wal_dir, name)
-                fut = self._pool.submit(self.archiver._push_one, path, self.spool, self._listings)
+                filling = self._filler.take(name) if self._filler is not None else None
+                ahead = filling.finish if filling is not None else None
+                fut = self._pool.submit(self.archiver._push_one, path, self.spool, self._listings, ahead)
                 self._busy[name] = fut
             return fut
 
@@ -223,9 +231,14 @@ class ArchivingWorker:
             if not got:
                 return False
             listener = _walclient.listen(self.spool)
+            _walclient.mark_worker(self.spool, self.tag, os.getpid())
+            packer = lambda: compressor(self.archiver.compression, self.archiver.level, threads=1)  # noqa: E731
+            self._filler = SegmentFiller(self.wal_dir, self.archiver.segment_size, packer).start()
             try:
                 self._loop(listener)
             finally:
+                self._filler.stop()
+                _walclient.unmark_worker(self.spool, self.tag, os.getpid())
                 with contextlib.suppress(OSError):
                     os.unlink(_walclient.socket_path(self.spool))  # before the lock goes: no new client waits
                 listener.close()
@@ -237,8 +250,24 @@ class ArchivingWorker:
     def _loop(self, listener: socket.socket) -> None:
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ)
+        # a new .ready file wakes the loop at once (the poll stays, for where inotify is missing or overflows)
+        watch = DirWatch.open(os.path.join(self.wal_dir, "archive_status"))
+        if watch is not None:
+            sel.register(watch.fd, selectors.EVENT_READ)
+        try:
+            self._run(sel, listener, watch)
+        finally:
+            sel.close()
+            if watch is not None:
+                watch.close()
+
+    def _run(self, sel: selectors.BaseSelector, listener: socket.socket, watch: DirWatch | None) -> None:
         while True:
-            for _key, _ in sel.select(_POLL):
+            for key, _ in sel.select(_POLL):
+                if key.fileobj is not listener:
+                    assert watch is not None
+                    watch.drain()
+                    continue
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     conn, _addr = listener.accept()
                     conn.setblocking(True)
@@ -255,8 +284,22 @@ class ArchivingWorker:
                 return
 
     def _server_runs(self) -> bool:
-        """Whether the data directory of ``wal_dir`` still has a postmaster.pid (a stopped server needs no worker)."""
-        return os.path.exists(os.path.join(os.path.dirname(self.wal_dir), "postmaster.pid"))
+        """Whether the data directory of ``wal_dir`` has a postmaster.pid whose process lives (a stopped server
+        needs no worker; one killed leaves its postmaster.pid behind)."""
+        try:
+            with open(os.path.join(os.path.dirname(self.wal_dir), "postmaster.pid")) as f:
+                pid = int(f.readline().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        if pid <= 0:
+            return True  # unreadable as a pid: assume it runs (the idle time still ends the worker)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass  # another user's process (EPERM): it lives
+        return True
 
 
 __all__ = ["IDLE", "ArchivingWorker"]

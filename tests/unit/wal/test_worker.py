@@ -7,16 +7,18 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgtesting import wal_workers
+from pgtesting import pg_substitute, wal_workers
 
 from pgrecovery import Repository, _fastpath, _spool, _walclient
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal.archiver import WalArchiver
+from pgrecovery.wal.commands import archive_command
 
 SEG, NEXT, THIRD = (segment_name(1, n) for n in (3, 4, 5))
 
@@ -163,3 +165,59 @@ def test_a_push_ahead_that_fails_is_retried_with_growing_pauses_not_every_poll(
         assert archived(Repository(f"file://{root}"), SEG, path)
     finally:
         worker._pool.shutdown(wait=True)
+
+
+def _shell_push(url: str, pgdata: Path, name: str) -> subprocess.CompletedProcess[bytes]:
+    """archive_command's shell as PostgreSQL runs it, with an interpreter that does not exist: only the shell's own
+    part can answer (exit 0); handing over to Python fails (127) and acknowledges nothing."""
+    command = pg_substitute(archive_command(url, python="/nonexistent/python3"), f"pg_wal/{name}", name)
+    return subprocess.run(["/bin/sh", "-c", command], cwd=pgdata, capture_output=True, timeout=60)
+
+
+def test_the_shell_waits_for_a_live_worker_and_acknowledges_only_what_it_stored(pgdata: Path, tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/repo"
+    repo = Repository(url)
+    assert _fastpath.fast_command(["wal-push", "--repo", url, wal(pgdata, SEG)]) == 0  # starts the worker
+    (pid,) = wal_workers(tmp_path)
+    spool = _spool.default_spool(str(pgdata / "pg_wal" / SEG))
+    mark = _walclient.worker_mark(spool, _spool.repo_tag(url))
+    assert Path(mark).read_text().strip() == str(pid)
+    # a new .ready segment: the worker pushes it ahead, the shell waits for its acknowledgement, no Python starts
+    path = wal(pgdata, NEXT, ready=True)
+    done = _shell_push(url, pgdata, NEXT)
+    assert done.returncode == 0, done.stderr
+    assert archived(repo, NEXT, path)
+    # a file the worker will not push (no .ready): the wait ends and Python would be asked; nothing is acknowledged
+    third = wal(pgdata, THIRD)
+    assert _shell_push(url, pgdata, THIRD).returncode == 127
+    assert not archived(repo, THIRD, third)
+    # a mark left by a worker that died: no wait at all, the same hand-over
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while wal_workers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    Path(mark).write_text(f"{pid}\n")
+    assert _shell_push(url, pgdata, THIRD).returncode == 127
+    assert not archived(repo, THIRD, third)
+
+
+def test_a_new_file_in_a_watched_directory_wakes_the_watch(tmp_path: Path) -> None:
+    import select
+
+    from pgrecovery.wal._inotify import DirWatch
+
+    watch = DirWatch.open(str(tmp_path))
+    if watch is None:
+        pytest.skip("no inotify here")
+    try:
+        assert select.select([watch.fd], [], [], 0)[0] == []
+        (tmp_path / f"{SEG}.ready").write_bytes(b"")
+        assert select.select([watch.fd], [], [], 5)[0] == [watch.fd]
+        watch.drain()
+        assert select.select([watch.fd], [], [], 0)[0] == []
+        (tmp_path / "x.tmp").write_bytes(b"")
+        os.rename(tmp_path / "x.tmp", tmp_path / f"{NEXT}.ready")
+        assert select.select([watch.fd], [], [], 5)[0] == [watch.fd]
+    finally:
+        watch.close()
+    assert DirWatch.open(str(tmp_path / "missing")) is None
