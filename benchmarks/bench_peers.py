@@ -70,6 +70,9 @@ from _common import (
     warm_page_cache,
     write_results,
 )
+from _peers_live import PGB as LIVE_PGB
+from _peers_live import PGR as LIVE_PGR
+from _peers_live import live_push
 from _peers_push import BACKLOG, CP, Pusher, PushTimes, Scratch, pause, run_push
 from _peers_restore import (
     Backup,
@@ -125,6 +128,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
         "--push-runs", type=int, default=None, help="single archive_command calls each (default 10; --quick: 3)"
     )
     p.add_argument("--push-rounds", type=int, default=None, help="16-segment backlogs each (default 3; --quick: 1)")
+    p.add_argument(
+        "--live-segments",
+        type=int,
+        default=None,
+        help="segments per order, push from a live server (default 8; --quick: 3)",
+    )
     p.add_argument("--backup-rounds", type=int, default=None, help="base backups each (default 3; --quick: 1)")
     p.add_argument("--segments", type=int, default=None, help="WAL segments to replay (default 50; --quick: 8)")
     p.add_argument("--restore-rounds", type=int, default=None, help="restores each (default 3; --quick: 1)")
@@ -137,6 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
             ("text_rows", 2_000_000, 200_000),
             ("push_runs", 10, 3),
             ("push_rounds", 3, 1),
+            ("live_segments", 8, 3),
             ("backup_rounds", 3, 1),
             ("segments", 50, 8),
             ("restore_rounds", 3, 1),
@@ -185,6 +195,20 @@ def report_push(push: dict[str, PushTimes]) -> list[str]:
         + f"; / barman-cloud = {ratio(per[PGR_S3], per[BARMAN_S3])}",
     ]
     return lines
+
+
+def report_live(live: dict[str, Any]) -> list[str]:
+    print("\n1b. WAL push from a live server writing a trickle of WAL (one call per segment; milliseconds)")
+    for name, res in live.items():
+        v = res["seconds"]
+        print(
+            f"{name:<30} median {med(v) * 1e3 if v else 0:6.0f}  min {min(v) * 1e3 if v else 0:6.0f}  ({len(v)} calls)"
+        )
+    ours, theirs = live[LIVE_PGR]["median_s"], live[LIVE_PGB]["median_s"]
+    return [
+        f"push, one call, live server (trickle), local: pgrecovery / pgBackRest = {ratio(ours, theirs)}  "
+        + verdict(_r(ours, theirs), 0.6)
+    ]
 
 
 def _r(a: float | None, b: float | None) -> float | None:
@@ -312,6 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     pushers(push_repo, spools, s3, push_pgbr), scratch, s3.env(), args.push_runs, args.push_rounds
                 )
 
+                print(
+                    f"1b. WAL push from the live server, a trickle of WAL, {args.live_segments} segments each way ..."
+                )
+                live_repo, live_dir = (postgres_dir(f"pgrecovery-bench-peers-live{n}-") for n in ("repo", "calls"))
+                cleanup += [live_repo, live_dir]
+                live = live_push(
+                    cluster, pgbr, f"file://{live_repo}", str(spools / "live"), live_dir, args.live_segments
+                )
+                drain(cluster)
+
                 print(f"2. base backups into S3, {args.backup_rounds} rounds ...")
                 conninfo = cluster.conninfo(DBNAME)
                 s3_url = f"s3://{BUCKET}/pgrecovery"
@@ -396,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"database:   {data['database_bytes'] / MB:,.0f} MB")
         print_tables(data)
         lines = report_push(push)
+        lines += report_live(live)
         lines += report_backups(backups)
         lines += report_restores(restores, len(replay))
         print("\nagainst issue 15's targets:")
@@ -407,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine,
             "dataset": data,
             "wal_push": [t.row() for t in push.values()],
+            "wal_push_live": live,
             "base_backup": backups,
             "restore": {
                 "segments": len(replay),
