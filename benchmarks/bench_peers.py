@@ -14,6 +14,12 @@ What it measures
 
        Calls alternate method by method, the order rotated each run.
 
+    1b. WAL push from a live server writing a trickle of WAL (small updates of the mixed-text rows, a segment every
+       few seconds, as on a quiet primary): its archive_command runs pgrecovery's `archive_command` and
+       ``pgbackrest archive-push`` (both into local repositories) on each segment and logs how long each call took;
+       the order is swapped halfway (``_peers_live.py``). Here pgrecovery's WAL worker has hashed and compressed
+       most of each segment while the server wrote it.
+
     2. Base backup into S3, each method with its own archive_command set (untimed) before it:
        ``BaseBackup(workers=2, zstd level 1)``, ``pgbackrest backup --type=full`` (zstd level 1,
        ``process-max=2``, bundles, fast start) and ``barman-cloud-backup --lz4`` (it has no zstd; 2 upload
