@@ -43,12 +43,19 @@ class HashingWriter:
     def __init__(self, key: str) -> None:
         self.key = key
         self._hash = hashlib.sha256()
+        self._hashed = True
         self._size = 0
         self._done = False
 
+    def unhashed(self) -> None:
+        """Do not hash what is written (before the first write): the result's sha256 is then empty. Only for a
+        writer that does not check what it stored against that digest (the local one)."""
+        self._hashed = False
+
     def write(self, data: bytes | bytearray | memoryview, /) -> None:
         if data:
-            self._hash.update(data)
+            if self._hashed:
+                self._hash.update(data)
             self._size += len(data)
             self._write_raw(data)
 
@@ -63,7 +70,7 @@ class HashingWriter:
 
     def _result(self) -> StoredObject:
         self._done = True
-        return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest())
+        return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest() if self._hashed else "")
 
     def __enter__(self) -> Self:
         return self

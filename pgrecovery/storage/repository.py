@@ -187,15 +187,21 @@ class Storage:
         return Path(self.path(key)) if self.capabilities.local and self.encryption is None else None
 
     # -- writes --------------------------------------------------------------------------------------------
-    def writer(self, key: str, *, overwrite: bool = False) -> ObjectWriter:
+    def writer(self, key: str, *, overwrite: bool = False, hashed: bool = True) -> ObjectWriter:
         """A streaming writer that hashes as it goes. Use as a context manager, or call commit()/abort().
 
         The object appears under ``key`` only when committed; on local disk it is fsynced (file and directory)
         first. With ``overwrite=False`` an existing object makes this (or, if it appears meanwhile, the commit)
         raise `AlreadyExists`. In an encrypted repository the bytes are encrypted on the way (see
         docs/encryption.md); the size and sha256 returned are those of what was written (the plaintext).
+        ``hashed=False``: a caller that knows the content by other means (an archived WAL file is named by its raw
+        content's digest) may spare the hash of what is written on local disk, where nothing checks the stored
+        bytes against it (the sha256 returned is then empty). Elsewhere the writer hashes regardless: it compares
+        what the store kept with what it sent.
         """
         raw = self._raw_writer(key, overwrite=overwrite)
+        if not hashed and self.encryption is None and isinstance(raw, LocalWriter):
+            raw.unhashed()
         if self.encryption is None:
             return raw
         from ..crypto import EncryptingWriter

@@ -201,7 +201,7 @@ class WalArchiver(WalIndex):
         return PushResult(name=name, sha256=digest, outcome=outcome, key=key, size=size, stored_size=stored_size)
 
     def _store(self, key: str, packed: bytes) -> int:
-        writer = self.repo.writer(key)
+        writer = self.repo.writer(key, hashed=False)  # named by its raw content's sha256, checked at every read
         try:
             writer.write(packed)
         except BaseException:

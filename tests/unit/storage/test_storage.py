@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -110,3 +111,16 @@ def test_fsspec_instance_accepted(tmp_path: Path) -> None:
     repo = Repository(fs=fsspec.filesystem("file"), root=str(tmp_path / "x"))
     repo.put_bytes("k", b"v")
     assert os.path.exists(tmp_path / "x" / "k")
+
+
+def test_an_unhashed_local_write_stores_the_same_bytes_and_object_stores_hash_regardless(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    local = Repository(f"file://{tmp_path}/repo")
+    w = local.writer("wal/00000001/a", hashed=False)
+    w.write(data)
+    assert w.commit().sha256 == ""  # nothing hashed: the caller knows the content by its own digest
+    assert local.read_bytes("wal/00000001/a") == data
+    remote = Repository(f"memory://unhashed-{os.getpid()}")
+    w3 = remote.writer("wal/00000001/c", hashed=False)
+    w3.write(data)
+    assert w3.commit().sha256 == hashlib.sha256(data).hexdigest()  # it checks what the store kept
