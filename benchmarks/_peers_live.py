@@ -87,6 +87,7 @@ def live_push(
     log = workdir / "calls.log"
     pair = [(PGR, archive_command(repo_url, spool_dir=spool)), (PGB, pgbr.archive_command("local"))]
     times: dict[str, list[float]] = {PGR: [], PGB: []}
+    orders: list[dict[str, Any]] = []
     stop = threading.Event()
     writer = threading.Thread(target=_trickle, args=(cluster, stop), daemon=True)
     writer.start()
@@ -100,11 +101,23 @@ def live_push(
             while len(_calls(log)) < seen + 2 * (segments + WARMUP) and time.monotonic() < deadline:
                 time.sleep(0.2)
             calls = _calls(log)[seen + 2 * WARMUP :]
+            mine: dict[str, list[float]] = {PGR: [], PGB: []}
             for _name, tool, seconds in calls:
                 times[tool].append(seconds)
+                mine[tool].append(seconds)
+            orders.append(
+                {"first": order[0][0], **{t: {"seconds": v, "median_s": _median(v)} for t, v in mine.items()}}
+            )
             line = ", ".join(f"{t} {statistics.median(v) * 1e3:.0f} ms" for t, v in times.items() if v)
             print(f"  order {' then '.join(t for t, _ in order)}: {len(calls) // 2} segments; medians so far: {line}")
     finally:
         stop.set()
         writer.join(30)
-    return {tool: {"seconds": v, "median_s": statistics.median(v) if v else None} for tool, v in times.items()}
+    return {
+        **{tool: {"seconds": v, "median_s": _median(v)} for tool, v in times.items()},
+        "orders": orders,
+    }
+
+
+def _median(v: list[float]) -> float | None:
+    return statistics.median(v) if v else None
