@@ -15,7 +15,7 @@ What it measures
        Calls alternate method by method, the order rotated each run.
 
     1b. WAL push from a live server writing a trickle of WAL (small updates of the mixed-text rows, a segment every
-       few seconds, as on a quiet primary): its archive_command runs pgrecovery's `archive_command` and
+       5 to 10 s, nearer a quiet primary than a busy one): its archive_command runs pgrecovery's `archive_command` and
        ``pgbackrest archive-push`` (both into local repositories) on each segment and logs how long each call took;
        the order is swapped halfway (``_peers_live.py``). Here pgrecovery's WAL worker has hashed and compressed
        most of each segment while the server wrote it.
@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
         "--live-segments",
         type=int,
         default=None,
-        help="segments per order, push from a live server (default 8; --quick: 3)",
+        help="segments per order, push from a live server (default 6; --quick: 3)",
     )
     p.add_argument("--backup-rounds", type=int, default=None, help="base backups each (default 3; --quick: 1)")
     p.add_argument("--segments", type=int, default=None, help="WAL segments to replay (default 50; --quick: 8)")
@@ -152,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Any:
             ("text_rows", 2_000_000, 200_000),
             ("push_runs", 10, 3),
             ("push_rounds", 3, 1),
-            ("live_segments", 8, 3),
+            ("live_segments", 6, 3),
             ("backup_rounds", 3, 1),
             ("segments", 50, 8),
             ("restore_rounds", 3, 1),

@@ -27,10 +27,10 @@ from .. import _walnames
 log = logging.getLogger("pgrecovery.wal")
 _LONG_HEADER: Final = 40  # XLogLongPageHeaderData: the short header, system id, segment size, page size
 _XLP_LONG_HEADER: Final = 0x0002
-_STEP: Final = 1 << 20  # hash and compress at least this much at a time
+_STEP: Final = 256 << 10  # hash and compress at least this much at a time (what is left for the push)
 _READ: Final = 256 << 10  # read on from the last page begun this much at a time
 _MAX_SEGMENT: Final = 64 << 20  # larger segments are left to the push (as read_and_pack streams them)
-_PASS: Final = 0.05  # seconds between passes
+_PASS: Final = 0.02  # seconds between passes (a pass on a file not written since costs one fstat)
 
 
 def _page_address(buf: bytes | bytearray | memoryview, offset: int) -> int:
