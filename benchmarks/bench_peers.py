@@ -112,7 +112,7 @@ from _peers_setup import (
 )
 from bench_s3 import make_segments
 
-from pgrecovery import LocalCluster, Repository
+from pgrecovery import LocalCluster, Repository, _walclient
 from pgrecovery import _walnames as wn
 from pgrecovery.cluster import check_runnable_by
 from pgrecovery.wal.archiver import WalArchiver, archive_command
@@ -358,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cluster, pgbr, f"file://{live_repo}", str(spools / "live"), live_dir, args.live_segments
                 )
                 drain(cluster)
+                # its WAL worker would otherwise stay while the server runs, following the WAL of parts 2 and 3
+                _walclient.stop(str(spools / "live"))
 
                 print(f"2. base backups into S3, {args.backup_rounds} rounds ...")
                 conninfo = cluster.conninfo(DBNAME)
