@@ -43,7 +43,7 @@ S3 is moto's server on loopback (objects in memory) for all three tools; pgBackR
 HTTP. The data is pgbench's tables plus rows of mixed, realistically compressible text (see ``_common.py``), and the
 WAL comes from updates of those rows, so both compress like real tables. The server runs with ``fsync = off`` (the
 tools' own fsyncs are unaffected). Needs ``pgbackrest`` and ``stunnel4`` (apt) and barman-cloud, moto and s3fs in
-this interpreter's environment: ``nox -s bench -- peers`` installs them all. About 8 minutes on two cores
+this interpreter's environment: ``nox -s bench -- peers`` installs them all. About 12 minutes on two cores
 (``--quick``: a smoke test of about four). Results: ``benchmarks/results/peers.json``.
 """
 
