@@ -89,7 +89,7 @@ class Filling:
         if self.tip - self.done >= _STEP:
             with memoryview(self.buf) as view, view[self.done : self.tip] as chunk:
                 self.hash.update(chunk)
-                self.parts.append(self.comp.compress(chunk))
+                self.parts.append(bytes(self.comp.compress(chunk)))  # (no compression: a view of the buffer)
             self.done = self.tip
 
     def _scan(self, fd: int) -> int:

@@ -11,6 +11,7 @@ loading the archiver.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from ..errors import ChecksumMismatch, PgRecoveryError, StorageError
 if TYPE_CHECKING:
     from ..storage import Storage
 
+log = logging.getLogger("pgrecovery.wal")
 WAL_PREFIX: Final = "wal"
 CHUNK: Final = 1 << 20
 IN_MEMORY: Final = 64 << 20  # a WAL file up to this size is read once, hashed and compressed from memory
@@ -160,7 +162,12 @@ def read_and_pack(
         with memoryview(buf) as view:
             while size <= st.st_size and (n := f.readinto(view[size : st.st_size + 1])):
                 size += n
-    done = ahead(buf, size) if ahead is not None else None
+    done = None
+    if ahead is not None:
+        try:
+            done = ahead(buf, size)
+        except Exception as e:  # noqa: BLE001 - work done ahead only saves time: without it, the push does it all
+            log.debug("%s: work done ahead not used: %s", path, e)
     if done is not None:
         return st, size, done[0], done[1]
     h = hashlib.sha256()

@@ -5,6 +5,7 @@ and the digest and compressed bytes are then those a push from scratch gives."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 import time
@@ -106,6 +107,46 @@ def test_work_done_on_bytes_that_changed_since_is_not_used(pg_wal: Path) -> None
     _st, _size, digest, packed = read_and_pack(str(pg_wal / NAME), "zstd", None, finish)
     raw = (pg_wal / NAME).read_bytes()
     assert used == [False]  # not used: the push hashed and compressed the file itself
+    assert digest == hashlib.sha256(raw).hexdigest()
+    assert packed is not None
+    assert zstandard.ZstdDecompressor().decompress(packed) == raw
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "lz4"])
+def test_every_codec_gets_the_same_bytes_from_work_done_ahead(pg_wal: Path, codec: str) -> None:
+    from pgrecovery.codec import open_decompressed
+
+    write_pages(pg_wal / NAME, 0, 400)
+    filling = _filling.Filling(
+        str(pg_wal / NAME), os.stat(pg_wal / NAME).st_ino, SEG_SIZE, PAGE, lambda: compressor(codec, None, threads=1)
+    )
+    filling.advance()
+    assert filling.done == 399 * PAGE
+    write_pages(pg_wal / NAME, 400, SEG_SIZE // PAGE - 400)
+    used: list[bool] = []
+
+    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
+        got = filling.finish(buf, size)
+        used.append(got is not None)
+        return got
+
+    _st, _size, digest, packed = read_and_pack(str(pg_wal / NAME), codec, None, finish)
+    raw = (pg_wal / NAME).read_bytes()
+    assert used == [True]
+    assert digest == hashlib.sha256(raw).hexdigest()
+    assert packed is not None
+    with open_decompressed(io.BytesIO(packed), codec) as back:
+        assert back.read() == raw
+
+
+def test_work_done_ahead_that_fails_leaves_the_push_to_do_it_all(pg_wal: Path) -> None:
+    write_pages(pg_wal / NAME, 0, SEG_SIZE // PAGE)
+
+    def broken(buf: bytearray, size: int) -> tuple[str, bytes] | None:
+        raise ValueError("a bug in the work done ahead")
+
+    _st, _size, digest, packed = read_and_pack(str(pg_wal / NAME), "zstd", None, broken)
+    raw = (pg_wal / NAME).read_bytes()
     assert digest == hashlib.sha256(raw).hexdigest()
     assert packed is not None
     assert zstandard.ZstdDecompressor().decompress(packed) == raw
