@@ -30,7 +30,8 @@ _XLP_LONG_HEADER: Final = 0x0002
 _STEP: Final = 256 << 10  # hash and compress at least this much at a time (what is left for the push)
 _READ: Final = 256 << 10  # read on from the last page begun this much at a time
 _MAX_SEGMENT: Final = 64 << 20  # larger segments are left to the push (as read_and_pack streams them)
-_PASS: Final = 0.02  # seconds between passes (a pass on a file not written since costs one fstat)
+_PASS: Final = 0.02  # seconds between passes while the segment is being written
+_PASS_QUIET: Final = 0.5  # at most this long between passes when nothing was written (a pass lists a directory)
 
 
 def _page_address(buf: bytes | bytearray | memoryview, offset: int) -> int:
@@ -69,20 +70,19 @@ class Filling:
         self.lock = threading.Lock()  # a pass and the push's finish never overlap
         self.finished = False
 
-    def advance(self) -> None:
+    def advance(self) -> bool:
         """Hash and compress the pages now followed by a started page (read once, from where the last pass
-        stopped; at least `_STEP` at a time)."""
+        stopped; at least `_STEP` at a time); whether anything was written since the last pass."""
         with self.lock:
-            if not self.finished:
-                self._advance()
+            return not self.finished and self._advance()
 
-    def _advance(self) -> None:
+    def _advance(self) -> bool:
         with open(self.path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if st.st_ino != self.ino:
                 raise FileNotFoundError(self.path)
             if st.st_mtime_ns == self.mtime:
-                return  # nothing written since the last pass: a quiet server costs a stat
+                return False  # nothing written since the last pass: a quiet server costs a stat
             self.mtime = st.st_mtime_ns
             self.tip = self._scan(f.fileno())
         # pages before the tip are complete (the next one has begun); the page at the tip may still grow
@@ -91,6 +91,7 @@ class Filling:
                 self.hash.update(chunk)
                 self.parts.append(bytes(self.comp.compress(chunk)))  # (no compression: a view of the buffer)
             self.done = self.tip
+        return True
 
     def _scan(self, fd: int) -> int:
         """Read on from the tip (the last page known begun, which may have grown), `_READ` at a time, up to the
@@ -157,25 +158,29 @@ class SegmentFiller:
         return None
 
     def _run(self) -> None:
-        while not self._stop.wait(_PASS):
+        pause = _PASS
+        while not self._stop.wait(pause):
             try:
-                self._pass()
+                written = self._pass()
             except Exception as e:  # noqa: BLE001 - only speed is at stake: the push reads the file whole anyway
                 log.debug("following the segment being written: %s", e)
+                written = False
                 with self._lock:
                     self._current = self._previous = None
+            pause = _PASS if written else min(_PASS_QUIET, pause * 2)
 
-    def _pass(self) -> None:
+    def _pass(self) -> bool:
+        """One pass; whether the segment being written had grown."""
         found = self._writing()
         with self._lock:
             current = self._current
             if found is None:
-                return
+                return False
             path, ino, seg_size, page_size = found
             if current is None or current.path != path or current.ino != ino:
                 self._previous = current
                 current = self._current = Filling(path, ino, seg_size, page_size, self.packer)
-        current.advance()  # outside the filler's lock: the Filling has its own, which finish() takes too
+        return current.advance()  # outside the filler's lock: the Filling has its own, which finish() takes too
 
     def _writing(self) -> tuple[str, int, int, int] | None:
         """The segment being written: the one after the newest in ``archive_status`` (ready or done), once its first
