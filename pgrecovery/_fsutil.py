@@ -109,11 +109,23 @@ def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> No
                 os.unlink(os.path.join(directory, name))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (the check behind a pid file: one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 __all__ = [
     "atomic_file",
     "fsync_dir",
     "is_temp_name",
     "makedirs_durable",
+    "process_alive",
     "publish",
     "remove_stale_temps",
     "temp_path",

@@ -52,13 +52,12 @@ def worker_mark(spool: str, tag: str) -> str:
 
 
 def mark_worker(spool: str, tag: str, pid: int) -> None:
+    from ._fsutil import write_atomic  # (only the worker marks: not on archive_command's fast path)
+
     path = worker_mark(spool, tag)
-    tmp = f"{path}.{pid}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.replace(tmp, path)
+        write_atomic(path, f"{pid}\n", mode=0o644, sync=False)
     except OSError:
         pass  # best effort: without it archive_command asks the worker over its socket
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import attrs
 
+from ._fsutil import process_alive
 from .errors import (
     AlreadyExists,
     BackupError,
@@ -310,21 +311,11 @@ def leftovers(repo: Storage) -> list[Leftover]:
 def _why(host: str | None, pid: int | None, started: datetime | None) -> str:
     if host is None or pid is None or started is None:
         return "interrupted (no start marker)"
-    if host == socket.gethostname() and not _alive(pid):
+    if host == socket.gethostname() and not process_alive(pid):
         return "interrupted (its process is gone)"
     if datetime.now(UTC) - started > STALE_AFTER:
         return "stale (started over 24 hours ago)"
     return "in progress"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_leftovers(repo: Storage, *, include_in_progress: bool = False, dry_run: bool = False) -> list[Leftover]:

@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
+from .._fsutil import process_alive
 from ..codec import compressor
 from ._filling import SegmentFiller
 from ._inotify import DirWatch
@@ -314,15 +315,8 @@ class ArchivingWorker:
                 pid = int(f.readline().strip() or 0)
         except (OSError, ValueError):
             return False
-        if pid <= 0:
-            return True  # unreadable as a pid: assume it runs (the idle time still ends the worker)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pass  # another user's process (EPERM): it lives
-        return True
+        # unreadable as a pid: assume it runs (the idle time still ends the worker)
+        return pid <= 0 or process_alive(pid)
 
 
 __all__ = ["IDLE", "ArchivingWorker"]
