@@ -260,6 +260,19 @@ def wal_workers(under: Path) -> list[int]:
     return found
 
 
+def recorded_finish(filling: Any) -> tuple[list[bool], Any]:
+    """``filling.finish`` (`pgrecovery.wal._filling.Filling`) as read_and_pack's ``ahead``, and the list it fills
+    with whether each call used the work done ahead."""
+    used: list[bool] = []
+
+    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
+        got: tuple[str, bytes] | None = filling.finish(buf, size)
+        used.append(got is not None)
+        return got
+
+    return used, finish
+
+
 def pg_substitute(command: str, p: str, f: str) -> str:
     """What PostgreSQL does to archive_command/restore_command before running it with /bin/sh -c."""
     out, i = [], 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from pgtesting import Major
+from pgtesting import Major, recorded_finish
 
 from pgrecovery import LocalCluster
 from pgrecovery.codec import compressor
@@ -66,12 +66,7 @@ def test_the_segment_being_written_is_done_ahead_and_its_push_is_exact(server: L
         filler.stop()
     assert filling is not None
     assert filling.done >= 4 << 20
-    used: list[bool] = []
-
-    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
-        got = filling.finish(buf, size)
-        used.append(got is not None)
-        return got
+    used, finish = recorded_finish(filling)
 
     _st, _size, digest, packed = read_and_pack(str(wal / name), "zstd", None, finish)
     raw = (wal / name).read_bytes()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from pgtesting import recorded_finish
 
 from pgrecovery._walnames import segment_name
 from pgrecovery.codec import compressor
@@ -73,12 +74,7 @@ def test_the_pages_written_are_done_ahead_and_the_push_finishes_them(pg_wal: Pat
         filler.stop()
     assert filling is not None
     assert filling.done >= 299 * PAGE
-    used: list[bool] = []
-
-    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
-        got = filling.finish(buf, size)
-        used.append(got is not None)
-        return got
+    used, finish = recorded_finish(filling)
 
     _st, size, digest, packed = read_and_pack(str(pg_wal / NAME), "zstd", None, finish)
     raw = (pg_wal / NAME).read_bytes()
@@ -97,12 +93,7 @@ def test_work_done_on_bytes_that_changed_since_is_not_used(pg_wal: Path) -> None
     # a page done ahead is rewritten (the server crashed and wrote that WAL again, differently), then completed
     write_pages(pg_wal / NAME, 10, 1, fill=2)
     write_pages(pg_wal / NAME, 400, SEG_SIZE // PAGE - 400)
-    used: list[bool] = []
-
-    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
-        got = filling.finish(buf, size)
-        used.append(got is not None)
-        return got
+    used, finish = recorded_finish(filling)
 
     _st, _size, digest, packed = read_and_pack(str(pg_wal / NAME), "zstd", None, finish)
     raw = (pg_wal / NAME).read_bytes()
@@ -123,12 +114,7 @@ def test_every_codec_gets_the_same_bytes_from_work_done_ahead(pg_wal: Path, code
     filling.advance()
     assert filling.done == 399 * PAGE
     write_pages(pg_wal / NAME, 400, SEG_SIZE // PAGE - 400)
-    used: list[bool] = []
-
-    def finish(buf: bytearray, size: int) -> tuple[str, bytes] | None:
-        got = filling.finish(buf, size)
-        used.append(got is not None)
-        return got
+    used, finish = recorded_finish(filling)
 
     _st, _size, digest, packed = read_and_pack(str(pg_wal / NAME), codec, None, finish)
     raw = (pg_wal / NAME).read_bytes()
