@@ -22,6 +22,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs millis
 if TYPE_CHECKING:
     import socket
     import subprocess
+    from collections.abc import Callable
     from typing import Final
 
 SOCKET_NAME: Final = "worker.sock"
@@ -42,6 +43,29 @@ def enabled() -> bool:
 
 def socket_path(spool: str) -> str:
     return os.path.join(spool, SOCKET_NAME)
+
+
+def usable(spool: str) -> bool:
+    """Whether a worker can listen for ``spool``: its socket's path fits a socket address, or on Linux, where a
+    longer one is reached through the spool directory's descriptor (`_at_address`)."""
+    return len(os.fsencode(socket_path(spool))) <= _MAX_PATH or os.path.isdir("/proc/self/fd")
+
+
+def _at_address(spool: str, call: Callable[[str], None]) -> None:
+    """``call`` (a socket's connect or bind) with the address of ``spool``'s socket. A socket address holds about
+    100 bytes of path: a longer spool path is reached through ``/proc/self/fd/<n>``, ``n`` a descriptor of the
+    spool directory opened for the call (Linux), so that a data directory deep in a mount still gets a worker."""
+    path = socket_path(spool)
+    if len(os.fsencode(path)) <= _MAX_PATH:
+        call(path)
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise OSError(errno.ENAMETOOLONG, f"the spool path is too long for a socket: {path}")
+    fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        call(f"/proc/self/fd/{fd}/{SOCKET_NAME}")
+    finally:
+        os.close(fd)
 
 
 def worker_mark(spool: str, tag: str) -> str:
@@ -77,7 +101,7 @@ def ask(spool: str, line: str, timeout: float) -> str | None:
     """The worker's one-line reply to ``line``: None when no worker listens, "" when one took the question but
     gave no answer (it died, or is hung past ``timeout``)."""
     path = socket_path(spool)
-    if len(os.fsencode(path)) > _MAX_PATH or not os.path.exists(path):
+    if not os.path.exists(path):
         return None  # (before importing socket, which costs a spool hit 5 ms)
     import socket
 
@@ -85,7 +109,7 @@ def ask(spool: str, line: str, timeout: float) -> str | None:
     try:
         s.settimeout(timeout)
         try:
-            s.connect(path)
+            _at_address(spool, s.connect)
         except OSError:
             return None
         data = b""
@@ -108,8 +132,6 @@ def listen(spool: str) -> socket.socket:
     import socket
 
     path = socket_path(spool)
-    if len(os.fsencode(path)) > _MAX_PATH:
-        raise OSError(errno.ENAMETOOLONG, f"the spool path is too long for a socket: {path}")
     try:  # noqa: SIM105 - contextlib costs an import on archive_command's path
         os.unlink(path)  # the caller holds the lock: a socket file here is a dead worker's
     except FileNotFoundError:
@@ -117,7 +139,10 @@ def listen(spool: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        s.bind(path)
+        _at_address(spool, s.bind)
+    except BaseException:
+        s.close()
+        raise
     finally:
         os.umask(old)
     s.listen(64)
@@ -190,7 +215,7 @@ def stop(spool: str, timeout: float = 30.0) -> None:
 
 def _request(line: str, spool: str, url: str, wal_dir: str, key_file: str | None) -> str | None:
     """The worker's reply to ``line`` (starting a worker when none listens); None: no usable answer."""
-    if not enabled() or failed_recently(spool):
+    if not enabled() or failed_recently(spool) or not usable(spool):
         return None
     try:
         wait = float(os.environ.get(TIMEOUT_ENV) or REPLY_WAIT)
@@ -201,8 +226,8 @@ def _request(line: str, spool: str, url: str, wal_dir: str, key_file: str | None
         child = spawn(spool, url, wal_dir, key_file)
         deadline = time.monotonic() + START_WAIT
         while reply is None and time.monotonic() < deadline:
-            if child is not None and child.poll() is not None:
-                return None  # it died at start-up
+            if (child is not None and child.poll() is not None) or failed_recently(spool):
+                return None  # it died at start-up (ours, or the one another caller started)
             time.sleep(0.01)
             reply = ask(spool, line, wait)
     return reply or None

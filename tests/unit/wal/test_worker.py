@@ -4,10 +4,12 @@ another repository is never trusted (the call then returns None: the full CLI pu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +100,51 @@ def test_a_hung_or_killed_worker_is_not_trusted(pgdata: Path, tmp_path: Path, mo
     assert _fastpath.fast_command(["wal-push", "--repo", url, third]) == 0
     assert archived(repo, THIRD, third)
     assert wal_workers(tmp_path) not in ([], [pid])
+
+
+def test_a_data_directory_too_deep_for_a_socket_address_still_gets_a_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket address holds about 100 bytes of path; a data directory deeper than that (a long mount point) is
+    served all the same: the socket is reached through a descriptor of the spool directory."""
+    monkeypatch.setenv(_walclient.IDLE_ENV, "30")
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "data"
+    (deep / "pg_wal" / "archive_status").mkdir(parents=True)
+    (deep / "postmaster.pid").write_text("1\n")
+    url = f"file://{tmp_path}/repo"
+    try:
+        path = wal(deep, SEG)
+        spool = _spool.default_spool(path)
+        assert len(_walclient.socket_path(spool)) > 108
+        assert _fastpath.fast_command(["wal-push", "--repo", url, path]) == 0
+        assert archived(Repository(url), SEG, path)
+        assert len(wal_workers(tmp_path)) == 1
+        assert _walclient.ask(spool, "ping", 5) == f"ok {_spool.repo_tag(url)}"
+    finally:
+        for pid in wal_workers(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_caller_stops_waiting_when_the_worker_another_caller_started_fails(
+    pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two archive_command calls at once: one starts the worker, the other waits for it to listen. If that worker
+    fails at start-up (it notes why in ``worker.failed``), the waiting call hands over to the full CLI at once
+    instead of waiting out the start-up time (30 s)."""
+    path = wal(pgdata, SEG)
+    spool = _spool.default_spool(path)
+    os.makedirs(spool, exist_ok=True)
+    fd = os.open(os.path.join(spool, _walclient.LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another caller's worker is starting": this call starts none
+    failing = threading.Timer(0.5, lambda: Path(spool, _walclient.FAILED_NAME).write_text("wal-worker: broken\n"))
+    failing.start()
+    try:
+        started = time.monotonic()
+        assert _fastpath.fast_command(["wal-push", "--repo", f"file://{tmp_path}/repo", path]) is None
+        assert time.monotonic() - started < 10
+    finally:
+        failing.join()
+        os.close(fd)
 
 
 def test_the_worker_can_be_turned_off(pgdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
