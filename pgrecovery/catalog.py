@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,9 @@ def claim_backup_id(
     base = f"{now:%Y%m%dT%H%M%SZ}-{kind}"
     info: dict[str, Any] = {"kind": kind, "host": socket.gethostname(), "pid": os.getpid()}
     info["started_at"] = now.isoformat()
+    # unique to this call: a write whose answer was lost is confirmed by the bytes found stored, and two threads
+    # of one process would otherwise write the same bytes, each taking the other's marker for its own
+    info["claim"] = secrets.token_hex(8)
     if needs is not None:
         info["needs"] = list(needs)
     marker = json.dumps(info).encode()

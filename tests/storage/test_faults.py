@@ -117,3 +117,39 @@ def test_a_lasting_failure_names_the_key_and_repository(object_store: Backend, w
         assert secret not in text
     plan.enabled = False
     assert not repo.exists("wal/00000001/x")
+
+
+class _RacedClaim(FlakyFileSystem):
+    """Another claimer's marker lands between this one's existence check and its write, and the write's answer is a
+    transient error: the retry then finds a marker stored under the id and must not take it for its own."""
+
+    def __init__(self, inner: object, marker: str) -> None:
+        super().__init__(inner, FaultPlan(rate=0, lost_rate=0, cut_rate=0))  # type: ignore[arg-type]
+        self.marker, self.raced = marker, False
+
+    def exists(self, path: str, **kwargs: object) -> bool:
+        return False if path.endswith(self.marker) and not self.raced else super().exists(path, **kwargs)
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: object) -> None:
+        if path.endswith(self.marker) and not self.raced:
+            self.raced = True
+            raise TimeoutError("put timed out (injected)")
+        super().pipe_file(path, value, mode=mode, **kwargs)
+
+
+def test_a_claim_whose_write_timed_out_never_takes_another_claims_id(object_store: Backend) -> None:
+    """Two threads of one process claim a backup id for the same second (same host, pid, kind and time): each
+    gets its own, even when one write's answer is lost and the retry finds the other's marker stored."""
+    from datetime import UTC, datetime
+
+    from pgrecovery.catalog import claim_backup_id
+
+    prefix, now = f"claims-{uuid.uuid4().hex[:8]}", datetime.now(UTC)
+    first = claim_backup_id(object_store.repo(prefix), "logical", now)
+    inner = object_store.fs()
+    fs = _RacedClaim(inner, f"backups/{first}/started.json")
+    root = f"{object_store.bucket}/{prefix}"
+    raced = Repository(fs=fs, root=root, retry_policy=FAST_RETRY, capabilities=capabilities_of(inner))
+    second = claim_backup_id(raced, "logical", now)
+    assert fs.raced
+    assert second != first
