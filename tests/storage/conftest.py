@@ -189,9 +189,8 @@ def emulator(name: str, workdir: Path, *, data: Path | None = None) -> Emulator:
             unavailable("S3 (moto server)", f'pip install "moto[server]" s3fs, or run `nox -s tests` ({e})')
         if data is not None:
             raise ValueError("moto's server keeps its objects in memory only: a restart is an empty store")
-        return Emulator(
-            name, lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], "/", workdir
-        )
+        script = str(Path(__file__).with_name("moto_atomic.py"))  # moto.server, its conditional writes atomic
+        return Emulator(name, lambda port: [sys.executable, script, "-H", "127.0.0.1", "-p", str(port)], "/", workdir)
     if name == "azure":
         binary = _azurite_or_skip()
         location = data or workdir / "azurite"
