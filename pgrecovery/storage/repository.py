@@ -36,7 +36,7 @@ from ._drivers import (
     unwrap_dir,
 )
 from ._local import LocalWriter, local_dir, mtime, remove_tree
-from ._readers import ParallelReader, RetryingReader, digest_stream, modified_of
+from ._readers import ParallelReader, RetryingReader, digest_stream, modified_of, read_ranges
 from ._retry import Retry, RetryPolicy, is_transient
 from ._staged import StagedWriter
 from ._uploads import UnfinishedUpload, abort_upload, unfinished_uploads
@@ -272,7 +272,8 @@ class Storage:
             size = getattr(f, "size", None)
             if self.capabilities.object_store and isinstance(size, int) and size > 2 * self.part_size:
                 f.close()  # a large object (a bundle): ranged GETs in parallel, several connections' throughput
-                reader = ParallelReader(self.fs, path, size, self._retry, key, block=self.part_size)
+                block, ahead = read_ranges(size, self.part_size)
+                reader = ParallelReader(self.fs, path, size, self._retry, key, block=block, ahead=ahead)
                 return reader  # type: ignore[return-value]  # io.RawIOBase is a binary stream
         except FileNotFoundError:
             raise StorageError(f"{key!r} is missing from {self.display_url}") from None

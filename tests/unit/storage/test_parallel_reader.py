@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from pgrecovery.errors import StorageError
-from pgrecovery.storage._readers import ParallelReader
+from pgrecovery.storage._readers import ParallelReader, read_ranges
 from pgrecovery.storage._retry import Retry, RetryPolicy
 
 BLOCK = 1 << 20
@@ -44,3 +44,14 @@ def test_a_short_range_is_an_error() -> None:
     fs.pipe_file(path, os.urandom(2 * BLOCK))
     with reader(fs, path, 3 * BLOCK) as r, pytest.raises(StorageError, match="changed while it was read"):
         r.read()
+
+
+@pytest.mark.parametrize("size_mb", [17, 64, 180, 1000, 50_000])
+def test_large_objects_are_read_in_fewer_larger_ranges_with_bounded_memory(size_mb: int) -> None:
+    """An eighth of the object per range, from the part size up to 32 MB; 2 to 4 ranges in flight, at most 64 MB."""
+    part = 8 << 20
+    block, ahead = read_ranges(size_mb << 20, part)
+    assert part <= block <= 32 << 20
+    assert block == min(32 << 20, max(part, (size_mb << 20) // 8))
+    assert 2 <= ahead <= 4
+    assert block * ahead <= 64 << 20
