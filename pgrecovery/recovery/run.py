@@ -14,6 +14,7 @@ data directory, then hands the `RecoveryRun` to `recover`. The order of a run:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,9 @@ from typing import Any
 
 import attrs
 
+from .. import _walnames
 from .._pgdb import connect
+from .._spool import SPOOL_NAME
 from ..cluster import LocalCluster, port_choice
 from ..errors import AlreadyExists, ClusterError, PgRecoveryError, TargetUnreachable
 from ..manifest import BackupManifest
@@ -36,12 +39,24 @@ from .target import Action, RecoveryTarget
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
 
 
-def _restored_wal(cluster: LocalCluster) -> list[str]:
-    """The WAL files the server says it restored from the archive, in order (from its log)."""
-    if cluster.log_file is None or not cluster.log_file.exists():
-        return []
-    found = re.findall(r'restored log file "([0-9A-F]{24})" from archive', cluster.log_file.read_text(errors="replace"))
-    return list(dict.fromkeys(found))
+def _restored_wal(cluster: LocalCluster, segment_size: int) -> list[str]:
+    """The WAL segments the server replayed from the archive, in order: those its log says restore_command
+    restored, and those it read from pg_wal where the prefetcher staged them (listed by restore_command's shell in
+    the queue's ``.taken``, `pgrecovery.wal.commands.restore_command`)."""
+    found: list[str] = []
+    if cluster.log_file is not None and cluster.log_file.exists():
+        text = cluster.log_file.read_text(errors="replace")
+        found = re.findall(r'restored log file "([0-9A-F]{24})" from archive', text)
+    with contextlib.suppress(OSError):
+        staged = (cluster.data_dir / SPOOL_NAME / "prefetch" / ".taken").read_text(errors="replace").split()
+        found += [n for n in staged if _walnames.is_segment(n)]
+    # replay reads a timeline's segments in order: those between two it names were read too (from pg_wal, staged,
+    # while the prefetcher was not there to see it)
+    segments = set(found)
+    for tli in {n[:8] for n in found}:
+        same = sorted(n for n in found if n[:8] == tli)
+        segments.update(_walnames.segment_range(same[0], same[-1], segment_size))
+    return sorted(segments, key=lambda n: (n[8:], n[:8]))  # segment number, then timeline
 
 
 def server_major(server_version: str) -> int | None:
@@ -193,7 +208,8 @@ def recover(run: RecoveryRun, journal: Journal, restore_seconds: float) -> Recov
     _start(run, cluster)
     state = _wait_for_target(run, cluster)
     recovered = time.monotonic() - t1
-    wal = _restored_wal(cluster)
+    phys = run.backup.physical
+    wal = _restored_wal(cluster, phys.wal_segment_size if phys is not None else _walnames.DEFAULT_SEGMENT_SIZE)
     journal.step(
         "replay", f"{len(wal)} WAL file(s) restored from the archive" + (f", {wal[0]} .. {wal[-1]}" if wal else "")
     )

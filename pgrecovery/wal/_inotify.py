@@ -8,9 +8,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import struct
 import sys
 from typing import Final
 
+_IN_OPEN: Final = 0x20
 _IN_MOVED_TO: Final = 0x80
 _IN_CREATE: Final = 0x100
 _IN_NONBLOCK: Final = 0o4000
@@ -24,8 +26,9 @@ class DirWatch:
         self.fd = fd
 
     @classmethod
-    def open(cls, directory: str) -> DirWatch | None:
-        """A watch on ``directory``, or None where inotify is not available (not Linux, no libc, no watch left)."""
+    def open(cls, directory: str, *, opened: bool = False) -> DirWatch | None:
+        """A watch on ``directory`` (``opened``: on files opened in it, instead of created), or None where inotify
+        is not available (not Linux, no libc, no watch left)."""
         if not sys.platform.startswith("linux"):
             return None
         try:
@@ -35,7 +38,7 @@ class DirWatch:
             return None
         if fd < 0:
             return None
-        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
+        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_OPEN if opened else _IN_CREATE | _IN_MOVED_TO) < 0:
             os.close(fd)
             return None
         return cls(fd)
@@ -45,6 +48,21 @@ class DirWatch:
         with contextlib.suppress(OSError):
             while os.read(self.fd, 65536):
                 pass
+
+    def names(self) -> list[str]:
+        """The names of the files the events waiting name, in order (each ``struct inotify_event``: wd, mask,
+        cookie, the name's length, then the name, padded with NULs)."""
+        found: list[str] = []
+        with contextlib.suppress(OSError):
+            while data := os.read(self.fd, 65536):
+                at = 0
+                while at + 16 <= len(data):
+                    (length,) = struct.unpack_from("=I", data, at + 12)
+                    name = data[at + 16 : at + 16 + length].split(b"\0", 1)[0]
+                    if name:
+                        found.append(os.fsdecode(name))
+                    at += 16 + length
+        return found
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -6,10 +6,21 @@ that disappears was taken by recovery, and the window moves past it. It keeps ``
 ahead of the newest one taken (or asked for, ``.wanted``), downloads up to ``archiver.parallel`` at once, and
 stops when the archive has nothing newer, a download fails, or recovery takes nothing for ``linger`` seconds
 (restore_command starts a filler again when it has to fetch a segment itself).
+
+Staging: in archive recovery (``recovery.signal``, no ``standby.signal``) of PostgreSQL 15 or later, with the
+default spool inside the data directory, each verified segment is also hard-linked into ``pg_wal`` under its own
+name (never over a file there), with the ``.done`` status PostgreSQL gives a segment it restored. restore_command's
+shell then exits 1 for a segment whose ``pg_wal`` name is that very file (``-ef``), and PostgreSQL reads it from
+``pg_wal``, as it does with any segment the archive does not give: no program and no rename per segment, and the
+segment's space is freed later by the checkpointer rather than by the startup process before each call. The shell
+notes the segment as wanted (a builtin ``echo``), which is how the filler follows recovery. PostgreSQL 15 and
+later install no recycled segment into ``pg_wal`` during archive recovery without streaming, so nothing else
+writes under those names; a standby (whose WAL receiver writes into ``pg_wal``) is never staged for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -18,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import _spool, _walnames
+from .._fsutil import process_alive
+from ._inotify import DirWatch
 
 if TYPE_CHECKING:
     from ._layout import WalObject
@@ -25,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__package__)
 LINGER: Final = 2.0
+STAGED_LINGER: Final = 60.0  # seconds a filler waits for the server to read the segments it staged
 _POLL: Final = 0.01
 
 
@@ -33,12 +47,19 @@ def _position(name: str, segment_size: int) -> tuple[int, int]:
 
 
 class _Queue:
-    """What the filler knows of the queue: the newest segment recovery has reached, and the names it has seen."""
+    """What the filler knows of the queue: the newest segment recovery has reached, and the names it has seen;
+    with staging, the staged segments the server has not opened yet, and a watch on what it opens in pg_wal."""
 
-    def __init__(self, archiver: WalArchiver, spool: str, after: str) -> None:
+    def __init__(self, archiver: WalArchiver, spool: str, after: str, stage: str | None = None) -> None:
         self.archiver, self.spool, self.reached = archiver, spool, after
         self.size = archiver.segment_size
         self.seen: set[str] = set()
+        self.stage = stage
+        self.staged: set[str] = set()
+        self.watch = DirWatch.open(stage, opened=True) if stage is not None else None
+        if stage is not None:  # staged by an earlier filler and not read yet (their queue link is still there)
+            queued = _spool.prefetch_dir(spool)
+            self.staged = {n for n in _spool.prefetched(spool) if _same(os.path.join(queued, n), stage)}
         self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
         # removes what interrupted downloads of an earlier filler left; later ones leave temporary files alone,
         # which are this filler's downloads under way)
@@ -46,8 +67,12 @@ class _Queue:
     def look(self) -> tuple[list[str], bool]:
         """(the names missing from the window ahead of recovery, whether recovery moved since the last look)."""
         asked = _spool.read_wanted(self.spool)
+        moved = False  # asked for a newer segment: a staged one read from pg_wal, or one fetched by wal-fetch
         if asked and _walnames.is_segment(asked) and _position(asked, self.size) > _position(self.reached, self.size):
-            self.reached = asked
+            self.reached, moved = asked, True
+        read = self._staged_read()
+        if read and _position(read, self.size) > _position(self.reached, self.size):
+            self.reached, moved = read, True
         segno = _walnames.segment_number(self.reached, self.size)
         if self._swept != self.reached:  # only downloads add files, all ahead of recovery: sweep when it moves
             self._sweep(segno)
@@ -64,7 +89,37 @@ class _Queue:
             return [], True
         tli = _walnames.timeline_of(self.reached)
         window = (_walnames.segment_name(tli, segno + i, self.size) for i in range(1, self.archiver.prefetch + 1))
-        return [n for n in window if n not in have], False
+        return [n for n in window if n not in have], moved
+
+    def _staged_read(self) -> str | None:
+        """The newest staged segment the server opened since the last look (it reads on through pg_wal without
+        calling restore_command while the next segment is there); each is noted in ``.taken``."""
+        if self.watch is None or not self.staged:
+            return None
+        opened = list(dict.fromkeys(n for n in self.watch.names() if n in self.staged))
+        if not opened:
+            return None
+        self.staged.difference_update(opened)
+        with contextlib.suppress(OSError), open(os.path.join(_spool.prefetch_dir(self.spool), ".taken"), "a") as f:
+            f.write("".join(n + "\n" for n in opened))
+        return max(opened, key=lambda n: _position(n, self.size))
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+    def recovering(self) -> bool:
+        """Whether the server is still in archive recovery: it runs (its postmaster.pid names a live process) and
+        recovery.signal is there (it removes the file at the end)."""
+        if self.stage is None:
+            return True
+        data = os.path.dirname(self.stage)
+        try:
+            with open(os.path.join(data, "postmaster.pid")) as f:
+                pid = int(f.readline().strip() or 0)
+        except (OSError, ValueError):
+            return False
+        return pid > 0 and process_alive(pid) and os.path.exists(os.path.join(data, "recovery.signal"))
 
     def _sweep(self, segno: int) -> None:
         """Drop queued segments recovery is past, and leftovers of interrupted downloads."""
@@ -90,10 +145,14 @@ def fill(
     A pipeline: up to ``archiver.parallel`` downloads are in flight at any time, and a new one starts as soon as
     recovery takes a segment or a download ends. (Waiting for a whole batch let the queue run dry: recovery takes
     one segment at a time, so each batch was one segment, downloaded while recovery waited.)"""
-    queue = _Queue(archiver, spool, after)
-    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
+    stage = staging_dir(spool)
+    if stage is not None and _foreign(stage, spool):
+        log.info("%s holds WAL segments pgrecovery did not stage: none staged there", stage)
+        stage = None
+    queue = _Queue(archiver, spool, after, stage)
+    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync, stage)
     moved = time.monotonic()
-    with ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch") as pool:
+    with contextlib.closing(queue), ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch") as pool:
         while True:
             if flight.harvest(queue):
                 moved = time.monotonic()
@@ -105,9 +164,13 @@ def fill(
             if not flight.ended and todo and len(flight.running) < archiver.parallel:
                 flight.start(pool, todo)
                 continue
-            idle = not todo and (time.monotonic() - moved > linger or (stop is not None and stop()))
-            if not flight.running and (flight.ended or idle):  # ended: the archive's end, or a failed download
-                break
+            stopped = stop is not None and stop()
+            idle = not todo and (time.monotonic() - moved > linger or stopped)
+            # staged segments not read yet: the server reads them without calling restore_command; the filler
+            # stays to see it (to move on, and for the recovery's report) while recovery goes on
+            reading = queue.staged and queue.recovering() and time.monotonic() - moved <= STAGED_LINGER
+            if not flight.running and (flight.ended or idle) and (stopped or not reading):
+                break  # ended: the archive's end, or a failed download
             time.sleep(_POLL)
     return flight.downloaded
 
@@ -115,8 +178,8 @@ def fill(
 class _Flight:
     """The downloads under way, and what the filler learnt from the ones that ended."""
 
-    def __init__(self, archiver: WalArchiver, directory: str, sync: bool) -> None:
-        self.archiver, self.directory, self.sync = archiver, directory, sync
+    def __init__(self, archiver: WalArchiver, directory: str, sync: bool, stage: str | None = None) -> None:
+        self.archiver, self.directory, self.sync, self.stage = archiver, directory, sync, stage
         self.running: dict[str, Future[None]] = {}
         self.downloaded: list[str] = []
         self.index: dict[str, list[WalObject]] = {}
@@ -143,11 +206,80 @@ class _Flight:
                 del self.running[name]
                 if succeeded(future, name):
                     self.downloaded.append(name)
+                    queued = os.path.join(self.directory, name)
+                    if self.stage is not None and _walnames.is_segment(name) and stage(queued, self.stage):
+                        queue.staged.add(name)
                     queue.seen.add(name)
                     got = True
                 else:
                     self.ended = True
         return got
+
+
+def staging_dir(spool: str) -> str | None:
+    """The ``pg_wal`` that verified segments may be staged in for recovery from ``spool`` (see the module), if any:
+    the default spool of a data directory of PostgreSQL 15 or later in archive recovery, not in standby mode."""
+    if os.path.basename(spool) != _spool.SPOOL_NAME:
+        return None  # a spool given by path: where pg_wal is, is not known
+    data = os.path.dirname(spool)
+    try:
+        with open(os.path.join(data, "PG_VERSION")) as f:
+            major = int(f.read(16).strip().split(".")[0])
+    except (OSError, ValueError):
+        return None
+    if major < 15 or os.path.exists(os.path.join(data, "standby.signal")):
+        return None
+    if not os.path.exists(os.path.join(data, "recovery.signal")):
+        return None
+    wal = os.path.join(data, "pg_wal")
+    return wal if os.path.isdir(os.path.join(wal, "archive_status")) else None
+
+
+def stage(queued: str, wal_dir: str) -> bool:
+    """Hard-link the verified segment ``queued`` into ``wal_dir`` under its name, with its ``.done`` status;
+    whether it was. Never over a file already there, nor across filesystems (then restore_command renames the
+    queued file into place as ever)."""
+    name = os.path.basename(queued)
+    target, done = os.path.join(wal_dir, name), os.path.join(wal_dir, "archive_status", name + ".done")
+    if os.path.lexists(target):
+        return False
+    had_status = os.path.lexists(done)
+    try:
+        with open(done, "ab"):
+            pass  # first: a staged segment never lacks it (PostgreSQL would otherwise archive it again)
+        os.link(queued, target)
+    except OSError as e:
+        log.debug("%s not staged in %s: %s", name, wal_dir, e)
+        if not had_status:
+            with contextlib.suppress(OSError):
+                os.unlink(done)
+        return False
+    with contextlib.suppress(OSError), open(os.path.join(os.path.dirname(queued), ".staged"), "a") as f:
+        f.write(name + "\n")  # what a later filler counts as its own (`_foreign`)
+    return True
+
+
+def _foreign(wal_dir: str, spool: str) -> bool:
+    """Whether ``wal_dir`` holds a segment this spool did not stage (listed in the queue's ``.staged``): left
+    there by the server whose data directory this was, perhaps of another history. PostgreSQL, once it reads a
+    staged segment from pg_wal, reads on through pg_wal while the next segment is there, so nothing is staged
+    beside such files."""
+    try:
+        with open(os.path.join(_spool.prefetch_dir(spool), ".staged")) as f:
+            ours = set(f.read().split())
+    except OSError:
+        ours = set()
+    try:
+        return any(_walnames.is_segment(n) and n not in ours for n in os.listdir(wal_dir))
+    except OSError:
+        return True
+
+
+def _same(queued: str, wal_dir: str) -> bool:
+    try:
+        return os.path.samefile(queued, os.path.join(wal_dir, os.path.basename(queued)))
+    except OSError:
+        return False
 
 
 def succeeded(future: Future[Any], name: str) -> bool:

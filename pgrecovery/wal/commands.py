@@ -103,7 +103,8 @@ def restore_command(
     fast: bool = True,
     key_file: str | None = None,
 ) -> str:
-    """The ``restore_command`` setting that fetches from ``repo_url`` (exit 1 only when a file is not archived).
+    """The ``restore_command`` setting that fetches from ``repo_url`` (exit 1 only when a file is not archived, or
+    is staged in ``pg_wal`` already, verified: PostgreSQL then reads it there).
 
     With ``fast`` and ``prefetch`` (the defaults) a segment already in the prefetch queue is moved into place by
     the shell itself (`_queue_hit`): no Python starts, so replay does not wait for an interpreter per segment.
@@ -130,7 +131,9 @@ def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     """The shell's part of the fast restore_command: if the prefetch queue belongs to this repository (its
     ``.source`` holds the repository's tag and this boot's id) and holds ``%f``, rename it to ``%p`` and exit 0;
     otherwise (or if the rename fails) fall through to the Python command. Only builtins and one ``mv``: about
-    2 ms.
+    2 ms. A queued segment the prefetcher staged in ``pg_wal`` (the same file under its own name there:
+    `pgrecovery.wal._prefetch.stage`) is noted as wanted (and in ``.taken``, for the recovery's report) and
+    answered with exit 1: PostgreSQL then reads it from ``pg_wal``, with no program started at all.
 
     The queue holds only complete, verified files (renamed into it by the prefetcher), so taking one is as safe
     here as in Python. They are not fsynced: a power loss could tear them, but a power loss is always a reboot,
@@ -141,7 +144,9 @@ def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     return (
         _spool_path(spool_dir, "prefetch")
         + f'{{ read t b <"$s/.source" && {{ read k <{_q(_spool.BOOT_ID)} || k=; }} && [ "$t $b" = "{tag} $k" ] '
-        + '&& [ -f "$s/%f" ] && mv -fT "$s/%f" "$p" && exit 0; } '
+        + '&& [ -f "$s/%f" ] && { [ "$s/%f" -ef "${p%%/*}/%f" ] '
+        + '&& { echo %f >"$s/.wanted"; echo %f >>"$s/.taken"; exit 1; }; '
+        + 'mv -fT "$s/%f" "$p" && exit 0; }; } '
         + "2>/dev/null; "
     )
 

@@ -1,0 +1,185 @@
+"""Staging prefetched segments in pg_wal for archive recovery (`pgrecovery.wal._prefetch.stage`), and
+restore_command's shell answering a staged segment with exit 1 so that PostgreSQL reads it from pg_wal.
+
+The data directories here are stand-ins (PG_VERSION, recovery.signal, pg_wal/archive_status); the real server's
+recovery through staged segments is in tests/integration/test_wal.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pgtesting import pg_substitute
+
+from pgrecovery import Repository, _spool
+from pgrecovery._walnames import segment_name
+from pgrecovery.wal import _prefetch
+from pgrecovery.wal.archiver import WalArchiver, restore_command
+
+NAMES = [segment_name(1, n) for n in range(3, 9)]
+
+
+def data_dir(root: Path, *, major: str = "15", signal: str = "recovery.signal") -> Path:
+    data = root / "data"
+    (data / "pg_wal" / "archive_status").mkdir(parents=True)
+    (data / "PG_VERSION").write_text(major + "\n")
+    (data / "postmaster.pid").write_text(f"{os.getpid()}\n")  # "the server runs"
+    if signal:
+        (data / signal).write_text("")
+    return data
+
+
+@pytest.fixture(autouse=True)
+def short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server reads the staged segments here: the filler waits half a second for it, not a minute."""
+    monkeypatch.setattr(_prefetch, "STAGED_LINGER", 0.5)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> tuple[str, dict[str, bytes]]:
+    """A file:// repository holding NAMES (distinct 1 MB contents)."""
+    url = f"file://{tmp_path}/repo"
+    source = tmp_path / "source" / "pg_wal"
+    source.mkdir(parents=True)
+    contents = {}
+    archiver = WalArchiver(Repository(url), spool_dir=str(tmp_path / "source-spool"))
+    for name in NAMES:
+        contents[name] = os.urandom(1 << 20)
+        (source / name).write_bytes(contents[name])
+        archiver.push(str(source / name))
+    return url, contents
+
+
+def fill(url: str, data: Path, prefetch: int = 4) -> list[str]:
+    archiver = WalArchiver(Repository(url), prefetch=prefetch, parallel=2)
+    return archiver.run_prefetch(NAMES[0], str(data / _spool.SPOOL_NAME))
+
+
+def restore(url: str, data: Path, name: str) -> int:
+    """restore_command for ``name`` as PostgreSQL runs it (from the data directory, RECOVERYXLOG removed first)."""
+    (data / "pg_wal" / "RECOVERYXLOG").unlink(missing_ok=True)
+    shell = pg_substitute(restore_command(url), "pg_wal/RECOVERYXLOG", name)
+    return subprocess.run(["/bin/sh", "-c", shell], cwd=data, capture_output=True, timeout=60).returncode
+
+
+def test_verified_segments_are_staged_in_pg_wal_and_the_shell_hands_them_over(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    url, contents = archive
+    data = data_dir(tmp_path)
+    got = fill(url, data)
+    assert sorted(got) == NAMES[1:5]  # the window: four ahead of the first segment
+    queue = data / _spool.SPOOL_NAME / "prefetch"
+    for name in got:
+        staged = data / "pg_wal" / name
+        assert staged.read_bytes() == contents[name]
+        assert os.path.samefile(staged, queue / name)  # the very file verified into the queue
+        assert (data / "pg_wal" / "archive_status" / f"{name}.done").exists()  # as PostgreSQL marks a restored one
+    # restore_command: exit 1 for a staged segment (PostgreSQL reads pg_wal/<name>), noted for the filler and the
+    # recovery's report; nothing is written over RECOVERYXLOG
+    assert restore(url, data, got[0]) == 1
+    assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
+    assert (queue / ".wanted").read_text().split() == [got[0]]
+    assert restore(url, data, got[1]) == 1
+    assert (queue / ".taken").read_text().split() == got[:2]
+    # a segment the archive has but the queue does not: fetched by Python into RECOVERYXLOG, as ever
+    assert restore(url, data, NAMES[0]) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[NAMES[0]]
+
+
+def test_a_file_already_in_pg_wal_is_never_replaced_and_nothing_is_staged_beside_it(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """A segment already in pg_wal (left by the server whose data directory this was) is not the archived one:
+    it stays as it is, restore_command delivers the archived segment into RECOVERYXLOG (exit 0), and nothing is
+    staged at all (PostgreSQL, once it reads one staged segment, would read on into that file)."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    other = data / "pg_wal" / NAMES[2]
+    other.write_bytes(b"not the archived segment")
+    assert fill(url, data)
+    assert not (data / "pg_wal" / NAMES[1]).exists()
+    assert other.read_bytes() == b"not the archived segment"
+    assert not (data / "pg_wal" / "archive_status" / f"{NAMES[2]}.done").exists()
+    assert restore(url, data, NAMES[2]) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[NAMES[2]]
+    assert other.read_bytes() == b"not the archived segment"
+
+
+@pytest.mark.parametrize(
+    ("major", "signal", "why"),
+    [
+        ("15", "standby.signal", "a standby's WAL receiver writes into pg_wal"),
+        ("15", "", "not in archive recovery"),
+        ("14", "recovery.signal", "before 15, recycled segments may be installed into pg_wal during recovery"),
+    ],
+)
+def test_no_staging_where_pg_wal_is_not_ours_to_fill(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], major: str, signal: str, why: str
+) -> None:
+    url, contents = archive
+    data = data_dir(tmp_path, major=major, signal=signal)
+    got = fill(url, data)
+    assert got, why
+    assert not any((data / "pg_wal" / n).exists() for n in NAMES), why
+    assert restore(url, data, got[0]) == 0, why  # the queued segment, renamed into RECOVERYXLOG
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[got[0]]
+
+
+def test_a_spool_given_by_path_stages_nothing(tmp_path: Path, archive: tuple[str, dict[str, bytes]]) -> None:
+    """With --spool elsewhere, where the recovering pg_wal is cannot be known: nothing is staged."""
+    data = data_dir(tmp_path)
+    assert _prefetch.staging_dir(str(tmp_path / "elsewhere" / "spool")) is None
+    assert _prefetch.staging_dir(str(data / _spool.SPOOL_NAME)) == str(data / "pg_wal")
+
+
+def test_a_failed_link_leaves_no_status_behind(tmp_path: Path) -> None:
+    """The .done is written first; if the link then fails (here: the queued file is gone), it is removed again."""
+    data = data_dir(tmp_path)
+    assert not _prefetch.stage(str(tmp_path / "gone" / NAMES[0]), str(data / "pg_wal"))
+    assert list((data / "pg_wal" / "archive_status").iterdir()) == []
+
+
+def test_the_filler_follows_the_server_reading_staged_segments_without_restore_command(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """PostgreSQL reads on through pg_wal while the next segment is there, calling no restore_command: the filler
+    sees each staged segment opened (inotify) and moves its window on, two ahead here, to the archive's end."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    got: list[str] = []
+    filler = threading.Thread(target=lambda: got.extend(fill(url, data, prefetch=2)))
+    filler.start()
+    read = []
+    deadline = time.monotonic() + 30
+    for name in NAMES[1:]:  # the "server": each segment once it is staged, in order
+        while not (data / "pg_wal" / name).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        read.append((data / "pg_wal" / name).read_bytes())
+    filler.join(30)
+    assert read == [contents[n] for n in NAMES[1:]]
+    assert sorted(got) == NAMES[1:]  # (in the order the downloads ended)
+    taken = (data / _spool.SPOOL_NAME / "prefetch" / ".taken").read_text().split()
+    assert taken == NAMES[1:]  # for the recovery's report of what was replayed
+
+
+def test_a_later_filler_stages_on_beside_what_an_earlier_one_staged(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """Staged segments the server has read are no longer in the queue, but they are this spool's (``.staged``):
+    a filler started later stages on beside them."""
+    url, _contents = archive
+    data = data_dir(tmp_path)
+    first = fill(url, data, prefetch=2)
+    queue = data / _spool.SPOOL_NAME / "prefetch"
+    for name in first:  # read by the server, and swept from the queue
+        (queue / name).unlink()
+    archiver = WalArchiver(Repository(url), prefetch=2, parallel=2)
+    later = archiver.run_prefetch(max(first), str(data / _spool.SPOOL_NAME))
+    assert sorted(later) == NAMES[3:5]
+    assert all(os.path.samefile(data / "pg_wal" / n, queue / n) for n in later)
