@@ -260,19 +260,22 @@ def stage(queued: str, wal_dir: str) -> bool:
 
 
 def _foreign(wal_dir: str, spool: str) -> bool:
-    """Whether ``wal_dir`` holds a segment this spool did not stage (listed in the queue's ``.staged``): left
-    there by the server whose data directory this was, perhaps of another history. PostgreSQL, once it reads a
-    staged segment from pg_wal, reads on through pg_wal while the next segment is there, so nothing is staged
-    beside such files."""
+    """Whether ``wal_dir`` holds a segment that is neither staged by this spool (listed in the queue's
+    ``.staged``) nor put there by the server since it started (PostgreSQL keeps each segment restore_command
+    gives it under its own name): one left by the server whose data directory this was, perhaps of another
+    history. PostgreSQL, once it reads a staged segment from pg_wal, reads on through pg_wal while the next
+    segment is there, so nothing is staged beside such a file."""
     try:
         with open(os.path.join(_spool.prefetch_dir(spool), ".staged")) as f:
             ours = set(f.read().split())
-    except OSError:
+    except FileNotFoundError:
         ours = set()
     try:
-        return any(_walnames.is_segment(n) and n not in ours for n in os.listdir(wal_dir))
+        started = os.stat(os.path.join(os.path.dirname(wal_dir), "postmaster.pid")).st_mtime
+        others = [n for n in os.listdir(wal_dir) if _walnames.is_segment(n) and n not in ours]
+        return any(os.stat(os.path.join(wal_dir, n)).st_ctime < started for n in others)
     except OSError:
-        return True
+        return True  # (no postmaster.pid: no server to stage for)
 
 
 def _same(queued: str, wal_dir: str) -> bool:

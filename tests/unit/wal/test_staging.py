@@ -102,6 +102,8 @@ def test_a_file_already_in_pg_wal_is_never_replaced_and_nothing_is_staged_beside
     data = data_dir(tmp_path)
     other = data / "pg_wal" / NAMES[2]
     other.write_bytes(b"not the archived segment")
+    later = time.time() + 5  # the server started after the file was there
+    os.utime(data / "postmaster.pid", (later, later))
     assert fill(url, data)
     assert not (data / "pg_wal" / NAMES[1]).exists()
     assert other.read_bytes() == b"not the archived segment"
@@ -183,3 +185,18 @@ def test_a_later_filler_stages_on_beside_what_an_earlier_one_staged(
     later = archiver.run_prefetch(max(first), str(data / _spool.SPOOL_NAME))
     assert sorted(later) == NAMES[3:5]
     assert all(os.path.samefile(data / "pg_wal" / n, queue / n) for n in later)
+
+
+def test_segments_the_server_restored_since_it_started_do_not_stop_staging(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """PostgreSQL keeps each segment restore_command gave it in pg_wal under its own name: such a file, newer than
+    the server's start, is not a leftover, and staging goes on beside it."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    earlier = time.time() - 5
+    os.utime(data / "postmaster.pid", (earlier, earlier))
+    (data / "pg_wal" / NAMES[0]).write_bytes(contents[NAMES[0]])  # restored by the server
+    got = fill(url, data)
+    assert got
+    assert all(os.path.samefile(data / "pg_wal" / n, data / _spool.SPOOL_NAME / "prefetch" / n) for n in got)
