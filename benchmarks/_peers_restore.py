@@ -187,8 +187,9 @@ def pgrecovery_restore(repo: Repository) -> Callable[[Path], Timing]:
         total = time.perf_counter() - t0
         cluster.stop(mode="immediate")
         WalArchiver(repo).wait_for_prefetch(pgdata / "pgrecovery_spool")
-        files = restored_files(pgdata.with_name(pgdata.name + ".log"))
-        return total, result.restore_seconds, result.recovery_seconds, files
+        # restored through restore_command, or staged in pg_wal and read there (the server's log names only the
+        # former; the recovery's report counts both)
+        return total, result.restore_seconds, result.recovery_seconds, result.wal_restored
 
     return run
 

@@ -109,6 +109,17 @@ def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> No
                 os.unlink(os.path.join(directory, name))
 
 
+def postmaster_pid(data_dir: str) -> int | None:
+    """The pid on the first line of ``data_dir``'s postmaster.pid: None without the file, 0 when the line is not a
+    pid (a server writing the file)."""
+    try:
+        with open(os.path.join(data_dir, "postmaster.pid")) as f:
+            line = f.readline().strip()
+    except OSError:
+        return None
+    return int(line) if line.isdigit() else 0
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (the check behind a pid file: one of another user counts as alive)."""
     try:
@@ -125,6 +136,7 @@ __all__ = [
     "fsync_dir",
     "is_temp_name",
     "makedirs_durable",
+    "postmaster_pid",
     "process_alive",
     "publish",
     "remove_stale_temps",

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import _spool, _walnames
-from .._fsutil import process_alive
+from .._fsutil import postmaster_pid, process_alive
 from ._inotify import DirWatch
 
 if TYPE_CHECKING:
@@ -114,12 +114,9 @@ class _Queue:
         if self.stage is None:
             return True
         data = os.path.dirname(self.stage)
-        try:
-            with open(os.path.join(data, "postmaster.pid")) as f:
-                pid = int(f.readline().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        return pid > 0 and process_alive(pid) and os.path.exists(os.path.join(data, "recovery.signal"))
+        pid = postmaster_pid(data)
+        alive = pid is not None and pid > 0 and process_alive(pid)
+        return alive and os.path.exists(os.path.join(data, "recovery.signal"))
 
     def _sweep(self, segno: int) -> None:
         """Drop queued segments recovery is past, and leftovers of interrupted downloads."""

@@ -37,7 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
-from .._fsutil import process_alive
+from .._fsutil import postmaster_pid, process_alive
 from ..codec import compressor
 from ._filling import SegmentFiller
 from ._inotify import DirWatch
@@ -310,13 +310,9 @@ class ArchivingWorker:
     def _server_runs(self) -> bool:
         """Whether the data directory of ``wal_dir`` has a postmaster.pid whose process lives (a stopped server
         needs no worker; one killed leaves its postmaster.pid behind)."""
-        try:
-            with open(os.path.join(os.path.dirname(self.wal_dir), "postmaster.pid")) as f:
-                pid = int(f.readline().strip() or 0)
-        except (OSError, ValueError):
-            return False
+        pid = postmaster_pid(os.path.dirname(self.wal_dir))
         # unreadable as a pid: assume it runs (the idle time still ends the worker)
-        return pid <= 0 or process_alive(pid)
+        return pid is not None and (pid <= 0 or process_alive(pid))
 
 
 __all__ = ["IDLE", "ArchivingWorker"]
