@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__package__)
 LINGER: Final = 2.0
+STAGING_ENV: Final = "PGRECOVERY_WAL_STAGING"  # "off" in the server's environment: never stage in pg_wal
 STAGED_LINGER: Final = 60.0  # seconds a filler waits for the server to read the segments it staged
 _POLL: Final = 0.01
 
@@ -216,6 +217,8 @@ class _Flight:
 def staging_dir(spool: str) -> str | None:
     """The ``pg_wal`` that verified segments may be staged in for recovery from ``spool`` (see the module), if any:
     the default spool of a data directory of PostgreSQL 15 or later in archive recovery, not in standby mode."""
+    if os.environ.get(STAGING_ENV, "on").strip().lower() in ("0", "off", "no", "false"):
+        return None
     if os.path.basename(spool) != _spool.SPOOL_NAME:
         return None  # a spool given by path: where pg_wal is, is not known
     data = os.path.dirname(spool)
@@ -292,4 +295,4 @@ def succeeded(future: Future[Any], name: str) -> bool:
         return False
 
 
-__all__ = ["LINGER", "fill", "succeeded"]
+__all__ = ["LINGER", "STAGING_ENV", "fill", "succeeded"]

@@ -200,3 +200,18 @@ def test_segments_the_server_restored_since_it_started_do_not_stop_staging(
     got = fill(url, data)
     assert got
     assert all(os.path.samefile(data / "pg_wal" / n, data / _spool.SPOOL_NAME / "prefetch" / n) for n in got)
+
+
+def test_staging_can_be_turned_off(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGRECOVERY_WAL_STAGING=off in the server's environment (which the prefetcher inherits): the queue works as
+    before, restore_command renames each segment into RECOVERYXLOG."""
+    monkeypatch.setenv(_prefetch.STAGING_ENV, "off")
+    url, contents = archive
+    data = data_dir(tmp_path)
+    got = fill(url, data)
+    assert got
+    assert not any((data / "pg_wal" / n).exists() for n in NAMES)
+    assert restore(url, data, got[0]) == 0
+    assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[got[0]]
