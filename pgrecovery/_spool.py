@@ -192,12 +192,13 @@ def sweep_markers(spool: str, wal_dir: str) -> list[str]:
         except OSError:
             continue
         for n in held:
-            if not _same_file(os.path.join(links, n), os.path.join(wal_dir, n)):
+            if not same_file(os.path.join(links, n), os.path.join(wal_dir, n)):
                 _unlink(os.path.join(links, n))
     return swept
 
 
-def _same_file(a: str, b: str) -> bool:
+def same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one file (False when either is missing)."""
     try:
         return os.path.samefile(a, b)
     except OSError:

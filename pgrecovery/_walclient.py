@@ -59,7 +59,7 @@ def _at_address(spool: str, call: Callable[[str], None]) -> None:
     if len(os.fsencode(path)) <= _MAX_PATH:
         call(path)
         return
-    if not os.path.isdir("/proc/self/fd"):
+    if not usable(spool):
         raise OSError(errno.ENAMETOOLONG, f"the spool path is too long for a socket: {path}")
     fd = os.open(spool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -55,12 +55,13 @@ class _Queue:
         self.archiver, self.spool, self.reached = archiver, spool, after
         self.size = archiver.segment_size
         self.seen: set[str] = set()
-        self.stage = stage
+        self.stage = stage  # the pg_wal segments are staged in, if any
         self.staged: set[str] = set()
         self.watch = DirWatch.open(stage, opened=True) if stage is not None else None
         if stage is not None:  # staged by an earlier filler and not read yet (their queue link is still there)
             queued = _spool.prefetch_dir(spool)
-            self.staged = {n for n in _spool.prefetched(spool) if _same(os.path.join(queued, n), stage)}
+            same = _spool.same_file
+            self.staged = {n for n in _spool.prefetched(spool) if same(os.path.join(queued, n), os.path.join(stage, n))}
         self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
         # removes what interrupted downloads of an earlier filler left; later ones leave temporary files alone,
         # which are this filler's downloads under way)
@@ -143,12 +144,12 @@ def fill(
     A pipeline: up to ``archiver.parallel`` downloads are in flight at any time, and a new one starts as soon as
     recovery takes a segment or a download ends. (Waiting for a whole batch let the queue run dry: recovery takes
     one segment at a time, so each batch was one segment, downloaded while recovery waited.)"""
-    stage = staging_dir(spool)
-    if stage is not None and _foreign(stage, spool):
-        log.info("%s holds WAL segments pgrecovery did not stage: none staged there", stage)
-        stage = None
-    queue = _Queue(archiver, spool, after, stage)
-    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync, stage)
+    staging = staging_dir(spool)
+    if staging is not None and _foreign(staging, spool):
+        log.info("%s holds WAL segments pgrecovery did not stage: none staged there", staging)
+        staging = None
+    queue = _Queue(archiver, spool, after, staging)
+    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
     moved = time.monotonic()
     with contextlib.closing(queue), ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch") as pool:
         while True:
@@ -176,8 +177,8 @@ def fill(
 class _Flight:
     """The downloads under way, and what the filler learnt from the ones that ended."""
 
-    def __init__(self, archiver: WalArchiver, directory: str, sync: bool, stage: str | None = None) -> None:
-        self.archiver, self.directory, self.sync, self.stage = archiver, directory, sync, stage
+    def __init__(self, archiver: WalArchiver, directory: str, sync: bool) -> None:
+        self.archiver, self.directory, self.sync = archiver, directory, sync
         self.running: dict[str, Future[None]] = {}
         self.downloaded: list[str] = []
         self.index: dict[str, list[WalObject]] = {}
@@ -205,7 +206,7 @@ class _Flight:
                 if succeeded(future, name):
                     self.downloaded.append(name)
                     queued = os.path.join(self.directory, name)
-                    if self.stage is not None and _walnames.is_segment(name) and stage(queued, self.stage):
+                    if queue.stage is not None and _walnames.is_segment(name) and stage(queued, queue.stage):
                         queue.staged.add(name)
                     queue.seen.add(name)
                     got = True
@@ -276,13 +277,6 @@ def _foreign(wal_dir: str, spool: str) -> bool:
         return any(os.stat(os.path.join(wal_dir, n)).st_ctime < started for n in others)
     except OSError:
         return True  # (no postmaster.pid: no server to stage for)
-
-
-def _same(queued: str, wal_dir: str) -> bool:
-    try:
-        return os.path.samefile(queued, os.path.join(wal_dir, os.path.basename(queued)))
-    except OSError:
-        return False
 
 
 def succeeded(future: Future[Any], name: str) -> bool:
