@@ -109,6 +109,22 @@ def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> No
                 os.unlink(os.path.join(directory, name))
 
 
+def drop_cache(path: str) -> None:
+    """Ask the kernel to drop ``path``'s pages from its cache: clean ones go at once, dirty ones are written back
+    in the background first (a later call drops them). A hint: it never changes the file, and failures are
+    ignored."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
+        pass
+    finally:
+        os.close(fd)
+
+
 def postmaster_pid(data_dir: str) -> int | None:
     """The pid on the first line of ``data_dir``'s postmaster.pid: None without the file, 0 when the line is not a
     pid (a server writing the file)."""

@@ -7,6 +7,8 @@ recovery through staged segments is in tests/integration/test_wal.py.
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import subprocess
 import threading
@@ -168,6 +170,10 @@ def test_the_filler_follows_the_server_reading_staged_segments_without_restore_c
     assert sorted(got) == NAMES[1:]  # (in the order the downloads ended)
     taken = (data / _spool.SPOOL_NAME / "prefetch" / ".taken").read_text().split()
     assert taken == NAMES[1:]  # for the recovery's report of what was replayed
+    # at the end of recovery the server asks for the last segment once more: the shell tells it to read pg_wal
+    # (exit 1; a download would exit 0 with RECOVERYXLOG written)
+    assert restore(url, data, NAMES[-1]) == 1
+    assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
 
 
 def test_a_later_filler_stages_on_beside_what_an_earlier_one_staged(
@@ -215,3 +221,69 @@ def test_staging_can_be_turned_off(
     assert not any((data / "pg_wal" / n).exists() for n in NAMES)
     assert restore(url, data, got[0]) == 0
     assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[got[0]]
+
+
+def cached_pages(path: Path) -> int:
+    """How many of ``path``'s pages are in the page cache (mincore on a mapping that touches none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        try:
+            assert libc.mincore(addr, size, vec) == 0
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw)
+
+
+def test_segments_the_server_read_past_leave_the_page_cache_and_those_ahead_stay(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """Replay reads each segment once: once the server opens a later staged segment, the filler drops the earlier
+    ones' pages (their content untouched), so that the next downloads reuse that memory; never the pages of the
+    segment being read or of those ahead."""
+    probe = tmp_path / "probe"
+    probe.write_bytes(os.urandom(1 << 20))
+    os.sync()
+    with open(probe, "rb") as f:
+        f.read()
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if cached_pages(probe):
+        pytest.skip("this filesystem keeps a file's pages in memory whatever the advice (tmpfs)")
+    url, contents = archive
+    data = data_dir(tmp_path)
+    (tmp_path / "peek").mkdir()
+
+    def peek(path: Path) -> Path:
+        """The file under a name outside pg_wal: opening it there is not the server opening it (inotify)."""
+        other = tmp_path / "peek" / path.name
+        if not other.exists():
+            os.link(path, other)
+        return other
+
+    filler = threading.Thread(target=lambda: fill(url, data, prefetch=4))
+    filler.start()
+    pg_wal = data / "pg_wal"
+    deadline = time.monotonic() + 30
+    for name in NAMES[1:]:  # the "server", in order; each segment clean first (a dirty page is written back first)
+        while not (pg_wal / name).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.sync()
+        assert (pg_wal / name).read_bytes() == contents[name]
+        time.sleep(0.1)  # the filler looks every 10 ms
+        ahead = [n for n in NAMES[NAMES.index(name) :] if (pg_wal / n).exists()]
+        assert [cached_pages(peek(pg_wal / n)) for n in ahead] == [(1 << 20) // mmap.PAGESIZE] * len(ahead)
+    read_past, last = NAMES[1:-1], NAMES[-1]
+    assert [cached_pages(peek(pg_wal / n)) for n in read_past] == [0] * len(read_past)
+    assert cached_pages(peek(pg_wal / last)) == (1 << 20) // mmap.PAGESIZE
+    filler.join(30)
+    assert [(pg_wal / n).read_bytes() for n in NAMES[1:]] == [contents[n] for n in NAMES[1:]]
