@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pgtesting import Archiving, archive_settings, owned_tmpdir
+from pgtesting import MAJORS, Archiving, archive_settings, major_or_skip, owned_tmpdir
 
 from pgrecovery import ChecksumMismatch, LocalCluster, Repository
 from pgrecovery import _spool as spool_mod
@@ -380,7 +380,14 @@ def test_prefetch_fills_the_spool_and_fetch_takes_from_it(archive: Archive, copy
 # -- restore_command on a real server ---------------------------------------------------------------------------
 
 
-def test_restore_command_recovers_a_base_backup() -> None:
+@pytest.mark.parametrize("number", MAJORS, ids=lambda n: f"pg{n}")
+def test_restore_command_recovers_a_base_backup(number: int) -> None:
+    """On every major: the server replays 12 segments, most of them staged in pg_wal by the prefetcher."""
+    with major_or_skip(number).active():
+        _recovers_a_base_backup()
+
+
+def _recovers_a_base_backup() -> None:
     from pgrecovery import pgtools
     from pgrecovery.cluster import default_run_as
 
