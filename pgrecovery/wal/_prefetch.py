@@ -134,6 +134,11 @@ class _Queue:
     def close(self) -> None:
         if self.watch is not None:
             self.watch.close()
+        if self.stage is not None and not self.recovering():
+            # recovery is over: the segments kept queued for its last asks would hold their space once the
+            # checkpointer removes them from pg_wal
+            with contextlib.suppress(OSError):
+                _spool.clear_prefetched(self.spool, keep=lambda n: not _walnames.is_segment(n), temps=False)
 
     def recovering(self) -> bool:
         """Whether the server is still in archive recovery: it runs (its postmaster.pid names a live process) and

@@ -287,3 +287,25 @@ def test_segments_the_server_read_past_leave_the_page_cache_and_those_ahead_stay
     assert cached_pages(peek(pg_wal / last)) == (1 << 20) // mmap.PAGESIZE
     filler.join(30)
     assert [(pg_wal / n).read_bytes() for n in NAMES[1:]] == [contents[n] for n in NAMES[1:]]
+
+
+def test_once_recovery_is_over_nothing_stays_queued(tmp_path: Path, archive: tuple[str, dict[str, bytes]]) -> None:
+    """The segment being read stays queued for the server's last ask; when recovery ends (PostgreSQL removes
+    recovery.signal) the filler leaves no segment behind in the queue, and pg_wal keeps every staged file."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    filler = threading.Thread(target=lambda: fill(url, data, prefetch=4))
+    filler.start()
+    pg_wal, queue = data / "pg_wal", data / _spool.SPOOL_NAME / "prefetch"
+    deadline = time.monotonic() + 30
+    for name in NAMES[1:-1]:
+        while not (pg_wal / name).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (pg_wal / name).read_bytes()
+    time.sleep(0.1)
+    assert NAMES[-2] in os.listdir(queue)  # the segment being read
+    (data / "recovery.signal").unlink()
+    filler.join(30)
+    assert not filler.is_alive()
+    assert [n for n in os.listdir(queue) if n in NAMES] == []
+    assert [(pg_wal / n).read_bytes() for n in NAMES[1:]] == [contents[n] for n in NAMES[1:]]
