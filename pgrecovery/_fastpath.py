@@ -50,6 +50,23 @@ def _prefetch_quietly(name: str, spool: str, url: str) -> bool:
         return False
 
 
+def staged_answer(name: str, dest: str, spool: str, tag: str) -> bool:
+    """Whether the queued ``name`` is staged in ``dest``'s directory (pg_wal: the very file, see
+    `pgrecovery.wal._prefetch.stage`), so that restore_command is to exit 1 and the server read it there, as the
+    shell answers; if so it is noted as wanted and in ``.taken``. (A segment whose download ended after the shell
+    looked: renaming it to ``dest`` would work too, but the server then frees it before its next call.)"""
+    queued = os.path.join(_spool.prefetch_dir(spool), name)
+    if not _spool.same_file(queued, os.path.join(os.path.dirname(dest), name)) or not _spool.source_matches(spool, tag):
+        return False
+    try:
+        _spool.note_wanted(spool, name)
+        with open(os.path.join(_spool.prefetch_dir(spool), ".taken"), "a") as f:
+            f.write(name + "\n")
+    except OSError:
+        pass  # notes for the prefetcher and the report: the answer stands
+    return True
+
+
 def fast_command(argv: Sequence[str]) -> int | None:
     """Answer wal-push / wal-fetch from the spool or the WAL worker (`_walclient`): an exit code, or None when the
     full CLI must run."""
@@ -69,6 +86,8 @@ def fast_command(argv: Sequence[str]) -> int | None:
             name, dest = pos[0], os.path.abspath(pos[1])
             spool = opts.get("--spool") or _spool.default_spool(dest)
             _spool.remove_stale_temps(dest)
+            if staged_answer(name, dest, spool, _spool.repo_tag(url)):
+                return 1  # staged in pg_wal after the shell looked: the server reads it there
             if not _spool.take_prefetched(name, dest, spool, _spool.repo_tag(url)):
                 got = _walclient.fetch(name, dest, spool, url, _spool.repo_tag(url), opts.get("--encryption-key-file"))
                 if not got:

@@ -13,7 +13,7 @@ import os
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import BinaryIO
 
 
@@ -65,12 +65,20 @@ def publish(tmp: str, path: str, *, overwrite: bool = True, sync: bool = True) -
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, *, mode: int = 0o640, overwrite: bool = True, sync: bool = True) -> Iterator[BinaryIO]:
+def atomic_file(
+    path: str,
+    *,
+    mode: int = 0o640,
+    overwrite: bool = True,
+    sync: bool = True,
+    before_publish: Callable[[str], object] | None = None,
+) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: it gets its name only when the block ends without an error
     (fsynced and published as the module docstring says); on an error the temporary file is removed.
 
     ``sync=False`` skips both fsyncs, for files whose loss costs only speed or that something else syncs (a
     spool's markers; files restored into a data directory, which PostgreSQL syncs when it starts).
+    ``before_publish``: called with the complete file's temporary path just before it gets its name.
     """
     tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -80,6 +88,8 @@ def atomic_file(path: str, *, mode: int = 0o640, overwrite: bool = True, sync: b
             f.flush()
             if sync:
                 os.fsync(f.fileno())
+        if before_publish is not None:
+            before_publish(tmp)
         publish(tmp, path, overwrite=overwrite, sync=sync)
     except BaseException:
         with contextlib.suppress(OSError):

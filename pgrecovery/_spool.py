@@ -82,10 +82,11 @@ def repo_tag(url: str) -> str:
 
 
 def ensure_dir(path: str) -> str:
-    """Create ``path`` (and parents) with mode 0700; tighten the mode of an existing directory we own."""
+    """Create ``path`` (and parents) with mode 0700; set that mode on an existing directory we own (tighter, or
+    made under a umask that took its owner's bits)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.stat(path)
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+    if st.st_uid == os.getuid() and st.st_mode & 0o777 != 0o700:
         os.chmod(path, 0o700)
     return path
 

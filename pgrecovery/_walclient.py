@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs millis
 if TYPE_CHECKING:
     import socket
     import subprocess
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Final
 
 SOCKET_NAME: Final = "worker.sock"
@@ -150,21 +150,37 @@ def listen(spool: str) -> socket.socket:
     return s
 
 
-def start_holding(spool: str, lock_name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+def start_holding(
+    spool: str,
+    lock_name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    *,
+    owner: tuple[int, int] | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.Popen[bytes] | None:
     """Take ``<spool>/<lock_name>`` and start ``cmd`` with ``--lock-fd N`` detached (its own session, no terminal,
     stdin/stdout/stderr on /dev/null), handing it the lock: held from now until the child exits. None (nothing
-    started) when the lock is taken: such a process runs, or is starting, already."""
+    started) when the lock is taken: such a process runs, or is starting, already.
+
+    ``owner`` (uid, gid): whom the spool and the lock file are given to when this call creates them (a process
+    of another user, ``prefix`` being what runs ``cmd`` as that user: root starting the server's worker)."""
     import subprocess
 
-    os.makedirs(spool, mode=0o700, exist_ok=True)
+    if not os.path.isdir(spool):
+        os.makedirs(spool, mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(spool, *owner)
     fd = os.open(os.path.join(spool, lock_name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
         return subprocess.Popen(
-            [*cmd, "--lock-fd", str(fd)],
+            [*prefix, *cmd, "--lock-fd", str(fd)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -240,7 +256,8 @@ def push(path: str, spool: str, url: str, tag: str, key_file: str | None = None)
 
 
 def fetch(name: str, dest: str, spool: str, url: str, tag: str, key_file: str | None = None) -> bool | None:
-    """True: the worker delivered ``name`` as ``dest`` (absolute); False: the archive does not have it; None: no
-    answer to rely on (the full CLI then fetches, and reports what goes wrong)."""
+    """True: the worker delivered ``name`` as ``dest`` (absolute); False: the server is to read pg_wal (exit 1):
+    the archive does not have it, or it is staged there (its prefetcher finished it after the shell looked);
+    None: no answer to rely on (the full CLI then fetches, and reports what goes wrong)."""
     reply = _request(f"fetch {tag} {name} {dest}", spool, url, os.path.dirname(dest), key_file)
-    return True if reply == "ok" else False if reply == "miss" else None
+    return True if reply == "ok" else False if reply in ("miss", "staged") else None

@@ -279,6 +279,13 @@ class LocalCluster:
         keep += [f"{k} = {_quote_setting(v)}" for k, v in settings.items() if v is not None]
         self._write_owned(self.auto_conf, "\n".join(keep) + "\n")
 
+    def configured(self, name: str, value: object) -> bool:
+        """Whether postgresql.auto.conf sets ``name`` to ``value`` (its last line for ``name``, as `configure`
+        writes it: the one PostgreSQL uses)."""
+        lines = self.auto_conf.read_text().splitlines() if self.auto_conf.exists() else []
+        ours = [ln.strip() for ln in lines if ln.split("=", 1)[0].strip().lower() == name.lower()]
+        return bool(ours) and ours[-1] == f"{name} = {_quote_setting(value)}"
+
     def _write_owned(self, path: Path, text: str) -> None:
         """Replace a file of the data directory whole, mode 600 and owned by the server's user."""
         ids = _owner_ids(self.run_as)

@@ -79,6 +79,8 @@ def add_verbs(verbs: Any, common: argparse.ArgumentParser) -> None:
     worker.add_argument("--lock-fd", type=int, help="descriptor of the spool's worker lock, taken by wal-push")
     worker.add_argument("--idle", type=float, help="seconds without work before it exits (default 600)")
     worker.add_argument("--parallel", type=int, default=4)
+    worker.add_argument("--prefetch-after", help="fill the prefetch queue after this segment at once")
+    worker.add_argument("--await-server", type=float, default=0.0, help="seconds to wait for a server to start")
 
     verify = add_verb(verbs, "wal-verify", common, "check the WAL archive for gaps")
     verify.add_argument("--from", dest="first", metavar="SEGMENT", help="first segment (default: the oldest)")
@@ -207,7 +209,8 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         idle = args.idle if args.idle is not None else float(os.environ.get(IDLE_ENV) or IDLE)
         archiver = _archiver(args, spool_dir=args.spool, parallel=args.parallel)
-        ArchivingWorker(archiver, args.spool, args.wal_dir, idle=idle).serve(lock_fd=args.lock_fd)
+        worker = ArchivingWorker(archiver, args.spool, args.wal_dir, idle=idle, await_server=args.await_server)
+        worker.serve(lock_fd=args.lock_fd, prefetch_after=args.prefetch_after)
         return EXIT_OK
     except Exception as e:  # noqa: BLE001 - detached: note why in the spool; wal-push pushes in-process meanwhile
         with contextlib.suppress(OSError), open(os.path.join(args.spool, FAILED_NAME), "a") as f:

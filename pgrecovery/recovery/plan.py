@@ -412,6 +412,12 @@ class RecoveryPlan:
             "get it; use a key file (EncryptionKey.from_file, --encryption-key-file) or PGRECOVERY_ENCRYPTION_KEY"
         )
 
+    def _key_file_or_none(self) -> str | None:
+        try:
+            return self._key_file()
+        except ConfigurationError:  # restore() refuses such a key; a data directory prepared otherwise is the caller's
+            return None
+
     def run(
         self,
         pgdata: str | os.PathLike[str],
@@ -460,6 +466,8 @@ class RecoveryPlan:
             timeout=timeout,
             keep_running=keep_running,
             record_incident=record_incident,
+            python=self.python,
+            key_file=self._key_file_or_none(),
         )
         journal.step("plan", f"target {self.target.describe()}; backup {self.backup.id}")
         if run.major is not None:  # before anything is written: this host must have the backup's server programs

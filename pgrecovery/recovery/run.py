@@ -34,6 +34,8 @@ from ..cluster import LocalCluster, port_choice
 from ..errors import AlreadyExists, ClusterError, PgRecoveryError, TargetUnreachable
 from ..manifest import BackupManifest
 from ..repository import Repository
+from ..wal.commands import restore_command
+from ..wal.worker import start_for_recovery
 from .target import Action, RecoveryTarget
 
 log = logging.getLogger(__package__)  # one logger per area, whichever module of it logs
@@ -173,6 +175,8 @@ class RecoveryRun:
     timeout: float = 600
     keep_running: bool = True
     record_incident: bool = True
+    python: str | None = None  # the interpreter of pgrecovery's restore_command (the plan's)
+    key_file: str | None = None  # an encrypted repository's key file, as restore_command is given it
 
     @property
     def action(self) -> Action:
@@ -205,6 +209,7 @@ def recover(run: RecoveryRun, journal: Journal, restore_seconds: float) -> Recov
     """Start the server on the prepared data directory of ``run``, wait for its target, and report (steps 3-5)."""
     t1 = time.monotonic()
     cluster = LocalCluster(data_dir=run.pgdata, port=run.port, ports=run.ports, major=run.major)
+    _warm_worker(run, cluster)
     _start(run, cluster)
     state = _wait_for_target(run, cluster)
     recovered = time.monotonic() - t1
@@ -247,6 +252,31 @@ def recover(run: RecoveryRun, journal: Journal, restore_seconds: float) -> Recov
         incident_key=record_incident(run.repo, incident) if run.record_incident else None,
         cluster=cluster,
     )
+
+
+def _warm_worker(run: RecoveryRun, cluster: LocalCluster) -> None:
+    """Where the data directory recovers through pgrecovery's restore_command (as `RecoveryPlan.restore` writes
+    it) in archive recovery, start its WAL worker now, prefetching from the backup's first segment, so that the
+    server's first asks find it warm and the first segments there (`pgrecovery.wal.worker.start_for_recovery`).
+    Anything else (a restore_command of the caller's, a standby) is left to the server's own calls."""
+    phys = run.backup.physical
+    data = run.pgdata
+    if phys is None or not (data / "recovery.signal").exists() or (data / "standby.signal").exists():
+        return
+    if not cluster.configured("restore_command", restore_command(run.repo.url, run.python, key_file=run.key_file)):
+        return
+    try:
+        start_for_recovery(
+            run.repo.url,
+            str(data),
+            phys.start_wal,
+            python=run.python,
+            run_as=cluster.run_as,
+            key_file=run.key_file,
+            segment_size=phys.wal_segment_size,
+        )
+    except (OSError, PgRecoveryError) as e:  # the server's first restore_command call starts one instead
+        log.info("WAL worker not started ahead of recovery: %s", e)
 
 
 def _start(run: RecoveryRun, cluster: LocalCluster) -> None:

@@ -21,6 +21,7 @@ writes under those names; a standby (whose WAL receiver writes into ``pg_wal``) 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ log = logging.getLogger(__package__)
 LINGER: Final = 2.0
 STAGING_ENV: Final = "PGRECOVERY_WAL_STAGING"  # "off" in the server's environment: never stage in pg_wal
 STAGED_LINGER: Final = 60.0  # seconds a filler waits for the server to read the segments it staged
+AWAIT_START: Final = 30.0  # seconds a filler started before its server waits for it to start
 _POLL: Final = 0.01
 _NICER: Final = 10  # a download thread's nice value over the filler's (see _yield_to_replay)
 _DROPS: Final = 3  # cache-drop hints given to each staged segment the server has read past (see _Queue._release)
@@ -67,6 +69,8 @@ class _Queue:
             queued = _spool.prefetch_dir(spool)
             same = _spool.same_file
             self.staged = {n for n in _spool.prefetched(spool) if same(os.path.join(queued, n), os.path.join(stage, n))}
+        self._born, self._server_seen = time.monotonic(), False
+        self.asked = False  # whether restore_command has asked for a segment yet (``.wanted``)
         self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
         # removes what interrupted downloads of an earlier filler left; later ones leave temporary files alone,
         # which are this filler's downloads under way)
@@ -74,6 +78,7 @@ class _Queue:
     def look(self) -> tuple[list[str], bool]:
         """(the names missing from the window ahead of recovery, whether recovery moved since the last look)."""
         asked = _spool.read_wanted(self.spool)
+        self.asked = self.asked or asked is not None
         moved = False  # asked for a newer segment: a staged one read from pg_wal, or one fetched by wal-fetch
         if asked and _walnames.is_segment(asked) and _position(asked, self.size) > _position(self.reached, self.size):
             self.reached, moved = asked, True
@@ -104,7 +109,9 @@ class _Queue:
         if self.watch is None or not self.staged:
             return None
         opened = list(dict.fromkeys(n for n in self.watch.names() if n in self.staged))
-        if not opened:
+        if not opened or not self.asked:
+            # before the server first asked restore_command for a segment, what opens pg_wal's files is its
+            # start-up fsyncing the whole data directory (a worker started ahead of the server staged them)
             return None
         self.staged.difference_update(opened)
         with contextlib.suppress(OSError), open(os.path.join(_spool.prefetch_dir(self.spool), ".taken"), "a") as f:
@@ -142,12 +149,18 @@ class _Queue:
 
     def recovering(self) -> bool:
         """Whether the server is still in archive recovery: it runs (its postmaster.pid names a live process) and
-        recovery.signal is there (it removes the file at the end)."""
+        recovery.signal is there (it removes the file at the end). A server not started yet (no postmaster.pid,
+        and none seen by this filler: it was started ahead of its server) counts as recovering for `AWAIT_START`
+        seconds."""
         if self.stage is None:
             return True
         data = os.path.dirname(self.stage)
         pid = postmaster_pid(data)
-        alive = pid is not None and pid > 0 and process_alive(pid)
+        if pid is None and not self._server_seen:
+            alive = time.monotonic() - self._born < AWAIT_START
+        else:
+            alive = pid is not None and pid > 0 and process_alive(pid)
+            self._server_seen = self._server_seen or alive
         return alive and os.path.exists(os.path.join(data, "recovery.signal"))
 
     def _sweep(self, segno: int) -> None:
@@ -161,6 +174,22 @@ class _Queue:
         _spool.clear_prefetched(self.spool, keep=ahead, temps=self._swept is None)
 
 
+class FillProgress:
+    """What a filler is downloading, for the WAL worker's fetch in the same process (`pgrecovery.wal.worker`): a
+    segment the server asks for while its download is under way is waited for, not downloaded twice."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()  # set once the first downloads began (or the filler ended)
+        self.running: frozenset[str] = frozenset()
+
+    def wait_for(self, name: str, timeout: float) -> None:
+        """Return once ``name`` is not being downloaded (at most ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        self.started.wait(timeout)
+        while name in self.running and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
 def fill(
     archiver: WalArchiver,
     after: str,
@@ -169,6 +198,7 @@ def fill(
     linger: float = LINGER,
     stop: Callable[[], bool] | None = None,
     sync: bool = True,
+    progress: FillProgress | None = None,
 ) -> list[str]:
     """Fill ``spool``'s queue ahead of recovery (the caller holds the queue's lock); the names downloaded.
     ``sync``: fsync each queued file (not needed where the queue is bound to this boot, `_spool.set_source`).
@@ -182,29 +212,50 @@ def fill(
         staging = None
     queue = _Queue(archiver, spool, after, staging)
     flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
-    moved = time.monotonic()
     pool = ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch", initializer=_yield_to_replay)
-    with contextlib.closing(queue), pool:
-        while True:
-            if flight.harvest(queue):
-                moved = time.monotonic()
-            todo, taken = queue.look()
-            if taken:
-                moved = time.monotonic()
-                continue
-            todo = [n for n in todo if n not in flight.running]
-            if not flight.ended and todo and len(flight.running) < archiver.parallel:
-                flight.start(pool, todo)
-                continue
-            stopped = stop is not None and stop()
-            idle = not todo and (time.monotonic() - moved > linger or stopped)
-            # staged segments not read yet: the server reads them without calling restore_command; the filler
-            # stays to see it (to move on, and for the recovery's report) while recovery goes on
-            reading = queue.staged and queue.recovering() and time.monotonic() - moved <= STAGED_LINGER
-            if not flight.running and (flight.ended or idle) and (stopped or not reading):
-                break  # ended: the archive's end, or a failed download
-            time.sleep(_POLL)
+    progress = progress or FillProgress()
+    try:
+        with contextlib.closing(queue), pool:
+            _fill(archiver, queue, flight, pool, progress, linger, stop)
+    finally:
+        progress.running = frozenset()
+        progress.started.set()
     return flight.downloaded
+
+
+def _fill(
+    archiver: WalArchiver,
+    queue: _Queue,
+    flight: _Flight,
+    pool: ThreadPoolExecutor,
+    progress: FillProgress,
+    linger: float,
+    stop: Callable[[], bool] | None,
+) -> None:
+    moved = time.monotonic()
+    while True:
+        if flight.harvest(queue):
+            moved = time.monotonic()
+        progress.running = frozenset(flight.running)  # (after staging: a name leaves it staged, or failed)
+        todo, taken = queue.look()
+        if taken:
+            moved = time.monotonic()
+            continue
+        todo = [n for n in todo if n not in flight.running]
+        if not flight.ended and todo and len(flight.running) < archiver.parallel:
+            flight.start(pool, todo, queue.stage)
+            progress.running = frozenset(flight.running)
+            progress.started.set()
+            continue
+        progress.started.set()  # (nothing to start: the window is queued, or the archive ends)
+        stopped = stop is not None and stop()
+        idle = not todo and (time.monotonic() - moved > linger or stopped)
+        # staged segments not read yet: the server reads them without calling restore_command; the filler
+        # stays to see it (to move on, and for the recovery's report) while recovery goes on
+        reading = queue.staged and queue.recovering() and time.monotonic() - moved <= STAGED_LINGER
+        if not flight.running and (flight.ended or idle) and (stopped or not reading):
+            return  # ended: the archive's end, or a failed download
+        time.sleep(_POLL)
 
 
 def _yield_to_replay() -> None:
@@ -227,8 +278,9 @@ class _Flight:
         self.index: dict[str, list[WalObject]] = {}
         self.ended = False  # no new downloads: the archive has nothing newer (yet), or one failed
 
-    def start(self, pool: ThreadPoolExecutor, todo: list[str]) -> None:
-        """Start downloading the first of ``todo`` (names in window order) the archive holds, as many as fit."""
+    def start(self, pool: ThreadPoolExecutor, todo: list[str], stage_in: str | None) -> None:
+        """Start downloading the first of ``todo`` (names in window order) the archive holds, as many as fit;
+        each segment staged in ``stage_in`` (a pg_wal) as its download ends, if given."""
         if any(n not in self.index for n in todo):  # read the listing again only when it may have grown
             self.index = self.archiver.index(_walnames.timeline_of(todo[0]))
         room = self.archiver.parallel - len(self.running)
@@ -238,7 +290,11 @@ class _Flight:
                 break
             obj = self.index[name][0]
             dest = os.path.join(self.directory, name)
-            self.running[name] = pool.submit(self.archiver._download, obj, dest, sync_dir=False, sync_file=self.sync)
+            staging = None if stage_in is None or not _walnames.is_segment(name) else stage_in
+            then = None if staging is None else functools.partial(_stage_temp, wal_dir=staging, name=name)
+            self.running[name] = pool.submit(
+                self.archiver._download, obj, dest, sync_dir=False, sync_file=self.sync, before_publish=then
+            )
 
     def harvest(self, queue: _Queue) -> bool:
         """Collect the downloads that ended; whether any succeeded."""
@@ -249,8 +305,8 @@ class _Flight:
                 if succeeded(future, name):
                     self.downloaded.append(name)
                     queued = os.path.join(self.directory, name)
-                    if queue.stage is not None and _walnames.is_segment(name) and stage(queued, queue.stage):
-                        queue.staged.add(name)
+                    if queue.stage is not None and _spool.same_file(queued, os.path.join(queue.stage, name)):
+                        queue.staged.add(name)  # (staged by the download, `start`)
                     queue.seen.add(name)
                     got = True
                 else:
@@ -279,11 +335,12 @@ def staging_dir(spool: str) -> str | None:
     return wal if os.path.isdir(os.path.join(wal, "archive_status")) else None
 
 
-def stage(queued: str, wal_dir: str) -> bool:
-    """Hard-link the verified segment ``queued`` into ``wal_dir`` under its name, with its ``.done`` status;
-    whether it was. Never over a file already there, nor across filesystems (then restore_command renames the
-    queued file into place as ever)."""
-    name = os.path.basename(queued)
+def stage(queued: str, wal_dir: str, name: str | None = None) -> bool:
+    """Hard-link the verified segment ``queued`` into ``wal_dir`` under its name (``name``, where ``queued`` is
+    the download's temporary file: linked before the file gets its name in the queue, so that the shell never
+    finds a queued segment that is not staged yet), with its ``.done`` status; whether it was. Never over a file
+    already there, nor across filesystems (then restore_command renames the queued file into place as ever)."""
+    name = name or os.path.basename(queued)
     target, done = os.path.join(wal_dir, name), os.path.join(wal_dir, "archive_status", name + ".done")
     if os.path.lexists(target):
         return False
@@ -303,6 +360,10 @@ def stage(queued: str, wal_dir: str) -> bool:
     return True
 
 
+def _stage_temp(tmp: str, *, wal_dir: str, name: str) -> bool:
+    return stage(tmp, wal_dir, name)
+
+
 def _foreign(wal_dir: str, spool: str) -> bool:
     """Whether ``wal_dir`` holds a segment that is neither staged by this spool (listed in the queue's
     ``.staged``) nor put there by the server since it started (PostgreSQL keeps each segment restore_command
@@ -315,11 +376,14 @@ def _foreign(wal_dir: str, spool: str) -> bool:
     except FileNotFoundError:
         ours = set()
     try:
-        started = os.stat(os.path.join(os.path.dirname(wal_dir), "postmaster.pid")).st_mtime
         others = [n for n in os.listdir(wal_dir) if _walnames.is_segment(n) and n not in ours]
+        try:
+            started = os.stat(os.path.join(os.path.dirname(wal_dir), "postmaster.pid")).st_mtime
+        except FileNotFoundError:
+            return bool(others)  # the server has not started yet (a worker started ahead of it): all are older
         return any(os.stat(os.path.join(wal_dir, n)).st_ctime < started for n in others)
     except OSError:
-        return True  # (no postmaster.pid: no server to stage for)
+        return True
 
 
 def succeeded(future: Future[Any], name: str) -> bool:
@@ -332,4 +396,4 @@ def succeeded(future: Future[Any], name: str) -> bool:
         return False
 
 
-__all__ = ["LINGER", "STAGING_ENV", "fill", "succeeded"]
+__all__ = ["LINGER", "STAGING_ENV", "FillProgress", "fill", "succeeded"]

@@ -268,12 +268,22 @@ class WalArchiver(WalIndex):
             self._start_prefetch(name, spool)
         return True
 
-    def _download(self, obj: WalObject, dest: str, *, sync_dir: bool = True, sync_file: bool = True) -> None:
+    def _download(
+        self,
+        obj: WalObject,
+        dest: str,
+        *,
+        sync_dir: bool = True,
+        sync_file: bool = True,
+        before_publish: Callable[[str], object] | None = None,
+    ) -> None:
         """Deliver ``obj`` as ``dest`` verified: temp file beside it, fsync, rename (then the directory's fsync,
         unless ``sync_dir`` is off: the prefetch queue is a cache; ``sync_file`` off skips the file's fsync too,
-        for a queue that a reboot invalidates)."""
+        for a queue that a reboot invalidates). ``before_publish``: given the verified file's temporary path
+        before it is renamed (the prefetcher stages it in pg_wal first)."""
+        atomic = _fsutil.atomic_file(dest, mode=0o600, sync=sync_dir, before_publish=before_publish)
         try:
-            with self.repo.open(obj.key) as raw, _fsutil.atomic_file(dest, mode=0o600, sync=sync_dir) as out:
+            with self.repo.open(obj.key) as raw, atomic as out:
                 for chunk in verified_chunks(raw, obj, then="; nothing was delivered"):
                     out.write(chunk)
                 if sync_file and not sync_dir:  # only the queue's directory entry may be lost
@@ -312,13 +322,15 @@ class WalArchiver(WalIndex):
         *,
         lock_fd: int | None = None,
         stop: Callable[[], bool] | None = None,
+        progress: _prefetch.FillProgress | None = None,
     ) -> list[str]:
         """Download the ``prefetch`` segments following ``after`` into the spool, verified (the wal-prefetch job).
 
         Keeps working ahead of the newest segment restore_command took or asked for, and returns (with the names
         it downloaded) when the archive has no next segment, or recovery took nothing for a while (`_prefetch`),
         or ``stop()`` is true. Returns at once if another prefetch process holds the spool's lock. ``lock_fd``:
-        the lock, already taken by the process that started this one (wal-fetch).
+        the lock, already taken by the process that started this one (wal-fetch). ``progress``: kept up to date
+        with the downloads under way (the WAL worker waits for one rather than download the segment twice).
         """
         spool = os.path.abspath(spool_dir) if spool_dir is not None else self.spool_dir
         if spool is None:
@@ -329,7 +341,7 @@ class WalArchiver(WalIndex):
             if not got:
                 return []
             sync = _spool.set_source(spool, self._tag)
-            return _prefetch.fill(self, after, spool, stop=stop, sync=sync)
+            return _prefetch.fill(self, after, spool, stop=stop, sync=sync, progress=progress)
 
     def wait_for_prefetch(self, spool_dir: str | os.PathLike[str], timeout: float = 60) -> bool:
         """Wait until no prefetch process runs on ``spool_dir``; False if one still runs after ``timeout`` s."""

@@ -31,16 +31,20 @@ import logging
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
+from .._fastpath import staged_answer
 from .._fsutil import postmaster_pid, process_alive
 from ..codec import compressor
+from ..pgtools import as_user, child_env
 from ._filling import SegmentFiller
 from ._inotify import DirWatch
+from ._prefetch import FillProgress
 from .archiver import PushResult, WalArchiver, _Listings
 from .index import single
 
@@ -59,12 +63,16 @@ _GONE: Final = 2.0  # seconds without work after which a worker whose server sto
 # read and compress the same segments every 10 ms, a core at 100 % for as long as the outage lasted
 _BACKOFF_FIRST: Final = 1.0
 _BACKOFF_MAX: Final = 60.0
+_QUEUE_WAIT: Final = 20.0  # seconds a fetch waits for the prefetcher's download of the same segment
+AWAIT_SERVER: Final = 30.0  # seconds a worker started ahead of its server (`start_for_recovery`) waits for it
 
 
 class ArchivingWorker:
     """Serves push requests for the WAL files of ``wal_dir`` into ``archiver``'s repository (see the module)."""
 
-    def __init__(self, archiver: WalArchiver, spool: str, wal_dir: str, *, idle: float = IDLE) -> None:
+    def __init__(
+        self, archiver: WalArchiver, spool: str, wal_dir: str, *, idle: float = IDLE, await_server: float = 0.0
+    ) -> None:
         self.archiver = archiver
         self.spool = os.path.abspath(spool)
         self.wal_dir = os.path.abspath(wal_dir)
@@ -78,9 +86,13 @@ class ArchivingWorker:
         self._lock = threading.Lock()
         self._last_work = time.monotonic()
         self._prefetcher: threading.Thread | None = None
+        self._progress: FillProgress | None = None  # the running prefetcher's downloads
         self._filler: SegmentFiller | None = None  # set while serving
         self._wake_w = -1  # the write end of the loop's wake-up pipe, while serving
         self._stopping = False
+        # started ahead of its server (`start_for_recovery`): until then, or for ``await_server`` seconds, a data
+        # directory without postmaster.pid counts as one whose server is starting
+        self._awaiting = time.monotonic() + await_server if await_server > 0 else 0.0
 
     # -- pushing ---------------------------------------------------------------------------------------------
     def _submit(self, name: str) -> Future[PushResult]:
@@ -162,6 +174,10 @@ class ArchivingWorker:
         dest = os.path.abspath(dest)
         if os.path.dirname(dest) != self.wal_dir or not _walnames.is_wal_file(name):
             return f"err not a WAL file of {self.wal_dir}"
+        queued = self._from_queue(name, dest)
+        if queued is not None:
+            self._last_work = time.monotonic()
+            return queued
         try:
             # a known name needs no listing (archived WAL is never replaced); an unknown one is listed afresh
             obj = single(name, self._listings.objects(name, fresh=True))
@@ -178,23 +194,40 @@ class ArchivingWorker:
             self.prefetch(name)
         return "ok"
 
+    def _from_queue(self, name: str, dest: str) -> str | None:
+        """A segment the prefetcher of this process is downloading (the server asked before it was queued: the
+        shell found no file), once there: ``staged`` (in pg_wal, where the server is to read it: restore_command
+        exits 1, as the shell does for a staged segment) or ``ok`` (renamed to ``dest``); None: not queued."""
+        with self._lock:
+            alive = self._prefetcher is not None and self._prefetcher.is_alive()
+            progress = self._progress if alive else None
+        if progress is None or not _walnames.is_segment(name):
+            return None
+        progress.wait_for(name, _QUEUE_WAIT)
+        if staged_answer(name, dest, self.spool, self.tag):
+            return "staged"
+        return "ok" if _spool.take_prefetched(name, dest, self.spool, self.tag) else None
+
     def prefetch(self, name: str) -> str:
         """Keep the prefetch queue filled after ``name`` in a thread of this process (at most one runs)."""
         if not _walnames.is_segment(name):
             return "err not a segment"
         with self._lock:
             if self._prefetcher is None or not self._prefetcher.is_alive():
-                self._prefetcher = threading.Thread(target=self._prefetch, args=(name,), daemon=True)
+                self._progress = FillProgress()
+                self._prefetcher = threading.Thread(target=self._prefetch, args=(name, self._progress), daemon=True)
                 self._prefetcher.start()
         return "ok"
 
-    def _prefetch(self, name: str) -> None:
+    def _prefetch(self, name: str, progress: FillProgress) -> None:
         try:
             stop = lambda: self._stopping or not self._server_runs()  # noqa: E731
-            self.archiver.run_prefetch(name, self.spool, stop=stop)  # at once when a prefetch process holds it
+            # at once when a prefetch process holds the queue
+            self.archiver.run_prefetch(name, self.spool, stop=stop, progress=progress)
         except Exception as e:  # noqa: BLE001 - restore_command fetches what the queue lacks
             log.info("prefetch after %s: %s", name, e)
         finally:
+            progress.started.set()  # (also when another process held the queue: nothing of ours to wait for)
             self._last_work = time.monotonic()
 
     # -- serving ---------------------------------------------------------------------------------------------
@@ -232,15 +265,18 @@ class ArchivingWorker:
             return self.fetch(name, dest)
         return self.push(path)
 
-    def serve(self, lock_fd: int | None = None) -> bool:
-        """Serve until idle; False (at once) when another worker holds the spool's lock."""
+    def serve(self, lock_fd: int | None = None, *, prefetch_after: str | None = None) -> bool:
+        """Serve until idle; False (at once) when another worker holds the spool's lock. ``prefetch_after``: start
+        filling the prefetch queue after that segment at once (a recovery about to start)."""
         with _spool.spool_lock(self.spool, fd=lock_fd, name=_walclient.LOCK_NAME) as got:
             if not got:
                 return False
-            listener = _walclient.listen(self.spool)
+            listener = _walclient.listen(self.spool)  # (first: it sets the process's umask for a moment)
             _walclient.mark_worker(self.spool, self.tag, os.getpid())
             packer = lambda: compressor(self.archiver.compression, self.archiver.level, threads=1)  # noqa: E731
             self._filler = SegmentFiller(self.wal_dir, self.archiver.segment_size, packer).start()
+            if prefetch_after is not None:  # before the first request is accepted: a fetch of a segment it has
+                self.prefetch(prefetch_after)  # yet to download waits for it (`_from_queue`)
             try:
                 self._loop(listener)
             finally:
@@ -311,8 +347,49 @@ class ArchivingWorker:
         """Whether the data directory of ``wal_dir`` has a postmaster.pid whose process lives (a stopped server
         needs no worker; one killed leaves its postmaster.pid behind)."""
         pid = postmaster_pid(os.path.dirname(self.wal_dir))
+        if pid is None:
+            return time.monotonic() < self._awaiting  # a server about to start
+        self._awaiting = 0.0  # it started: from now on, no postmaster.pid means it stopped
         # unreadable as a pid: assume it runs (the idle time still ends the worker)
-        return pid is not None and (pid <= 0 or process_alive(pid))
+        return pid <= 0 or process_alive(pid)
 
 
-__all__ = ["IDLE", "ArchivingWorker"]
+def start_for_recovery(
+    repo_url: str,
+    pgdata: str,
+    first: str,
+    *,
+    python: str | None = None,
+    run_as: str | None = None,
+    key_file: str | None = None,
+    segment_size: int = _walnames.DEFAULT_SEGMENT_SIZE,
+) -> bool:
+    """Start the WAL worker of data directory ``pgdata`` before its server starts archive recovery from
+    ``repo_url`` (with pgrecovery's restore_command and the default spool), filling the prefetch queue from
+    segment ``first`` (the backup's first) at once; whether one was started (not when one runs already).
+
+    The worker is the one restore_command would start at its first call, only earlier: its imports and the
+    archive's listing are done, and the first segments downloaded (staged in ``pg_wal``), while the server
+    starts, instead of after the server's first ask. It runs as the server's OS user (``run_as``; the spool and
+    the lock are given to the owner of ``pgdata``), with the environment the server gets; it waits up to
+    `AWAIT_SERVER` seconds for the server, then leaves as any worker whose server stopped does."""
+    segno = _walnames.segment_number(first, segment_size)
+    if not _walclient.enabled() or segno < 1:
+        return False
+    spool, wal_dir = os.path.join(pgdata, _spool.SPOOL_NAME), os.path.join(pgdata, "pg_wal")
+    if not _walclient.usable(spool):
+        return False
+    after = _walnames.segment_name(_walnames.timeline_of(first), segno - 1, segment_size)
+    env = child_env({"PGRECOVERY_REPO": repo_url})
+    if key_file:
+        env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
+    cmd = [python or sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
+    cmd += ["--prefetch-after", after, "--await-server", str(AWAIT_SERVER)]
+    st = os.stat(pgdata)
+    owner = (st.st_uid, st.st_gid) if st.st_uid != os.getuid() else None
+    prefix = as_user([], run_as)
+    child = _walclient.start_holding(spool, _walclient.LOCK_NAME, cmd, env, owner=owner, prefix=prefix)
+    return child is not None
+
+
+__all__ = ["AWAIT_SERVER", "IDLE", "ArchivingWorker", "start_for_recovery"]

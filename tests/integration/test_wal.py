@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pgtesting import MAJORS, Archiving, archive_settings, major_or_skip, owned_tmpdir
+from pgtesting import MAJORS, Archiving, archive_settings, major_or_skip, owned_tmpdir, wait_archived, wal_workers
 
 from pgrecovery import ChecksumMismatch, LocalCluster, Repository
 from pgrecovery import _spool as spool_mod
@@ -432,3 +432,58 @@ def _recovers_a_base_backup() -> None:
         assert WalArchiver(Repository(url)).wait_for_prefetch(queue.parent)
     finally:
         ctx.close()
+
+
+@pytest.mark.parametrize("number", MAJORS, ids=lambda n: f"pg{n}")
+def test_a_recovery_starts_its_wal_worker_before_the_server(number: int) -> None:
+    """On every major: RecoveryPlan.run starts the WAL worker before the server, prefetching from the backup's
+    first segment, and the recovered data equals the source's. A data directory prepared with a restore_command
+    of the caller's gets no worker (nor a spool) from run()."""
+    with major_or_skip(number).active():
+        _worker_before_the_server()
+
+
+def _worker_before_the_server() -> None:
+    from pgrecovery import BaseBackup, RecoveryPlan
+
+    ctx = Archiving("pgrecovery-warm", settings={"archive_timeout": 0})
+    try:
+        ctx.start()
+        base = BaseBackup(dbname=ctx.pg.conninfo()).run(ctx.repo)
+        assert base.physical is not None
+        for n in range(8):
+            ctx.pg.execute(f"insert into t select g, 'round {n}' from generate_series({n * 5000}, {n * 5000 + 4999}) g")
+            ctx.pg.query("select pg_switch_wal()")
+        wait_archived(ctx.pg)
+        source = ctx.pg.query("select i, note from t order by i")
+        plan = RecoveryPlan(ctx.repo)
+
+        pgdata = ctx.pgdata()
+        with plan.run(pgdata, record_incident=False) as result:
+            assert result.state == "promoted"
+            assert result.cluster.query("select i, note from t order by i") == source
+            taken = (pgdata / "pgrecovery_spool" / "prefetch" / ".taken").read_text().split()
+            log = pgdata.with_name(pgdata.name + ".log").read_text(errors="replace")
+        assert "FATAL" not in log
+        # the backup's first segment was downloaded and staged before the server asked for it: read from pg_wal
+        assert base.physical.start_wal in taken
+        assert f'restored log file "{base.physical.start_wal}"' not in log
+        _wait(lambda: wal_workers(pgdata.parent) == [], what="the WAL worker to leave with its server")
+
+        # the caller's own restore_command: run() starts no worker for it
+        floor = ctx.pgdata()
+        plan.restore(floor, settings={"restore_command": "false"})
+        for name in wn.segment_range(base.physical.start_wal, base.physical.stop_wal):
+            WalArchiver(ctx.repo).fetch(name, str(floor / "pg_wal" / name), prefetch=False)
+        for path in (floor / "pg_wal").iterdir():
+            shutil.chown(path, *_owner(floor))
+        with plan.run(floor, restore=False, record_incident=False) as again:
+            assert again.cluster.query("select count(*) from t")[0][0] <= len(source)
+        assert not (floor / "pgrecovery_spool").exists()
+    finally:
+        ctx.close()
+
+
+def _owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid

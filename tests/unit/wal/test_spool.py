@@ -193,3 +193,16 @@ def test_the_fast_command_answers_a_fetch_from_the_queue(pgdata: Path) -> None:
 def test_anything_else_goes_to_the_full_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGRECOVERY_REPO", raising=False)
     assert _fastpath.fast_command(argv) is None
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o755, 0o500])
+def test_a_spool_directory_of_ours_is_given_mode_0700_whatever_made_it(tmp_path: Path, mode: int) -> None:
+    """A directory made under a umask that took the owner's search bit (a thread that set the process's umask for
+    a moment) would make every file in it unreachable: the queue would never fill. It is repaired, as a looser
+    one is tightened."""
+    made = tmp_path / "prefetch"
+    made.mkdir()
+    made.chmod(mode)
+    assert _spool.ensure_dir(str(made)) == str(made)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    (made / "queued").write_bytes(b"reachable")

@@ -14,14 +14,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pgtesting import pg_substitute
+from pgtesting import pg_substitute, wal_workers
 
-from pgrecovery import Repository, _spool
+from pgrecovery import Repository, _fastpath, _spool, _walclient
 from pgrecovery._walnames import segment_name
 from pgrecovery.wal import _prefetch
 from pgrecovery.wal.archiver import WalArchiver, restore_command
+from pgrecovery.wal.worker import start_for_recovery
 
 NAMES = [segment_name(1, n) for n in range(3, 9)]
 
@@ -57,9 +59,14 @@ def archive(tmp_path: Path) -> tuple[str, dict[str, bytes]]:
     return url, contents
 
 
-def fill(url: str, data: Path, prefetch: int = 4) -> list[str]:
+def fill(url: str, data: Path, prefetch: int = 4, *, asked: bool = True) -> list[str]:
+    """The prefetcher after NAMES[0]; ``asked``: as restore_command starts it, having delivered NAMES[0] (noted
+    as wanted); otherwise as a worker started ahead of its server does, before any ask."""
     archiver = WalArchiver(Repository(url), prefetch=prefetch, parallel=2)
-    return archiver.run_prefetch(NAMES[0], str(data / _spool.SPOOL_NAME))
+    spool = str(data / _spool.SPOOL_NAME)
+    if asked:
+        _spool.note_wanted(spool, NAMES[0])
+    return archiver.run_prefetch(NAMES[0], spool)
 
 
 def restore(url: str, data: Path, name: str) -> int:
@@ -309,3 +316,148 @@ def test_once_recovery_is_over_nothing_stays_queued(tmp_path: Path, archive: tup
     assert not filler.is_alive()
     assert [n for n in os.listdir(queue) if n in NAMES] == []
     assert [(pg_wal / n).read_bytes() for n in NAMES[1:]] == [contents[n] for n in NAMES[1:]]
+
+
+def test_a_worker_started_before_its_server_stages_the_first_segments_for_it(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """`start_for_recovery` (what RecoveryPlan.run does before it starts the server): with no server yet, the
+    worker downloads and stages the backup's first segments; the server's first asks are answered by the shell
+    (exit 1: read pg_wal), and a second start finds the worker running."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    (data / "postmaster.pid").unlink()  # not started yet
+    spool = str(data / _spool.SPOOL_NAME)
+    try:
+        assert start_for_recovery(url, str(data), NAMES[1])
+        assert not start_for_recovery(url, str(data), NAMES[1])  # one runs (holding the spool's worker lock)
+        first = NAMES[1:4]
+        deadline = time.monotonic() + 60
+        while not all((data / "pg_wal" / n).exists() for n in first) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        queue = data / _spool.SPOOL_NAME / "prefetch"  # (read there: an open in pg_wal is the server reading)
+        assert all(os.path.samefile(data / "pg_wal" / n, queue / n) for n in first)
+        assert [(queue / n).read_bytes() for n in first] == [contents[n] for n in first]
+        assert all((data / "pg_wal" / "archive_status" / f"{n}.done").exists() for n in first)
+        (data / "postmaster.pid").write_text(f"{os.getpid()}\n")  # the server starts
+        assert restore(url, data, NAMES[1]) == 1  # staged: PostgreSQL reads it from pg_wal
+        assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
+        assert restore(url, data, "00000002.history") == 1  # the start-up probe: a miss the worker answers
+    finally:
+        _walclient.stop(spool)
+    deadline = time.monotonic() + 10
+    while wal_workers(tmp_path) and time.monotonic() < deadline:  # (the lock goes a moment before the process)
+        time.sleep(0.02)
+    assert wal_workers(tmp_path) == []
+
+
+def test_nothing_is_staged_before_the_server_starts_beside_a_segment_left_in_pg_wal(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the server starts, every segment in pg_wal that this spool did not stage is older than the server:
+    a leftover, perhaps of another history. The queue still fills; nothing is staged beside it."""
+    monkeypatch.setattr(_prefetch, "AWAIT_START", 0.5)
+    url, _contents = archive
+    data = data_dir(tmp_path)
+    (data / "postmaster.pid").unlink()
+    (data / "pg_wal" / NAMES[4]).write_bytes(b"left by the server whose data directory this was")
+    got = fill(url, data, asked=False)
+    assert got
+    assert not any((data / "pg_wal" / n).exists() for n in NAMES if n != NAMES[4])
+    assert (data / "pg_wal" / NAMES[4]).read_bytes() == b"left by the server whose data directory this was"
+
+
+def test_a_filler_started_before_its_server_waits_for_it_then_leaves(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged segments wait for a server that has not started yet, for AWAIT_START seconds; a server that never
+    comes does not keep the filler (nor the queue) forever."""
+    monkeypatch.setattr(_prefetch, "AWAIT_START", 1.0)
+    monkeypatch.setattr(_prefetch, "STAGED_LINGER", 60)
+    url, _contents = archive
+    data = data_dir(tmp_path)
+    (data / "postmaster.pid").unlink()
+    t0 = time.monotonic()
+    got = fill(url, data, asked=False)
+    took = time.monotonic() - t0
+    assert got
+    assert all(os.path.exists(data / "pg_wal" / n) for n in got)  # staged, though no server runs yet
+    assert 1.0 <= took < 30
+    assert [n for n in os.listdir(data / _spool.SPOOL_NAME / "prefetch") if n in NAMES] == []
+
+
+def test_a_segment_asked_for_while_the_prefetcher_downloads_it_is_not_downloaded_twice(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server asks for a segment the shell did not find queued because its download was under way: the WAL
+    worker waits for that download and answers "staged" (restore_command exits 1, the server reads pg_wal)."""
+    from pgrecovery.wal.worker import ArchivingWorker
+
+    url, contents = archive
+    data = data_dir(tmp_path)
+    archiver = WalArchiver(Repository(url), prefetch=4, parallel=2)
+    downloads: list[str] = []
+    real = archiver._download
+
+    def slow_download(obj: Any, dest: str, **kwargs: Any) -> None:
+        downloads.append(obj.name)
+        time.sleep(0.5)
+        real(obj, dest, **kwargs)
+
+    monkeypatch.setattr(archiver, "_download", slow_download)
+    spool = str(data / _spool.SPOOL_NAME)
+    worker = ArchivingWorker(archiver, spool, str(data / "pg_wal"))
+    assert worker.prefetch(NAMES[0]) == "ok"
+    reply = worker.fetch(NAMES[1], str(data / "pg_wal" / "RECOVERYXLOG"))
+    assert reply == "staged"
+    assert downloads.count(NAMES[1]) == 1
+    assert (data / "pg_wal" / NAMES[1]).read_bytes() == contents[NAMES[1]]
+    assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
+    assert NAMES[1] in (data / _spool.SPOOL_NAME / "prefetch" / ".taken").read_text().split()
+    (data / "recovery.signal").unlink()  # recovery over: the prefetcher leaves
+    worker._stopping = True
+    assert worker._prefetcher is not None
+    worker._prefetcher.join(30)
+
+
+def test_the_servers_start_up_fsync_of_staged_segments_is_not_taken_for_reading(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """A worker started ahead of its server stages segments before the server starts; PostgreSQL's start-up then
+    opens every file of the data directory to fsync it. Those opens, before its first ask, do not move the window
+    (the queue would be swept of the very segments it is about to ask for)."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    filler = threading.Thread(target=lambda: fill(url, data, prefetch=4, asked=False))
+    filler.start()
+    pg_wal = data / "pg_wal"
+    first = NAMES[1:5]
+    deadline = time.monotonic() + 30
+    while not all((pg_wal / n).exists() for n in first) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for name in first:  # the start-up's fsync of the data directory
+        fd = os.open(pg_wal / name, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    time.sleep(0.2)  # the filler looks every 10 ms
+    assert restore(url, data, NAMES[1]) == 1  # still queued and staged: read from pg_wal
+    assert not (pg_wal / "RECOVERYXLOG").exists()
+    (data / "recovery.signal").unlink()
+    filler.join(30)
+    assert [(pg_wal / n).read_bytes() for n in first] == [contents[n] for n in first]
+
+
+def test_a_segment_staged_after_the_shell_looked_is_read_from_pg_wal(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """The shell found nothing queued (the download was ending); by the time Python looks, the segment is queued
+    and staged: it answers as the shell would have (exit 1, read pg_wal), rather than move the file into place."""
+    url, contents = archive
+    data = data_dir(tmp_path)
+    fill(url, data)
+    dest = data / "pg_wal" / "RECOVERYXLOG"
+    assert os.path.samefile(data / "pg_wal" / NAMES[1], data / _spool.SPOOL_NAME / "prefetch" / NAMES[1])
+    assert _fastpath.fast_command(["wal-fetch", "--repo", url, NAMES[1], str(dest)]) == 1
+    assert not dest.exists()
+    assert (data / "pg_wal" / NAMES[1]).read_bytes() == contents[NAMES[1]]
+    assert NAMES[1] in (data / _spool.SPOOL_NAME / "prefetch" / ".taken").read_text().split()

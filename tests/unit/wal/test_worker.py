@@ -268,3 +268,24 @@ def test_a_new_file_in_a_watched_directory_wakes_the_watch(tmp_path: Path) -> No
     finally:
         watch.close()
     assert DirWatch.open(str(tmp_path / "missing")) is None
+
+
+def test_a_worker_started_ahead_of_its_server_waits_for_it_and_no_longer(pgdata: Path, tmp_path: Path) -> None:
+    """A worker started before its server (``await_server``) counts the server as running until postmaster.pid
+    appears, for that long at most; once the server has been seen, a missing postmaster.pid means it stopped."""
+    from pgrecovery.wal.worker import ArchivingWorker
+
+    (pgdata / "postmaster.pid").unlink()
+    archiver = WalArchiver(Repository(f"file://{tmp_path}/repo"))
+    spool, wal_dir = str(pgdata / _spool.SPOOL_NAME), str(pgdata / "pg_wal")
+    waiting = ArchivingWorker(archiver, spool, wal_dir, await_server=0.5)
+    assert waiting._server_runs()
+    time.sleep(0.6)
+    assert not waiting._server_runs()  # no server came
+
+    seen = ArchivingWorker(archiver, spool, wal_dir, await_server=60)
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    assert seen._server_runs()
+    (pgdata / "postmaster.pid").unlink()
+    assert not seen._server_runs()  # it stopped: the wait was for its start only
+    assert not ArchivingWorker(archiver, spool, wal_dir)._server_runs()  # a worker the server's call started
