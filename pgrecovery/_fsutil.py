@@ -119,6 +119,23 @@ def remove_stale_temps(directory: str, names: Iterable[str] | None = None) -> No
                 os.unlink(os.path.join(directory, name))
 
 
+RELEASE_MIN = 1 << 20  # objects this large or larger leave the page cache once written or read (`release_pages`)
+
+
+def release_pages(fd: int, *, least: int = RELEASE_MIN) -> None:
+    """Advise the kernel to drop the cached pages of the open file ``fd`` if it holds ``least`` bytes or more
+    (clean ones go at once: call it after an fsync, or after reading). For a repository's objects, written once
+    and read once: kept, their pages push the database's own out of memory, and each next write or read takes
+    memory never used before where it could reuse what the last one freed (on virtual machines that back guest
+    memory lazily, filling such page cache costs tens of times more: measured, docs/performance.md). A hint:
+    failures are ignored."""
+    try:
+        if os.fstat(fd).st_size >= least:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
+        pass
+
+
 def drop_cache(path: str) -> None:
     """Ask the kernel to drop ``path``'s pages from its cache: clean ones go at once, dirty ones are written back
     in the background first (a later call drops them). A hint: it never changes the file, and failures are

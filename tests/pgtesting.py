@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import pwd
 import shutil
@@ -285,3 +287,39 @@ def pg_substitute(command: str, p: str, f: str) -> str:
         out.append(command[i])
         i += 1
     return "".join(out)
+
+
+def cached_pages(path: Path) -> int:
+    """How many of ``path``'s pages are in the page cache (mincore on a mapping that touches none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        try:
+            assert libc.mincore(addr, size, vec) == 0
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec.raw)
+
+
+def page_cache_drops(tmp: Path) -> bool:
+    """Whether this filesystem lets a file's pages leave the page cache when advised (not tmpfs)."""
+    probe = tmp / "page-cache-probe"
+    probe.write_bytes(os.urandom(1 << 20))
+    os.sync()
+    with open(probe, "rb") as f:
+        f.read()
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    try:
+        return cached_pages(probe) == 0
+    finally:
+        probe.unlink()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import time
 
-from .._fsutil import makedirs_durable, publish, temp_path
+from .._fsutil import makedirs_durable, publish, release_pages, temp_path
 from .._objects import HashingWriter, StoredObject
 from ..errors import AlreadyExists, StorageError
 from ._retry import reason
@@ -40,6 +41,7 @@ class LocalWriter(HashingWriter):
     def commit(self) -> StoredObject:
         try:
             os.fsync(self._fd)
+            release_pages(self._fd)  # (clean now)
             os.close(self._fd)
             self._fd = -1
             try:  # without overwrite a hard link, which fails if the target exists: no silent overwrite
@@ -62,6 +64,21 @@ class LocalWriter(HashingWriter):
             self._fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
+
+
+class ReadOnce(io.BufferedReader):
+    """A local object opened to be read through once: its pages leave the page cache when it is closed
+    (`pgrecovery._fsutil.release_pages`; a small object's stay)."""
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(OSError, ValueError):
+                release_pages(self.fileno())
+        super().close()
+
+
+def open_once(path: str, buffering: int) -> ReadOnce:
+    return ReadOnce(io.FileIO(path, "rb"), buffer_size=buffering)
 
 
 def local_dir(path: str) -> bool:

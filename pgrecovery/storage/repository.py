@@ -35,7 +35,7 @@ from ._drivers import (
     open_fs,
     unwrap_dir,
 )
-from ._local import LocalWriter, local_dir, mtime, remove_tree
+from ._local import LocalWriter, local_dir, mtime, open_once, remove_tree
 from ._readers import ParallelReader, RetryingReader, digest_stream, modified_of, read_ranges
 from ._retry import Retry, RetryPolicy, is_transient
 from ._staged import StagedWriter
@@ -262,7 +262,7 @@ class Storage:
         path = self.path(key)
         try:
             if self.capabilities.local:
-                return open(path, "rb", buffering=CHUNK)
+                return open_once(path, CHUNK)
             self._fresh(path)
             f = self._retry(
                 "read",

@@ -124,3 +124,29 @@ def test_an_unhashed_local_write_stores_the_same_bytes_and_object_stores_hash_re
     w3 = remote.writer("wal/00000001/c", hashed=False)
     w3.write(data)
     assert w3.commit().sha256 == hashlib.sha256(data).hexdigest()  # it checks what the store kept
+
+
+def test_a_large_local_object_leaves_the_page_cache_once_written_and_once_read(tmp_path: Path) -> None:
+    """A repository's objects are written once and read once: the pages of one of 1 MiB or more are dropped from
+    the page cache after its fsync and after it is read (they would push the database's pages out, and make the
+    next write take memory never used before); a small one (a manifest) stays; the content is untouched."""
+    from pgtesting import cached_pages, page_cache_drops
+
+    if not page_cache_drops(tmp_path):
+        pytest.skip("this filesystem keeps a file's pages in memory whatever the advice (tmpfs)")
+    repo = Repository(f"file://{tmp_path}/repo")
+    big, small = os.urandom(4 << 20), os.urandom(4096)
+    repo.put_bytes("wal/big", big)
+    repo.put_bytes("wal/small", small)
+    big_path, small_path = repo.local_path("wal/big"), repo.local_path("wal/small")
+    assert big_path is not None
+    assert small_path is not None
+    assert cached_pages(big_path) == 0
+    assert cached_pages(small_path) == 1
+    with open(big_path, "rb") as f:  # (another reader brings it back)
+        f.read()
+    assert cached_pages(big_path) > 0
+    with repo.open("wal/big") as f:
+        assert f.read() == big
+    assert cached_pages(big_path) == 0
+    assert repo.read_bytes("wal/small") == small

@@ -7,7 +7,6 @@ recovery through staged segments is in tests/integration/test_wal.py.
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgtesting import pg_substitute, wal_workers
+from pgtesting import cached_pages, page_cache_drops, pg_substitute, wal_workers
 
 from pgrecovery import Repository, _fastpath, _spool, _walclient
 from pgrecovery._walnames import segment_name
@@ -230,41 +229,13 @@ def test_staging_can_be_turned_off(
     assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == contents[got[0]]
 
 
-def cached_pages(path: Path) -> int:
-    """How many of ``path``'s pages are in the page cache (mincore on a mapping that touches none)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    size = path.stat().st_size
-    vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        assert addr not in (None, ctypes.c_void_p(-1).value)
-        try:
-            assert libc.mincore(addr, size, vec) == 0
-        finally:
-            libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-    return sum(b & 1 for b in vec.raw)
-
-
 def test_segments_the_server_read_past_leave_the_page_cache_and_those_ahead_stay(
     tmp_path: Path, archive: tuple[str, dict[str, bytes]]
 ) -> None:
     """Replay reads each segment once: once the server opens a later staged segment, the filler drops the earlier
     ones' pages (their content untouched), so that the next downloads reuse that memory; never the pages of the
     segment being read or of those ahead."""
-    probe = tmp_path / "probe"
-    probe.write_bytes(os.urandom(1 << 20))
-    os.sync()
-    with open(probe, "rb") as f:
-        f.read()
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    if cached_pages(probe):
+    if not page_cache_drops(tmp_path):
         pytest.skip("this filesystem keeps a file's pages in memory whatever the advice (tmpfs)")
     url, contents = archive
     data = data_dir(tmp_path)
