@@ -158,13 +158,15 @@ def start_holding(
     *,
     owner: tuple[int, int] | None = None,
     prefix: Sequence[str] = (),
+    umask: int = -1,
 ) -> subprocess.Popen[bytes] | None:
     """Take ``<spool>/<lock_name>`` and start ``cmd`` with ``--lock-fd N`` detached (its own session, no terminal,
     stdin/stdout/stderr on /dev/null), handing it the lock: held from now until the child exits. None (nothing
     started) when the lock is taken: such a process runs, or is starting, already.
 
     ``owner`` (uid, gid): whom the spool and the lock file are given to when this call creates them (a process
-    of another user, ``prefix`` being what runs ``cmd`` as that user: root starting the server's worker)."""
+    of another user, ``prefix`` being what runs ``cmd`` as that user: root starting the server's worker);
+    ``umask``: the child's (-1: this process's)."""
     import subprocess
 
     if not os.path.isdir(spool):
@@ -187,6 +189,7 @@ def start_holding(
             env=env,
             start_new_session=True,
             pass_fds=(fd,),
+            umask=umask,
         )
     finally:
         os.close(fd)  # the child keeps its inherited copy (and with it the lock)

@@ -64,6 +64,7 @@ _GONE: Final = 2.0  # seconds without work after which a worker whose server sto
 _BACKOFF_FIRST: Final = 1.0
 _BACKOFF_MAX: Final = 60.0
 _QUEUE_WAIT: Final = 20.0  # seconds a fetch waits for the prefetcher's download of the same segment
+SERVER_UMASK: Final = 0o077
 AWAIT_SERVER: Final = 30.0  # seconds a worker started ahead of its server (`start_for_recovery`) waits for it
 
 
@@ -388,7 +389,11 @@ def start_for_recovery(
     st = os.stat(pgdata)
     owner = (st.st_uid, st.st_gid) if st.st_uid != os.getuid() else None
     prefix = as_user([], run_as)
-    child = _walclient.start_holding(spool, _walclient.LOCK_NAME, cmd, env, owner=owner, prefix=prefix)
+    # the umask PostgreSQL gives its children (and so the worker restore_command starts): nothing it writes in
+    # the spool is readable by others
+    child = _walclient.start_holding(
+        spool, _walclient.LOCK_NAME, cmd, env, owner=owner, prefix=prefix, umask=SERVER_UMASK
+    )
     return child is not None
 
 

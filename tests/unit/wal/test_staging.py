@@ -310,6 +310,10 @@ def test_a_worker_started_before_its_server_stages_the_first_segments_for_it(
         assert all(os.path.samefile(data / "pg_wal" / n, queue / n) for n in first)
         assert [(queue / n).read_bytes() for n in first] == [contents[n] for n in first]
         assert all((data / "pg_wal" / "archive_status" / f"{n}.done").exists() for n in first)
+        # with PostgreSQL's umask, not ours: nothing the worker wrote is readable by others
+        written = [p for p in (data / _spool.SPOOL_NAME).rglob("*") if not p.is_socket()]
+        assert written
+        assert [p.name for p in written if p.stat().st_mode & 0o077] == []
         (data / "postmaster.pid").write_text(f"{os.getpid()}\n")  # the server starts
         assert restore(url, data, NAMES[1]) == 1  # staged: PostgreSQL reads it from pg_wal
         assert not (data / "pg_wal" / "RECOVERYXLOG").exists()
