@@ -104,8 +104,8 @@ class _Queue:
         return [n for n in window if n not in have], moved
 
     def _staged_read(self) -> str | None:
-        """The newest staged segment the server opened since the last look (it reads on through pg_wal without
-        calling restore_command while the next segment is there); each is noted in ``.taken``."""
+        """The newest staged segment the server opened since the last look (the shell's answer notes it as
+        wanted too; this also follows an opener that did not ask first); each is noted in ``.taken``."""
         if self.watch is None or not self.staged:
             return None
         opened = list(dict.fromkeys(n for n in self.watch.names() if n in self.staged))
@@ -368,8 +368,9 @@ def _foreign(wal_dir: str, spool: str) -> bool:
     """Whether ``wal_dir`` holds a segment that is neither staged by this spool (listed in the queue's
     ``.staged``) nor put there by the server since it started (PostgreSQL keeps each segment restore_command
     gives it under its own name): one left by the server whose data directory this was, perhaps of another
-    history. PostgreSQL, once it reads a staged segment from pg_wal, reads on through pg_wal while the next
-    segment is there, so nothing is staged beside such a file."""
+    history. Nothing is staged beside such a file: PostgreSQL asks restore_command first for every segment, so
+    it would read the file only where the archive lacks that segment, but a recovery that meets one is not the
+    plain one staging is for, and is left to restore_command alone."""
     try:
         with open(os.path.join(_spool.prefetch_dir(spool), ".staged")) as f:
             ours = set(f.read().split())
