@@ -50,21 +50,22 @@ def _prefetch_quietly(name: str, spool: str, url: str) -> bool:
         return False
 
 
-def staged_answer(name: str, dest: str, spool: str, tag: str) -> bool:
-    """Whether the queued ``name`` is staged in ``dest``'s directory (pg_wal: the very file, see
-    `pgrecovery.wal._prefetch.stage`), so that restore_command is to exit 1 and the server read it there, as the
-    shell answers; if so it is noted as wanted and in ``.taken``. (A segment whose download ended after the shell
-    looked: renaming it to ``dest`` would work too, but the server then frees it before its next call.)"""
+def queue_answer(name: str, dest: str, spool: str, tag: str) -> str | None:
+    """How the prefetch queue answers restore_command for ``name``: ``staged`` when the queued file is staged in
+    ``dest``'s directory (pg_wal: the very file, see `pgrecovery.wal._prefetch.stage`; restore_command exits 1
+    and the server reads it there, as the shell answers; noted as wanted and in ``.taken``), ``ok`` when it was
+    handed over as ``dest``, None when the queue does not hold it. (A staged segment whose download ended after
+    the shell looked could be renamed to ``dest`` too, but the server would then free it before its next call.)"""
     queued = os.path.join(_spool.prefetch_dir(spool), name)
     if not _spool.same_file(queued, os.path.join(os.path.dirname(dest), name)) or not _spool.source_matches(spool, tag):
-        return False
+        return "ok" if _spool.take_prefetched(name, dest, spool, tag) else None
     try:
         _spool.note_wanted(spool, name)
         with open(os.path.join(_spool.prefetch_dir(spool), ".taken"), "a") as f:
             f.write(name + "\n")
     except OSError:
         pass  # notes for the prefetcher and the report: the answer stands
-    return True
+    return "staged"
 
 
 def fast_command(argv: Sequence[str]) -> int | None:
@@ -86,10 +87,12 @@ def fast_command(argv: Sequence[str]) -> int | None:
             name, dest = pos[0], os.path.abspath(pos[1])
             spool = opts.get("--spool") or _spool.default_spool(dest)
             _spool.remove_stale_temps(dest)
-            if staged_answer(name, dest, spool, _spool.repo_tag(url)):
+            tag = _spool.repo_tag(url)
+            answer = queue_answer(name, dest, spool, tag)
+            if answer == "staged":
                 return 1  # staged in pg_wal after the shell looked: the server reads it there
-            if not _spool.take_prefetched(name, dest, spool, _spool.repo_tag(url)):
-                got = _walclient.fetch(name, dest, spool, url, _spool.repo_tag(url), opts.get("--encryption-key-file"))
+            if answer is None:
+                got = _walclient.fetch(name, dest, spool, url, tag, opts.get("--encryption-key-file"))
                 if not got:
                     return None if got is None else 1
             if "--no-prefetch" not in flags:

@@ -145,9 +145,7 @@ def drop_cache(path: str) -> None:
     except OSError:
         return
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):  # AttributeError: a platform without posix_fadvise
-        pass
+        release_pages(fd, least=0)
     finally:
         os.close(fd)
 

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs millis
 if TYPE_CHECKING:
     import socket
     import subprocess
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Final
 
 SOCKET_NAME: Final = "worker.sock"
@@ -195,14 +195,29 @@ def start_holding(
         os.close(fd)  # the child keeps its inherited copy (and with it the lock)
 
 
-def spawn(spool: str, url: str, wal_dir: str, key_file: str | None = None) -> subprocess.Popen[bytes] | None:
+def spawn(
+    spool: str,
+    url: str,
+    wal_dir: str,
+    key_file: str | None = None,
+    *,
+    python: str | None = None,
+    options: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    owner: tuple[int, int] | None = None,
+    prefix: Sequence[str] = (),
+    umask: int = -1,
+) -> subprocess.Popen[bytes] | None:
     """Start a detached worker unless one runs (or is starting); the child, if one was started. The repository URL
-    goes through the child's environment, not its command line (``ps`` shows command lines to every user)."""
-    env = dict(os.environ, PGRECOVERY_REPO=url)
+    goes through the child's environment, not its command line (``ps`` shows command lines to every user).
+
+    ``python`` runs it (this interpreter), with more of its ``options``, in ``env`` (this process's environment)
+    plus the URL; ``owner``, ``prefix`` and ``umask`` as in `start_holding`."""
+    full = dict(os.environ if env is None else env, PGRECOVERY_REPO=url)
     if key_file:
-        env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
-    cmd = [sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
-    return start_holding(spool, LOCK_NAME, cmd, env)
+        full["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
+    cmd = [python or sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
+    return start_holding(spool, LOCK_NAME, [*cmd, *options], full, owner=owner, prefix=prefix, umask=umask)
 
 
 def failed_recently(spool: str) -> bool:

@@ -109,6 +109,11 @@ def _owner_ids(user: str | None) -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
+def _setting_name(line: str) -> str:
+    """The setting a line of postgresql.auto.conf sets (lower case, as PostgreSQL compares names)."""
+    return line.split("=", 1)[0].strip().lower()
+
+
 def _quote_setting(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -275,7 +280,7 @@ class LocalCluster:
         ``None`` as a value removes the setting.
         """
         lines = self.auto_conf.read_text().splitlines() if self.auto_conf.exists() else []
-        keep = [ln for ln in lines if ln.split("=", 1)[0].strip().lower() not in {k.lower() for k in settings}]
+        keep = [ln for ln in lines if _setting_name(ln) not in {k.lower() for k in settings}]
         keep += [f"{k} = {_quote_setting(v)}" for k, v in settings.items() if v is not None]
         self._write_owned(self.auto_conf, "\n".join(keep) + "\n")
 
@@ -283,7 +288,7 @@ class LocalCluster:
         """Whether postgresql.auto.conf sets ``name`` to ``value`` (its last line for ``name``, as `configure`
         writes it: the one PostgreSQL uses)."""
         lines = self.auto_conf.read_text().splitlines() if self.auto_conf.exists() else []
-        ours = [ln.strip() for ln in lines if ln.split("=", 1)[0].strip().lower() == name.lower()]
+        ours = [ln.strip() for ln in lines if _setting_name(ln) == name.lower()]
         return bool(ours) and ours[-1] == f"{name} = {_quote_setting(value)}"
 
     def _write_owned(self, path: Path, text: str) -> None:

@@ -291,7 +291,7 @@ class _Flight:
             obj = self.index[name][0]
             dest = os.path.join(self.directory, name)
             staging = None if stage_in is None or not _walnames.is_segment(name) else stage_in
-            then = None if staging is None else functools.partial(_stage_temp, wal_dir=staging, name=name)
+            then = None if staging is None else functools.partial(stage, wal_dir=staging, name=name)
             self.running[name] = pool.submit(
                 self.archiver._download, obj, dest, sync_dir=False, sync_file=self.sync, before_publish=then
             )
@@ -358,10 +358,6 @@ def stage(queued: str, wal_dir: str, name: str | None = None) -> bool:
     with contextlib.suppress(OSError), open(os.path.join(os.path.dirname(queued), ".staged"), "a") as f:
         f.write(name + "\n")  # what a later filler counts as its own (`_foreign`)
     return True
-
-
-def _stage_temp(tmp: str, *, wal_dir: str, name: str) -> bool:
-    return stage(tmp, wal_dir, name)
 
 
 def _foreign(wal_dir: str, spool: str) -> bool:

@@ -31,14 +31,13 @@ import logging
 import os
 import selectors
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
 from .. import _spool, _walclient, _walnames
-from .._fastpath import staged_answer
+from .._fastpath import queue_answer
 from .._fsutil import postmaster_pid, process_alive
 from ..codec import compressor
 from ..pgtools import as_user, child_env
@@ -205,9 +204,7 @@ class ArchivingWorker:
         if progress is None or not _walnames.is_segment(name):
             return None
         progress.wait_for(name, _QUEUE_WAIT)
-        if staged_answer(name, dest, self.spool, self.tag):
-            return "staged"
-        return "ok" if _spool.take_prefetched(name, dest, self.spool, self.tag) else None
+        return queue_answer(name, dest, self.spool, self.tag)
 
     def prefetch(self, name: str) -> str:
         """Keep the prefetch queue filled after ``name`` in a thread of this process (at most one runs)."""
@@ -381,18 +378,20 @@ def start_for_recovery(
     if not _walclient.usable(spool):
         return False
     after = _walnames.segment_name(_walnames.timeline_of(first), segno - 1, segment_size)
-    env = child_env({"PGRECOVERY_REPO": repo_url})
-    if key_file:
-        env["PGRECOVERY_ENCRYPTION_KEY_FILE"] = os.path.abspath(key_file)
-    cmd = [python or sys.executable, "-m", "pgrecovery", "wal-worker", "--spool", spool, "--wal-dir", wal_dir]
-    cmd += ["--prefetch-after", after, "--await-server", str(AWAIT_SERVER)]
     st = os.stat(pgdata)
-    owner = (st.st_uid, st.st_gid) if st.st_uid != os.getuid() else None
-    prefix = as_user([], run_as)
-    # the umask PostgreSQL gives its children (and so the worker restore_command starts): nothing it writes in
-    # the spool is readable by others
-    child = _walclient.start_holding(
-        spool, _walclient.LOCK_NAME, cmd, env, owner=owner, prefix=prefix, umask=SERVER_UMASK
+    child = _walclient.spawn(
+        spool,
+        repo_url,
+        wal_dir,
+        key_file,
+        python=python,
+        options=["--prefetch-after", after, "--await-server", str(AWAIT_SERVER)],
+        env=child_env(),  # what the server gets (pgtools starts it)
+        owner=(st.st_uid, st.st_gid) if st.st_uid != os.getuid() else None,
+        prefix=as_user([], run_as),
+        # the umask PostgreSQL gives its children (and so the worker restore_command starts): nothing it writes
+        # in the spool is readable by others
+        umask=SERVER_UMASK,
     )
     return child is not None
 
