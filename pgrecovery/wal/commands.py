@@ -69,14 +69,24 @@ def archive_command(
 _WAIT_POLLS = 150
 
 
+# how long the shell waits, at most, for the WAL worker's push of the file under way (its lock), in seconds
+_LOCK_WAIT = 1
+
+
 def _wait_for_worker() -> str:
     """Shell code: while the WAL worker serving this repository lives (its pid in ``acked/<tag>.worker``, tested
-    with the ``kill -0`` builtin), test the acknowledgement link every 2 ms for a moment, and exit 0 once the
-    worker has pushed the file ahead (it starts on the ``.ready`` file as soon as it appears). This spares the
-    Python start-up (about 10 ms) of asking it over its socket. A worker that died, a pid reused, or a push not
-    done in time only cost this wait: the Python command follows, as it does with no worker at all."""
+    with the ``kill -0`` builtin), wait for its push of the file and exit 0 once the acknowledgement link is
+    there (the worker starts on the ``.ready`` file as soon as it appears). This spares the Python start-up
+    (about 10 ms) of asking it over its socket.
+
+    The worker holds an exclusive flock on the WAL file while pushing it (`pgrecovery.wal.worker`), so the shell
+    first waits for that lock in the kernel (``flock -s``, one program started, nothing spent while waiting),
+    then tests the link every 2 ms for a moment: for a push the worker had not begun yet, or where ``flock`` is
+    missing. A worker that died, a pid reused, or a push not done in time only cost this wait: the Python command
+    follows, as it does with no worker at all."""
     return (
-        '{ read w <"$s.worker" && kill -0 "$w"; } 2>/dev/null && { i=0; '
+        '{ read w <"$s.worker" && kill -0 "$w"; } 2>/dev/null && { '
+        f'flock -s -w {_LOCK_WAIT} 9 9<"$p" 2>/dev/null; [ "$s/%f" -ef "$p" ] && exit 0; i=0; '
         f'while [ $i -lt {_WAIT_POLLS} ] && sleep 0.002; do [ "$s/%f" -ef "$p" ] && exit 0; i=$((i+1)); done; }}; '
     )
 

@@ -27,6 +27,8 @@ history probes at start, the end of the archive) after one fresh listing of its 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import logging
 import os
 import selectors
@@ -67,6 +69,27 @@ SERVER_UMASK: Final = 0o077
 AWAIT_SERVER: Final = 30.0  # seconds a worker started ahead of its server (`start_for_recovery`) waits for it
 
 
+def _hold(path: str) -> int | None:
+    """A descriptor of ``path`` holding an exclusive flock, or None (no such file, or locked already). The
+    archive_command for the file waits for it in the kernel (`pgrecovery.wal.commands`: ``flock -s``) instead of
+    polling for the marker: polling forked a ``sleep`` every 2 ms, and those forks took 3-4 ms of CPU from a
+    local push of 15 ms, on two cores (measured)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd: int, _fut: object) -> None:
+    os.close(fd)
+
+
 class ArchivingWorker:
     """Serves push requests for the WAL files of ``wal_dir`` into ``archiver``'s repository (see the module)."""
 
@@ -103,7 +126,10 @@ class ArchivingWorker:
                 path = os.path.join(self.wal_dir, name)
                 filling = self._filler.take(name) if self._filler is not None else None
                 ahead = filling.finish if filling is not None else None
+                held = _hold(path)
                 fut = self._pool.submit(self.archiver._push_one, path, self.spool, self._listings, ahead)
+                if held is not None:  # released once the push has ended (its marker written, or not)
+                    fut.add_done_callback(functools.partial(_release, held))
                 fut.add_done_callback(self._wake)  # the loop starts the next push ahead at once
                 self._busy[name] = fut
             return fut

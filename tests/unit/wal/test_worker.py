@@ -248,6 +248,37 @@ def test_the_shell_waits_for_a_live_worker_and_acknowledges_only_what_it_stored(
     assert not archived(repo, THIRD, third)
 
 
+def test_the_shell_waits_in_the_kernel_for_the_push_under_way_not_by_polling(pgdata: Path, tmp_path: Path) -> None:
+    """While the worker holds its lock on the WAL file (it does for the whole push), the shell blocks in ``flock``
+    and acknowledges the file as soon as the link appears and the lock goes, with no ``sleep`` started (each
+    poll forked one, taking CPU from the push). The lock is held longer than the polls alone would wait."""
+    url = f"file://{tmp_path}/repo"
+    path = wal(pgdata, SEG)
+    spool = _spool.default_spool(path)
+    tag = _spool.repo_tag(url)
+    _walclient.mark_worker(spool, tag, os.getpid())  # "a live worker": this process, which holds the lock
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "sleep").write_text(f'#!/bin/sh\necho "$@" >>{tmp_path}/slept\nexec /bin/sleep "$@"\n')
+    (shims / "sleep").chmod(0o755)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def push_done() -> None:
+        time.sleep(0.8)  # longer than the shell's polls (150 of 2 ms) would wait
+        _spool.write_marker(spool, path, os.stat(path), hashlib.sha256(Path(path).read_bytes()).hexdigest(), tag)
+        os.close(fd)
+
+    done_later = threading.Thread(target=push_done)
+    done_later.start()
+    command = pg_substitute(archive_command(url, python="/nonexistent/python3"), f"pg_wal/{SEG}", SEG)
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+    done = subprocess.run(["/bin/sh", "-c", command], cwd=pgdata, env=env, capture_output=True, timeout=60)
+    done_later.join()
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "slept").exists(), "the shell polled instead of waiting for the lock"
+
+
 def test_a_new_file_in_a_watched_directory_wakes_the_watch(tmp_path: Path) -> None:
     import select
 
