@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pgtesting import Archiving, wait_archived
+from pgtesting import MAJORS, Archiving, major_or_skip, wait_archived
 from test_cli_logical import cli
 
 from pgrecovery import BaseBackup, LocalCluster, LogicalBackup, RecoveryPlan, RecoveryTarget, Repository, pgtools
+from pgrecovery import _walnames as wn
 from pgrecovery.errors import BackupError
 from pgrecovery.logical.restore import LogicalRestore
+from pgrecovery.wal.archiver import WalArchiver
 
 FINGERPRINT = "select count(*), coalesce(sum(i), 0), md5(coalesce(string_agg(note, ',' order by i), '')) from t"
 
@@ -35,28 +37,43 @@ def _caught_up(primary: LocalCluster, standby: LocalCluster, timeout: float = 60
     raise AssertionError(f"the standby did not replay up to {lsn} in time")
 
 
-@pytest.fixture(scope="module")
-def pair() -> Iterator[dict[str, Any]]:
-    """A primary archiving into its repository, and a streaming standby made from it (not archiving itself)."""
-    ctx = Archiving("pgrecovery-standby")
-    try:
-        ctx.pg.configure(max_wal_senders=5, hot_standby_feedback="on")
-        ctx.pg.start()
-        ctx.pg.execute("create table t (i int primary key, note text)")
-        _insert(ctx.pg, 1, 5000)
-        data = ctx.pgdata()
-        tool = pgtools.find_tool("pg_basebackup", major=ctx.pg.major)
-        pgtools.run(
-            [str(tool.path), "-d", ctx.pg.conninfo(), "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast"],
-            run_as=ctx.pg.run_as,
-            cwd="/",
-        )
-        standby = LocalCluster(data_dir=data, run_as=ctx.pg.run_as, log_file=data.parent / "server.log")
-        standby.start()
-        _caught_up(ctx.pg, standby)
-        yield {"primary": ctx.pg, "standby": standby, "repo": ctx.repo, "url": ctx.url, "ctx": ctx}
-    finally:
-        ctx.close()
+def _standby_of(ctx: Archiving, **settings: object) -> LocalCluster:
+    """A streaming standby of ``ctx``'s primary (pg_basebackup -R, ``settings`` added), started and caught up."""
+    data = ctx.pgdata()
+    tool = pgtools.find_tool("pg_basebackup", major=ctx.pg.major)
+    pgtools.run(
+        [str(tool.path), "-d", ctx.pg.conninfo(), "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast"],
+        run_as=ctx.pg.run_as,
+        cwd="/",
+    )
+    standby = LocalCluster(data_dir=data, run_as=ctx.pg.run_as, log_file=data.parent / "server.log")
+    if settings:
+        standby.configure(**settings)
+    standby.start()
+    _caught_up(ctx.pg, standby)
+    return standby
+
+
+def _primary(prefix: str) -> Archiving:
+    ctx = Archiving(prefix)
+    ctx.pg.configure(max_wal_senders=5, hot_standby_feedback="on")
+    ctx.pg.start()
+    ctx.pg.execute("create table t (i int primary key, note text)")
+    _insert(ctx.pg, 1, 5000)
+    return ctx
+
+
+@pytest.fixture(scope="module", params=MAJORS)
+def pair(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """On each major: a primary archiving into its repository, and a streaming standby made from it (not archiving
+    itself)."""
+    with major_or_skip(request.param).active():
+        ctx = _primary("pgrecovery-standby")
+        try:
+            standby = _standby_of(ctx)
+            yield {"primary": ctx.pg, "standby": standby, "repo": ctx.repo, "url": ctx.url, "ctx": ctx}
+        finally:
+            ctx.close()
 
 
 def _restored(pair: dict[str, Any], plan: RecoveryPlan) -> LocalCluster:
@@ -154,3 +171,64 @@ def test_other_verbs_on_a_standby_work_or_say_why_not(pair: dict[str, Any], caps
     base = Repository(url).backups("base")[0]
     code, out, err = cli(capsys, "--repo", url, "verify", base.id, "--drill")
     assert code == 0, err
+
+
+# -- a standby that archives, then takes over ---------------------------------------------------------------------
+
+
+def _archived_by(pg: LocalCluster, wal: str, timeout: float = 120) -> None:
+    """Wait until ``pg``'s archiver has archived ``wal`` (or a later file), with no failure on the way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last, failed = pg.query("select last_archived_wal, failed_count from pg_stat_archiver")[0]
+        assert failed == 0, f"{pg.data_dir}: archive_command failed: {pg.log_tail()}"
+        if last is not None and last >= wal:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{pg.data_dir} did not archive {wal} in time")
+
+
+@pytest.mark.parametrize("number", MAJORS)
+def test_a_standby_archiving_too_then_promoted_loses_nothing(number: int) -> None:
+    """On each major: a standby with ``archive_mode = always`` archives the WAL it receives into the primary's
+    repository beside it (the same files: each stored once, no conflict, no failed call on either side). Then the
+    primary goes and the standby is promoted: it archives its new timeline (history file, segments, and timeline
+    1's last segment as ``.partial``), and a recovery from a backup the old primary took, to the latest point,
+    follows the switch to timeline 2 and matches the new primary row for row."""
+    with major_or_skip(number).active():
+        ctx = _primary("pgrecovery-failover")
+        try:
+            backup = BaseBackup(dbname=ctx.pg.conninfo()).run(ctx.repo)
+            standby = _standby_of(ctx, archive_mode="always")
+            _insert(ctx.pg, 5001, 2000)
+            switched = wait_archived(ctx.pg)
+            _caught_up(ctx.pg, standby)
+            _archived_by(standby, switched)
+            archiver = WalArchiver(ctx.repo)
+            objects = archiver.index(1)
+            assert switched in objects
+            twice = {name: len(objs) for name, objs in objects.items() if len(objs) > 1}
+            assert not twice, f"WAL stored twice by the two archivers: {twice}"
+
+            ctx.pg.stop()  # the primary is gone
+            standby.promote()
+            assert standby.query("select pg_is_in_recovery()")[0] == (False,)
+            _insert(standby, 7001, 2000)
+            standby.execute("delete from t where i % 7 = 0")
+            want = standby.query(FINGERPRINT)[0]
+            _archived_by(standby, wait_archived(standby))
+            names = set(archiver.index(2)) | set(archiver.index(1))
+            assert "00000002.history" in names, sorted(names)
+            assert any(wn.is_partial(n) for n in names), "timeline 1's last segment was not archived as .partial"
+            report = archiver.verify(check_digests=True)
+            assert report.ok, report.to_dict()
+
+            restored = _restored({"ctx": ctx}, RecoveryPlan(ctx.repo, RecoveryTarget.latest(), backup_id=backup.id))
+            try:
+                assert restored.query(FINGERPRINT)[0] == want
+                (current,) = restored.query("select pg_walfile_name(pg_current_wal_lsn())")[0]
+                assert int(current[:8], 16) == 3  # followed timeline 2, then was promoted itself
+            finally:
+                restored.stop()
+        finally:
+            ctx.close()
