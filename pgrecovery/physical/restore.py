@@ -3,6 +3,7 @@ every file checked against the manifest, optionally as a delta over an existing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .._chain import Layer, file_layers, load_chain, stored_pieces
 from .._fsutil import atomic_file
+from .._spool import SPOOL_NAME
 from .._stream import open_entry
 from ..errors import BackupError, ChecksumMismatch, ConfigurationError
 from ..manifest import BackupManifest, FileEntry, MemberEntry, PhysicalInfo
@@ -39,6 +41,7 @@ def restore_files(
     tablespace_map: dict[str, str] | None = None,
     delta: bool = False,
     progress: ProgressCallback | None = None,
+    directories_made: Callable[[], object] | None = None,
 ) -> int:
     """Write a base backup's files into ``pgdata`` (bundles extracted in parallel, every file checked).
 
@@ -49,7 +52,8 @@ def restore_files(
 
     ``pgdata`` must be empty, unless ``delta``: then files that already have the backup's size and sha256 are
     kept, only the others are written, and files the backup does not have are removed. Returns how many files
-    were written.
+    were written. ``directories_made`` is called once the backup's directories exist, before any file is written
+    (a recovery starts its WAL worker then).
     """
     phys = manifest.physical
     if phys is None:
@@ -73,6 +77,8 @@ def restore_files(
     check_chain(repo, chain, stages)
     meter = Meter("restore", progress, total=sum(f.raw_size or 0 for stage in stages for _, f in stage))
     _make_directories(pgdata, phys, spaces, place)
+    if directories_made is not None:
+        directories_made()
     if delta:
         _delta_remove_strays(roots, phys, place)
     actions = {(x.source, x.bundle, path): x for path, stack in layers.items() if path not in keep for x in stack}
@@ -290,7 +296,11 @@ def _extract_one(
 
 
 def chown_tree(paths: Sequence[Path], user: str | None) -> None:
-    """Give ``paths`` (recursively) to ``user`` with private modes: 0700 directories, 0600 files."""
+    """Give ``paths`` (recursively) to ``user`` with private modes: 0700 directories, 0600 files.
+
+    The WAL spool at the top of a data directory is left alone: the WAL worker a recovery starts during the
+    restore runs as ``user`` already and writes there meanwhile. So may it in ``pg_wal`` (staging): a file gone
+    before its turn needs nothing."""
     ids = None
     if user is not None:
         import pwd
@@ -299,12 +309,15 @@ def chown_tree(paths: Sequence[Path], user: str | None) -> None:
         ids = (pw.pw_uid, pw.pw_gid) if pw.pw_uid != os.getuid() else None
     for root in paths:
         for here, dirs, files in os.walk(root):
+            if here == str(root):
+                dirs[:] = [d for d in dirs if d != SPOOL_NAME]
             os.chmod(here, 0o700)
             if ids:
                 os.chown(here, *ids)
             for name in files + [d for d in dirs if os.path.islink(os.path.join(here, d))]:
                 p = os.path.join(here, name)
-                if ids:
-                    os.lchown(p, *ids)
-                if not os.path.islink(p):
-                    os.chmod(p, 0o600)
+                with contextlib.suppress(FileNotFoundError):
+                    if ids:
+                        os.lchown(p, *ids)
+                    if not os.path.islink(p):
+                        os.chmod(p, 0o600)

@@ -17,7 +17,6 @@ names are importable from here too.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -34,7 +33,8 @@ from ..wal.commands import restore_command
 from ..wal.index import WalIndex
 from ..wal.restore_points import RestorePoint
 from ._points import PointSearch, check_backup, choose_backup
-from .run import Incident, IncidentStep, Journal, RecoveryResult, RecoveryRun, recover, server_major
+from ._target_dir import _prepare_directory, _remove_partial
+from .run import EarlyWorker, Incident, IncidentStep, Journal, RecoveryResult, RecoveryRun, recover, server_major
 from .target import Action, RecoveryTarget, TargetKind
 
 __all__ = [
@@ -57,43 +57,6 @@ _TARGET_SETTINGS = (
     "recovery_target_timeline",
     "recovery_target_action",
 )
-
-
-def _remove_partial(target: Path, created: bool) -> None:
-    """Best effort: remove ``target`` (we created it) or what was written into it (it was empty)."""
-    if created:
-        shutil.rmtree(target, ignore_errors=True)
-        return
-    for child in list(target.iterdir()) if target.is_dir() else []:
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
-def _prepare_directory(target: Path, *, overwrite: bool, delta: bool) -> bool:
-    """Make ``target`` ready to restore into (emptied with ``overwrite``, kept with ``delta``, else it must be
-    empty); whether it was created here."""
-    if target.exists() and any(target.iterdir()) and not delta:
-        if not overwrite:
-            raise ConfigurationError(
-                f"{target} is not empty: choose an empty directory, or pass overwrite=True (empty it) or "
-                "delta=True (rewrite only the files that differ)",
-                path=target,
-            )
-        for child in target.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    created = not target.exists()
-    try:
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        raise ConfigurationError(
-            f"cannot create {target}: {e.strerror or e}: choose a writable directory", path=target
-        ) from None
-    return created
 
 
 def _archive_settings(archive: bool, settings: dict[str, object] | None) -> dict[str, object]:
@@ -355,6 +318,34 @@ class RecoveryPlan:
         archived. ``settings`` are written last (``postgresql.auto.conf``); an ``archive_mode`` among them that
         contradicts ``archive`` is refused (`ConfigurationError`, before anything is written).
         """
+        return self._restore(
+            pgdata,
+            overwrite=overwrite,
+            delta=delta,
+            standby=standby,
+            archive=archive,
+            run_as=run_as,
+            tablespace_map=tablespace_map,
+            settings=settings,
+            progress=progress,
+        )
+
+    def _restore(
+        self,
+        pgdata: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        delta: bool = False,
+        standby: bool = False,
+        archive: bool = False,
+        run_as: str | None = None,
+        tablespace_map: dict[str, str] | None = None,
+        settings: dict[str, object] | None = None,
+        progress: ProgressCallback | None = None,
+        ahead: bool = False,
+    ) -> Path:
+        """`restore`; ``ahead``: start the data directory's WAL worker as soon as its directories exist, when the
+        server is to recover through pgrecovery's restore_command (`EarlyWorker`; `run` asks for it)."""
         conf_extra = _archive_settings(archive, settings)
         self.validate()
         target = Path(pgdata).absolute()
@@ -363,14 +354,26 @@ class RecoveryPlan:
         if major is not None:  # never mix majors in one data directory (delta, overwrite)
             check_data_dir_major(target, major, what=f"backup {self.backup.id}")
         created = _prepare_directory(target, overwrite=overwrite, delta=delta)
+        key = self._key_file_or_none()
+        early = EarlyWorker.wanted(self.backup, target, conf_extra, key) if ahead and not (delta or standby) else None
         try:
-            restore_files(self.repo, self.backup, target, tablespace_map=tablespace_map, delta=delta, progress=progress)
+            restore_files(
+                self.repo,
+                self.backup,
+                target,
+                tablespace_map=tablespace_map,
+                delta=delta,
+                progress=progress,
+                directories_made=None if early is None else lambda: early.start(self.repo, who, self.python),
+            )
             self._configure(target, who, conf_extra, standby=standby)
             spaces = [
                 Path((tablespace_map or {}).get(o, loc)) for o, loc in self._phys(self.backup).tablespaces.items()
             ]
             chown_tree([target, *spaces], who)
         except BaseException as e:
+            if early is not None:  # before its directory goes
+                early.cancel()
             if not delta:  # a half-restored data directory must not be mistaken for a restored one: remove it
                 _remove_partial(target, created)
             if isinstance(e, OSError):
@@ -474,7 +477,7 @@ class RecoveryPlan:
             require_server_programs(run.major, what=f"backup {self.backup.id}")
         t0 = time.monotonic()
         if restore:
-            self.restore(
+            self._restore(
                 pgdata,
                 overwrite=overwrite,
                 delta=delta,
@@ -482,6 +485,7 @@ class RecoveryPlan:
                 settings=settings,
                 tablespace_map=tablespace_map,
                 progress=progress,
+                ahead=True,
             )
             journal.step("restore", f"base backup {self.backup.id} restored into {run.pgdata}")
         return recover(run, journal, time.monotonic() - t0)

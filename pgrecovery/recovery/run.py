@@ -18,8 +18,11 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import re
+import signal
 import socket
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from .. import _walnames
+from .. import _walclient, _walnames
 from .._pgdb import connect
 from .._spool import SPOOL_NAME
 from ..cluster import LocalCluster, port_choice
@@ -277,6 +280,63 @@ def _warm_worker(run: RecoveryRun, cluster: LocalCluster) -> None:
         )
     except (OSError, PgRecoveryError) as e:  # the server's first restore_command call starts one instead
         log.info("WAL worker not started ahead of recovery: %s", e)
+
+
+class EarlyWorker:
+    """The WAL worker of a data directory being restored by `RecoveryPlan.run`, started as soon as the backup's
+    directories exist, while its files are still being written: by the time the server starts, the worker's
+    imports, its storage connections and the archive's listing are done and the first segments queued (and staged
+    in ``pg_wal`` once ``recovery.signal`` is there), instead of the server's first asks waiting for all that.
+    Started after the restore, it was still starting when the server first asked (the history probe, then the
+    first segments): 130-300 ms of every local recovery (measured).
+
+    Only where the server is to recover through pgrecovery's own restore_command (no restore_command among the
+    caller's settings), and not for a delta restore (which may remove files the backup lacks). A restore that
+    fails stops it (`cancel`) before its directory is removed. One that outlives `AWAIT_SERVER` (a long restore)
+    is left to leave on its own: the server's first restore_command call starts a worker again."""
+
+    def __init__(self, backup: BackupManifest, target: Path, key_file: str | None) -> None:
+        self.backup, self.target, self.key_file = backup, target, key_file
+        self.child: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def wanted(
+        cls, backup: BackupManifest, target: Path, settings: dict[str, object], key_file: str | None
+    ) -> EarlyWorker | None:
+        if backup.physical is None or any(k.lower() == "restore_command" for k in settings):
+            return None
+        return cls(backup, target, key_file)
+
+    def start(self, repo: Repository, run_as: str | None, python: str | None) -> None:
+        """Start it (called once the directories exist); a failure only leaves the work to restore_command."""
+        phys = self.backup.physical
+        assert phys is not None
+        try:
+            if run_as is not None and os.geteuid() == 0:  # the worker, as the server's user, makes its spool there
+                pw = pwd.getpwnam(run_as)
+                os.chown(self.target, pw.pw_uid, pw.pw_gid)
+            self.child = start_for_recovery(
+                repo.url,
+                str(self.target),
+                phys.start_wal,
+                python=python,
+                run_as=run_as,
+                key_file=self.key_file,
+                segment_size=phys.wal_segment_size,
+            )
+        except (OSError, KeyError, PgRecoveryError) as e:
+            log.info("WAL worker not started during the restore: %s", e)
+
+    def cancel(self) -> None:
+        """Stop it and wait until it has gone: asked over its socket, or, still starting, its session killed."""
+        if self.child is None:
+            return
+        _walclient.stop(str(self.target / SPOOL_NAME), timeout=10)
+        if self.child.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(self.child.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.child.wait(10)
 
 
 def _start(run: RecoveryRun, cluster: LocalCluster) -> None:

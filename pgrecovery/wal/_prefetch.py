@@ -44,6 +44,7 @@ STAGING_ENV: Final = "PGRECOVERY_WAL_STAGING"  # "off" in the server's environme
 STAGED_LINGER: Final = 60.0  # seconds a filler waits for the server to read the segments it staged
 AWAIT_START: Final = 30.0  # seconds a filler started before its server waits for it to start
 _POLL: Final = 0.01
+_WHILE_RESTORING: Final = 2  # segments queued ahead while the data directory is still being restored
 _NICER: Final = 10  # a download thread's nice value over the filler's (see _yield_to_replay)
 _DROPS: Final = 3  # cache-drop hints given to each staged segment the server has read past (see _Queue._release)
 
@@ -69,7 +70,7 @@ class _Queue:
             queued = _spool.prefetch_dir(spool)
             same = _spool.same_file
             self.staged = {n for n in _spool.prefetched(spool) if same(os.path.join(queued, n), os.path.join(stage, n))}
-        self._born, self._server_seen = time.monotonic(), False
+        self.born, self._server_seen = time.monotonic(), False
         self.asked = False  # whether restore_command has asked for a segment yet (``.wanted``)
         self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
         # removes what interrupted downloads of an earlier filler left; later ones leave temporary files alone,
@@ -102,6 +103,16 @@ class _Queue:
         tli = _walnames.timeline_of(self.reached)
         window = (_walnames.segment_name(tli, segno + i, self.size) for i in range(1, self.archiver.prefetch + 1))
         return [n for n in window if n not in have], moved
+
+    def adopt(self, stage_in: str) -> None:
+        """Stage in ``stage_in`` from now on (a data directory that became ready for recovery while this filler,
+        started during its restore, was filling the queue), the segments queued already too."""
+        self.stage = stage_in
+        self.watch = DirWatch.open(stage_in, opened=True)
+        queued = _spool.prefetch_dir(self.spool)
+        for name in _spool.prefetched(self.spool):
+            if _walnames.is_segment(name) and stage(os.path.join(queued, name), stage_in):
+                self.staged.add(name)
 
     def _staged_read(self) -> str | None:
         """The newest staged segment the server opened since the last look (the shell's answer notes it as
@@ -157,7 +168,7 @@ class _Queue:
         data = os.path.dirname(self.stage)
         pid = postmaster_pid(data)
         if pid is None and not self._server_seen:
-            alive = time.monotonic() - self._born < AWAIT_START
+            alive = time.monotonic() - self.born < AWAIT_START
         else:
             alive = pid is not None and pid > 0 and process_alive(pid)
             self._server_seen = self._server_seen or alive
@@ -214,9 +225,10 @@ def fill(
     flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
     pool = ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch", initializer=_yield_to_replay)
     progress = progress or FillProgress()
+    pending = staging is None and _restoring(spool)
     try:
         with contextlib.closing(queue), pool:
-            _fill(archiver, queue, flight, pool, progress, linger, stop)
+            _fill(archiver, queue, flight, pool, progress, linger, stop, pending)
     finally:
         progress.running = frozenset()
         progress.started.set()
@@ -231,9 +243,13 @@ def _fill(
     progress: FillProgress,
     linger: float,
     stop: Callable[[], bool] | None,
+    pending: bool = False,
 ) -> None:
+    """The filler's loop (see `fill`); ``pending``: staging may become possible (`_restoring`)."""
     moved = time.monotonic()
     while True:
+        if pending:
+            pending = _adopt_staging(queue)
         if flight.harvest(queue):
             moved = time.monotonic()
         progress.running = frozenset(flight.running)  # (after staging: a name leaves it staged, or failed)
@@ -242,6 +258,8 @@ def _fill(
             moved = time.monotonic()
             continue
         todo = [n for n in todo if n not in flight.running]
+        if pending:  # the restore still runs, on every core: only the first segments now, the others after it
+            todo = todo[: max(0, _WHILE_RESTORING - (archiver.prefetch - len(todo)))]
         if not flight.ended and todo and len(flight.running) < archiver.parallel:
             flight.start(pool, todo, queue.stage)
             progress.running = frozenset(flight.running)
@@ -249,13 +267,40 @@ def _fill(
             continue
         progress.started.set()  # (nothing to start: the window is queued, or the archive ends)
         stopped = stop is not None and stop()
-        idle = not todo and (time.monotonic() - moved > linger or stopped)
+        idle = not todo and (time.monotonic() - moved > linger or stopped) and not pending
         # staged segments not read yet: the server reads them without calling restore_command; the filler
         # stays to see it (to move on, and for the recovery's report) while recovery goes on
         reading = queue.staged and queue.recovering() and time.monotonic() - moved <= STAGED_LINGER
         if not flight.running and (flight.ended or idle) and (stopped or not reading):
             return  # ended: the archive's end, or a failed download
         time.sleep(_POLL)
+
+
+def _restoring(spool: str) -> bool:
+    """Whether ``spool``'s data directory looks like one still being restored: the default spool, staging not
+    turned off, no server started there and no ``recovery.signal`` or ``standby.signal`` yet (a worker started
+    during the restore, `pgrecovery.recovery.run.EarlyWorker`)."""
+    if os.environ.get(STAGING_ENV, "on").strip().lower() in ("0", "off", "no", "false"):
+        return False
+    data = os.path.dirname(spool)
+    if os.path.basename(spool) != _spool.SPOOL_NAME or postmaster_pid(data) is not None:
+        return False
+    return not any(os.path.exists(os.path.join(data, f)) for f in ("recovery.signal", "standby.signal"))
+
+
+def _adopt_staging(queue: _Queue) -> bool:
+    """Start staging once the restored data directory is ready for recovery (`staging_dir`); whether to keep
+    looking: not after `AWAIT_START`, nor once a server started without it."""
+    if time.monotonic() - queue.born >= AWAIT_START:
+        return False
+    found = staging_dir(queue.spool)
+    if found is None:
+        return postmaster_pid(os.path.dirname(queue.spool)) is None
+    if _foreign(found, queue.spool):
+        log.info("%s holds WAL segments pgrecovery did not stage: none staged there", found)
+    else:
+        queue.adopt(found)
+    return False
 
 
 def _yield_to_replay() -> None:

@@ -33,6 +33,7 @@ import logging
 import os
 import selectors
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -387,10 +388,10 @@ def start_for_recovery(
     run_as: str | None = None,
     key_file: str | None = None,
     segment_size: int = _walnames.DEFAULT_SEGMENT_SIZE,
-) -> bool:
+) -> subprocess.Popen[bytes] | None:
     """Start the WAL worker of data directory ``pgdata`` before its server starts archive recovery from
     ``repo_url`` (with pgrecovery's restore_command and the default spool), filling the prefetch queue from
-    segment ``first`` (the backup's first) at once; whether one was started (not when one runs already).
+    segment ``first`` (the backup's first) at once; the process started (None: one runs already, or none may).
 
     The worker is the one restore_command would start at its first call, only earlier: its imports and the
     archive's listing are done, and the first segments downloaded (staged in ``pg_wal``), while the server
@@ -399,10 +400,10 @@ def start_for_recovery(
     `AWAIT_SERVER` seconds for the server, then leaves as any worker whose server stopped does."""
     segno = _walnames.segment_number(first, segment_size)
     if not _walclient.enabled() or segno < 1:
-        return False
+        return None
     spool, wal_dir = os.path.join(pgdata, _spool.SPOOL_NAME), os.path.join(pgdata, "pg_wal")
     if not _walclient.usable(spool):
-        return False
+        return None
     after = _walnames.segment_name(_walnames.timeline_of(first), segno - 1, segment_size)
     st = os.stat(pgdata)
     child = _walclient.spawn(
@@ -419,7 +420,7 @@ def start_for_recovery(
         # in the spool is readable by others
         umask=SERVER_UMASK,
     )
-    return child is not None
+    return child
 
 
 __all__ = ["AWAIT_SERVER", "IDLE", "ArchivingWorker", "start_for_recovery"]

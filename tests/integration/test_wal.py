@@ -27,6 +27,7 @@ from pgrecovery import ChecksumMismatch, LocalCluster, Repository
 from pgrecovery import _spool as spool_mod
 from pgrecovery import _walnames as wn
 from pgrecovery.cli.main import main
+from pgrecovery.progress import Progress
 from pgrecovery.wal.archiver import (
     ArchiverStatus,
     WalArchiver,
@@ -436,9 +437,9 @@ def _recovers_a_base_backup() -> None:
 
 @pytest.mark.parametrize("number", MAJORS, ids=lambda n: f"pg{n}")
 def test_a_recovery_starts_its_wal_worker_before_the_server(number: int) -> None:
-    """On every major: RecoveryPlan.run starts the WAL worker before the server, prefetching from the backup's
-    first segment, and the recovered data equals the source's. A data directory prepared with a restore_command
-    of the caller's gets no worker (nor a spool) from run()."""
+    """On every major: RecoveryPlan.run starts the WAL worker while the base backup is still being restored,
+    prefetching from the backup's first segment, and the recovered data equals the source's. A data directory
+    prepared with a restore_command of the caller's gets no worker (nor a spool) from run()."""
     with major_or_skip(number).active():
         _worker_before_the_server()
 
@@ -459,7 +460,15 @@ def _worker_before_the_server() -> None:
         plan = RecoveryPlan(ctx.repo)
 
         pgdata = ctx.pgdata()
-        with plan.run(pgdata, record_incident=False) as result:
+        during: list[list[int]] = []  # the WAL workers running at the restore's first progress event
+
+        def restoring(event: Progress) -> None:
+            if event.operation == "restore" and not during:
+                during.append(wal_workers(pgdata.parent))
+
+        with plan.run(pgdata, record_incident=False, progress=restoring) as result:
+            assert during, "no progress from the restore"
+            assert during[0], "no WAL worker while the base backup was being restored"
             assert result.state == "promoted"
             assert result.cluster.query("select i, note from t order by i") == source
             taken = (pgdata / "pgrecovery_spool" / "prefetch" / ".taken").read_text().split()
@@ -480,6 +489,45 @@ def _worker_before_the_server() -> None:
         with plan.run(floor, restore=False, record_incident=False) as again:
             assert again.cluster.query("select count(*) from t")[0][0] <= len(source)
         assert not (floor / "pgrecovery_spool").exists()
+    finally:
+        ctx.close()
+
+
+def test_a_restore_that_fails_stops_the_worker_it_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RecoveryPlan.run starts the WAL worker as soon as the backup's directories exist; a restore that fails
+    after that (a byte of a bundle changed in the repository) stops it before removing what it wrote: no worker
+    is left writing into a directory that is gone, and the directory is not there."""
+    from pgrecovery import BaseBackup, PgRecoveryError, RecoveryPlan
+    from pgrecovery.recovery import run as run_mod
+
+    started: list[object] = []
+    start = run_mod.EarlyWorker.start
+
+    def recorded(self: run_mod.EarlyWorker, *args: object, **kwargs: object) -> None:
+        start(self, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(self.child)
+
+    monkeypatch.setattr(run_mod.EarlyWorker, "start", recorded)
+    ctx = Archiving("pgrecovery-early-fail")
+    try:
+        ctx.start()
+        ctx.pg.execute("insert into t select g, md5(g::text) from generate_series(1, 20000) g")
+        base = BaseBackup(dbname=ctx.pg.conninfo()).run(ctx.repo)
+        wait_archived(ctx.pg)
+        bundle = max((ctx.root / "backups" / base.id).rglob("bundle-*"), key=lambda p: p.stat().st_size)
+        bundle.chmod(0o600)
+        with open(bundle, "r+b") as f:
+            f.seek(bundle.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        pgdata = ctx.pgdata()
+        with pytest.raises(PgRecoveryError):
+            RecoveryPlan(ctx.repo).run(pgdata, record_incident=False)
+        assert started, "the restore failed before its WAL worker was started: the test proves nothing"
+        assert started[0] is not None
+        assert wal_workers(pgdata.parent) == []
+        assert not pgdata.exists() or not any(pgdata.iterdir()), sorted(pgdata.rglob("*"))
     finally:
         ctx.close()
 

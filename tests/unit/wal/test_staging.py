@@ -326,6 +326,41 @@ def test_a_worker_started_before_its_server_stages_the_first_segments_for_it(
     assert wal_workers(tmp_path) == []
 
 
+def test_a_filler_started_during_the_restore_queues_two_then_stages_once_recovery_is_configured(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]]
+) -> None:
+    """A worker started while the base backup is being restored (`pgrecovery.recovery.run.EarlyWorker`): no
+    recovery.signal yet, so nothing can be staged, and the restore has every core: the filler queues the first
+    two segments only. Once the restore has written recovery.signal, it stages what it queued and fills the rest
+    of its window, staged too."""
+    url, contents = archive
+    data = data_dir(tmp_path, signal="")
+    (data / "postmaster.pid").unlink()  # no server yet: the restore runs
+    queue = data / _spool.SPOOL_NAME / "prefetch"
+    filler = threading.Thread(target=fill, args=(url, data), kwargs={"asked": False})
+    filler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len([n for n in os.listdir(queue) if n in NAMES] if queue.exists() else []) < 2:
+            assert time.monotonic() < deadline, "the filler queued nothing while the restore ran"
+            time.sleep(0.02)
+        time.sleep(0.5)  # would it go on?
+        assert sorted(n for n in os.listdir(queue) if n in NAMES) == NAMES[1:3]
+        assert not any((data / "pg_wal" / n).exists() for n in NAMES)
+        (data / "recovery.signal").write_text("")  # the restore configures recovery
+        window = NAMES[1:5]
+        while not all((data / "pg_wal" / n).exists() for n in window):
+            assert time.monotonic() < deadline, "the queued segments were not staged once recovery was configured"
+            time.sleep(0.02)
+        assert all(os.path.samefile(data / "pg_wal" / n, queue / n) for n in window)
+        assert [(queue / n).read_bytes() for n in window] == [contents[n] for n in window]
+        assert all((data / "pg_wal" / "archive_status" / f"{n}.done").exists() for n in window)
+    finally:
+        (data / "postmaster.pid").write_text("99999999\n")  # "a server that stopped": the filler leaves
+        filler.join(60)
+    assert not filler.is_alive()
+
+
 def test_nothing_is_staged_before_the_server_starts_beside_a_segment_left_in_pg_wal(
     tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
