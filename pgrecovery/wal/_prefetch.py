@@ -210,9 +210,12 @@ def fill(
     stop: Callable[[], bool] | None = None,
     sync: bool = True,
     progress: FillProgress | None = None,
+    restoring: bool = False,
 ) -> list[str]:
     """Fill ``spool``'s queue ahead of recovery (the caller holds the queue's lock); the names downloaded.
     ``sync``: fsync each queued file (not needed where the queue is bound to this boot, `_spool.set_source`).
+    ``restoring``: the WAL worker started it ahead of its server, which it has not seen yet: while the data
+    directory looks still restored (`_restoring`), only the first segments, staged once it is ready.
 
     A pipeline: up to ``archiver.parallel`` downloads are in flight at any time, and a new one starts as soon as
     recovery takes a segment or a download ends. (Waiting for a whole batch let the queue run dry: recovery takes
@@ -225,7 +228,7 @@ def fill(
     flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
     pool = ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch", initializer=_yield_to_replay)
     progress = progress or FillProgress()
-    pending = staging is None and _restoring(spool)
+    pending = restoring and staging is None and _restoring(spool)
     try:
         with contextlib.closing(queue), pool:
             _fill(archiver, queue, flight, pool, progress, linger, stop, pending)

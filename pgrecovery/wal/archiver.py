@@ -323,6 +323,7 @@ class WalArchiver(WalIndex):
         lock_fd: int | None = None,
         stop: Callable[[], bool] | None = None,
         progress: _prefetch.FillProgress | None = None,
+        restoring: bool = False,
     ) -> list[str]:
         """Download the ``prefetch`` segments following ``after`` into the spool, verified (the wal-prefetch job).
 
@@ -331,6 +332,8 @@ class WalArchiver(WalIndex):
         or ``stop()`` is true. Returns at once if another prefetch process holds the spool's lock. ``lock_fd``:
         the lock, already taken by the process that started this one (wal-fetch). ``progress``: kept up to date
         with the downloads under way (the WAL worker waits for one rather than download the segment twice).
+        ``restoring``: started during the restore of the data directory (`pgrecovery.recovery.run.EarlyWorker`):
+        while it runs, only the first segments, staged once recovery is configured.
         """
         spool = os.path.abspath(spool_dir) if spool_dir is not None else self.spool_dir
         if spool is None:
@@ -341,7 +344,7 @@ class WalArchiver(WalIndex):
             if not got:
                 return []
             sync = _spool.set_source(spool, self._tag)
-            return _prefetch.fill(self, after, spool, stop=stop, sync=sync, progress=progress)
+            return _prefetch.fill(self, after, spool, stop=stop, sync=sync, progress=progress, restoring=restoring)
 
     def wait_for_prefetch(self, spool_dir: str | os.PathLike[str], timeout: float = 60) -> bool:
         """Wait until no prefetch process runs on ``spool_dir``; False if one still runs after ``timeout`` s."""

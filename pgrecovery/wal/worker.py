@@ -248,7 +248,9 @@ class ArchivingWorker:
         try:
             stop = lambda: self._stopping or not self._server_runs()  # noqa: E731
             # at once when a prefetch process holds the queue
-            self.archiver.run_prefetch(name, self.spool, stop=stop, progress=progress)
+            # started ahead of its server, and none seen yet: perhaps while the data directory is restored
+            restoring = self._awaiting > 0 and postmaster_pid(os.path.dirname(self.wal_dir)) is None
+            self.archiver.run_prefetch(name, self.spool, stop=stop, progress=progress, restoring=restoring)
         except Exception as e:  # noqa: BLE001 - restore_command fetches what the queue lacks
             log.info("prefetch after %s: %s", name, e)
         finally:

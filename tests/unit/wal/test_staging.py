@@ -58,14 +58,15 @@ def archive(tmp_path: Path) -> tuple[str, dict[str, bytes]]:
     return url, contents
 
 
-def fill(url: str, data: Path, prefetch: int = 4, *, asked: bool = True) -> list[str]:
+def fill(url: str, data: Path, prefetch: int = 4, *, asked: bool = True, restoring: bool = False) -> list[str]:
     """The prefetcher after NAMES[0]; ``asked``: as restore_command starts it, having delivered NAMES[0] (noted
-    as wanted); otherwise as a worker started ahead of its server does, before any ask."""
+    as wanted); otherwise as a worker started ahead of its server does, before any ask (``restoring``: during
+    the restore of the data directory)."""
     archiver = WalArchiver(Repository(url), prefetch=prefetch, parallel=2)
     spool = str(data / _spool.SPOOL_NAME)
     if asked:
         _spool.note_wanted(spool, NAMES[0])
-    return archiver.run_prefetch(NAMES[0], spool)
+    return archiver.run_prefetch(NAMES[0], spool, restoring=restoring)
 
 
 def restore(url: str, data: Path, name: str) -> int:
@@ -337,7 +338,7 @@ def test_a_filler_started_during_the_restore_queues_two_then_stages_once_recover
     data = data_dir(tmp_path, signal="")
     (data / "postmaster.pid").unlink()  # no server yet: the restore runs
     queue = data / _spool.SPOOL_NAME / "prefetch"
-    filler = threading.Thread(target=fill, args=(url, data), kwargs={"asked": False})
+    filler = threading.Thread(target=fill, args=(url, data), kwargs={"asked": False, "restoring": True})
     filler.start()
     try:
         deadline = time.monotonic() + 30
@@ -359,6 +360,22 @@ def test_a_filler_started_during_the_restore_queues_two_then_stages_once_recover
         (data / "postmaster.pid").write_text("99999999\n")  # "a server that stopped": the filler leaves
         filler.join(60)
     assert not filler.is_alive()
+
+
+def test_a_filler_not_started_for_a_restore_does_not_wait_for_one(
+    tmp_path: Path, archive: tuple[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the worker a recovery starts during its restore waits for the data directory to be configured: a
+    prefetch started otherwise (wal-fetch by hand, no server, no recovery.signal) fills its window and leaves
+    after its linger, as before (waiting 30 s there made every kill -9 point of the wal-fetch sweep 30 s)."""
+    monkeypatch.setattr(_prefetch, "AWAIT_START", 60.0)
+    url, _contents = archive
+    data = data_dir(tmp_path, signal="")
+    (data / "postmaster.pid").unlink()
+    t0 = time.monotonic()
+    got = fill(url, data, asked=False)
+    assert got == NAMES[1:5]
+    assert time.monotonic() - t0 < 30
 
 
 def test_nothing_is_staged_before_the_server_starts_beside_a_segment_left_in_pg_wal(
