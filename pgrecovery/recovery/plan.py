@@ -354,8 +354,9 @@ class RecoveryPlan:
         if major is not None:  # never mix majors in one data directory (delta, overwrite)
             check_data_dir_major(target, major, what=f"backup {self.backup.id}")
         created = _prepare_directory(target, overwrite=overwrite, delta=delta)
-        key = self._key_file_or_none()
-        early = EarlyWorker.wanted(self.backup, target, conf_extra, key) if ahead and not (delta or standby) else None
+        early = None
+        if ahead and not (delta or standby):
+            early = EarlyWorker.wanted(self.backup, target, conf_extra, self._key_file_or_none())
         try:
             restore_files(
                 self.repo,

@@ -61,15 +61,13 @@ class _Queue:
         self.archiver, self.spool, self.reached = archiver, spool, after
         self.size = archiver.segment_size
         self.seen: set[str] = set()
-        self.stage = stage  # the pg_wal segments are staged in, if any
+        self.stage: str | None = None  # the pg_wal segments are staged in, if any
         self.staged: set[str] = set()
         self._reading: list[str] = []  # staged segments the server opened and has not passed yet
         self._passed: list[tuple[str, int]] = []  # segments it passed: (name, cache-drop hints left to give)
-        self.watch = DirWatch.open(stage, opened=True) if stage is not None else None
-        if stage is not None:  # staged by an earlier filler and not read yet (their queue link is still there)
-            queued = _spool.prefetch_dir(spool)
-            same = _spool.same_file
-            self.staged = {n for n in _spool.prefetched(spool) if same(os.path.join(queued, n), os.path.join(stage, n))}
+        self.watch: DirWatch | None = None
+        if stage is not None:
+            self._stage_in(stage)
         self.born, self._server_seen = time.monotonic(), False
         self.asked = False  # whether restore_command has asked for a segment yet (``.wanted``)
         self._swept: str | None = None  # where recovery was at the last sweep (none yet: the first one also
@@ -107,12 +105,22 @@ class _Queue:
     def adopt(self, stage_in: str) -> None:
         """Stage in ``stage_in`` from now on (a data directory that became ready for recovery while this filler,
         started during its restore, was filling the queue), the segments queued already too."""
+        queued = _spool.prefetch_dir(self.spool)
+        for name in _spool.prefetched(self.spool):
+            if _walnames.is_segment(name):
+                stage(os.path.join(queued, name), stage_in)
+        self._stage_in(stage_in)
+
+    def _stage_in(self, stage_in: str) -> None:
+        """Stage in ``stage_in``: watch what the server opens there; the queued segments staged there already (by
+        an earlier filler, or `adopt`) and not read yet (their queue link is still there) count as staged."""
         self.stage = stage_in
         self.watch = DirWatch.open(stage_in, opened=True)
         queued = _spool.prefetch_dir(self.spool)
-        for name in _spool.prefetched(self.spool):
-            if _walnames.is_segment(name) and stage(os.path.join(queued, name), stage_in):
-                self.staged.add(name)
+        same = _spool.same_file
+        self.staged = {
+            n for n in _spool.prefetched(self.spool) if same(os.path.join(queued, n), os.path.join(stage_in, n))
+        }
 
     def _staged_read(self) -> str | None:
         """The newest staged segment the server opened since the last look (the shell's answer notes it as
@@ -283,10 +291,8 @@ def _restoring(spool: str) -> bool:
     """Whether ``spool``'s data directory looks like one still being restored: the default spool, staging not
     turned off, no server started there and no ``recovery.signal`` or ``standby.signal`` yet (a worker started
     during the restore, `pgrecovery.recovery.run.EarlyWorker`)."""
-    if os.environ.get(STAGING_ENV, "on").strip().lower() in ("0", "off", "no", "false"):
-        return False
-    data = os.path.dirname(spool)
-    if os.path.basename(spool) != _spool.SPOOL_NAME or postmaster_pid(data) is not None:
+    data = _stageable(spool)
+    if data is None or postmaster_pid(data) is not None:
         return False
     return not any(os.path.exists(os.path.join(data, f)) for f in ("recovery.signal", "standby.signal"))
 
@@ -362,14 +368,20 @@ class _Flight:
         return got
 
 
+def _stageable(spool: str) -> str | None:
+    """The data directory whose ``pg_wal`` ``spool``'s segments may ever be staged in: with staging not turned off,
+    the data directory of a default spool (a spool given by path: where pg_wal is, is not known)."""
+    if os.environ.get(STAGING_ENV, "on").strip().lower() in ("0", "off", "no", "false"):
+        return None
+    return os.path.dirname(spool) if os.path.basename(spool) == _spool.SPOOL_NAME else None
+
+
 def staging_dir(spool: str) -> str | None:
     """The ``pg_wal`` that verified segments may be staged in for recovery from ``spool`` (see the module), if any:
     the default spool of a data directory of PostgreSQL 15 or later in archive recovery, not in standby mode."""
-    if os.environ.get(STAGING_ENV, "on").strip().lower() in ("0", "off", "no", "false"):
+    data = _stageable(spool)
+    if data is None:
         return None
-    if os.path.basename(spool) != _spool.SPOOL_NAME:
-        return None  # a spool given by path: where pg_wal is, is not known
-    data = os.path.dirname(spool)
     try:
         with open(os.path.join(data, "PG_VERSION")) as f:
             major = int(f.read(16).strip().split(".")[0])

@@ -408,7 +408,7 @@ def start_for_recovery(
         return None
     after = _walnames.segment_name(_walnames.timeline_of(first), segno - 1, segment_size)
     st = os.stat(pgdata)
-    child = _walclient.spawn(
+    return _walclient.spawn(
         spool,
         repo_url,
         wal_dir,
@@ -422,7 +422,6 @@ def start_for_recovery(
         # in the spool is readable by others
         umask=SERVER_UMASK,
     )
-    return child
 
 
 __all__ = ["AWAIT_SERVER", "IDLE", "ArchivingWorker", "start_for_recovery"]
