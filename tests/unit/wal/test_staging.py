@@ -374,7 +374,7 @@ def test_a_filler_not_started_for_a_restore_does_not_wait_for_one(
     (data / "postmaster.pid").unlink()
     t0 = time.monotonic()
     got = fill(url, data, asked=False)
-    assert got == NAMES[1:5]
+    assert sorted(got) == NAMES[1:5]  # (downloaded two at a time: they may end in either order)
     assert time.monotonic() - t0 < 30
 
 
