@@ -29,6 +29,7 @@ import errno
 import fcntl
 import os
 import sys
+import time
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs milliseconds on the fast path
 if TYPE_CHECKING:
@@ -168,19 +169,32 @@ def pushed_already(path: str, spool: str, tag: str) -> str | None:
     return parts[5]
 
 
+# seconds after which a marker's temporary file is a killed writer's (a younger one may be renamed any moment)
+_TEMP_LEFT: Final = 60.0
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return float("inf")
+
+
 def sweep_markers(spool: str, wal_dir: str) -> list[str]:
-    """Remove the markers of files that are gone from ``wal_dir`` (archived, then removed or recycled), and the
-    acknowledgement links whose name in ``wal_dir`` is gone or holds another file (a link must not keep a removed
-    segment's 16 MB alive)."""
+    """Remove the markers of files that are gone from ``wal_dir`` (archived, then removed or recycled), the
+    temporary files of killed marker writers, and the acknowledgement links whose name in ``wal_dir`` is gone or
+    holds another file (a link must not keep a removed segment's 16 MB alive)."""
     directory = os.path.join(spool, "archived")
     try:
         names = os.listdir(directory)
     except OSError:
         names = []
+    old = time.time() - _TEMP_LEFT
     swept = [
         n
         for n in names
-        if (n.endswith(".tmp") or not os.path.exists(os.path.join(wal_dir, n))) and _unlink(os.path.join(directory, n))
+        if (_mtime(os.path.join(directory, n)) < old if n.endswith(".tmp") else not os.path.exists(f"{wal_dir}/{n}"))
+        and _unlink(os.path.join(directory, n))
     ]
     try:
         tags = os.listdir(os.path.join(spool, "acked"))
@@ -411,21 +425,8 @@ def _prefetcher_command(
         import json
 
         env[OPTIONS_ENV] = json.dumps(dict(storage_options))
-    cmd = [
-        python or sys.executable,
-        "-m",
-        "pgrecovery",
-        "wal-prefetch",
-        name,
-        "--spool",
-        spool,
-        "--count",
-        str(count),
-        "--parallel",
-        str(parallel),
-        "--segment-size",
-        str(segment_size),
-    ]
+    cmd = [python or sys.executable, "-m", "pgrecovery", "wal-prefetch", name, "--spool", spool]
+    cmd += ["--count", str(count), "--parallel", str(parallel), "--segment-size", str(segment_size)]
     return cmd, env
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -58,16 +60,44 @@ def test_sweeping_removes_markers_of_files_gone_and_temporary_leftovers(pgdata: 
     spool = _spool.default_spool(kept)
     for path in (kept, gone):
         _spool.write_marker(spool, path, os.stat(path), "cd" * 32, TAG)
-    Path(spool, "archived", f".{SEG}.0123abcd.tmp").write_text("half")
+    left = Path(spool, "archived", f".{SEG}.0123abcd.tmp")  # a killed writer's, two minutes ago
+    left.write_text("half")
+    os.utime(left, (time.time() - 120, time.time() - 120))
+    writing = Path(spool, "archived", f".{SEG}.4567cdef.tmp")  # a live writer's, about to be renamed
+    writing.write_text("half")
     os.unlink(gone)
     removed = _spool.sweep_markers(spool, os.path.dirname(kept))
-    assert sorted(removed) == sorted([os.path.basename(gone), f".{SEG}.0123abcd.tmp"])
-    assert os.listdir(os.path.join(spool, "archived")) == [os.path.basename(kept)]
+    assert sorted(removed) == sorted([os.path.basename(gone), left.name])
+    assert sorted(os.listdir(os.path.join(spool, "archived"))) == sorted([os.path.basename(kept), writing.name])
     assert os.listdir(_spool.ack_dir(spool, TAG)) == [os.path.basename(kept)]  # no link keeps a gone file alive
     os.rename(kept, kept + ".moved")  # recycled: renamed away, the name taken by another file
     Path(kept).write_bytes(b"another file")
     _spool.sweep_markers(spool, os.path.dirname(kept))
     assert os.listdir(_spool.ack_dir(spool, TAG)) == []
+
+
+def test_a_sweep_running_beside_marker_writers_never_costs_them_their_marker(pgdata: Path) -> None:
+    """The WAL worker sweeps when a push ends, while its other threads write their markers (a removed temporary
+    file cost a push its acknowledgement: the call waited, then pushed again)."""
+    paths = [wal_file(pgdata, segment_name(1, i)) for i in range(1, 41)]
+    spool = _spool.default_spool(paths[0])
+    _spool.write_marker(spool, paths[0], os.stat(paths[0]), "ab" * 32, TAG)
+    done = threading.Event()
+
+    def sweep() -> None:
+        while not done.is_set():
+            _spool.sweep_markers(spool, str(pgdata / "pg_wal"))
+
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        for path in paths[1:]:
+            _spool.write_marker(spool, path, os.stat(path), "cd" * 32, TAG)
+    finally:
+        done.set()
+        sweeper.join()
+    assert [p for p in paths[1:] if _spool.pushed_already(p, spool, TAG) != "cd" * 32] == []
+    assert all(_spool.same_file(p, os.path.join(_spool.ack_dir(spool, TAG), os.path.basename(p))) for p in paths)
 
 
 def test_ready_files_are_history_first_then_by_name(pgdata: Path) -> None:
