@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import _spool, _walnames
 from .._fsutil import drop_cache, postmaster_pid, process_alive
+from ._absent import Absences
 from ._inotify import DirWatch
 
 if TYPE_CHECKING:
@@ -233,7 +234,8 @@ def fill(
         log.info("%s holds WAL segments pgrecovery did not stage: none staged there", staging)
         staging = None
     queue = _Queue(archiver, spool, after, staging)
-    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync)
+    absences = Absences(archiver, spool, _walnames.timeline_of(after))
+    flight = _Flight(archiver, _spool.prefetch_dir(spool), sync, absences)
     pool = ThreadPoolExecutor(archiver.parallel, thread_name_prefix="wal-prefetch", initializer=_yield_to_replay)
     progress = progress or FillProgress()
     pending = restoring and staging is None and _restoring(spool)
@@ -283,7 +285,14 @@ def _fill(
         # stays to see it (to move on, and for the recovery's report) while recovery goes on
         reading = queue.staged and queue.recovering() and time.monotonic() - moved <= STAGED_LINGER
         if not flight.running and (flight.ended or idle) and (stopped or not reading):
+            if flight.absences.end is not None:  # the asks past the end come next: a fresh listing answers them
+                flight.refresh()
+                if not flight.ended:
+                    continue  # the archive grew meanwhile
             return  # ended: the archive's end, or a failed download
+        if flight.absences.due():
+            flight.refresh()
+            continue
         time.sleep(_POLL)
 
 
@@ -325,8 +334,8 @@ def _yield_to_replay() -> None:
 class _Flight:
     """The downloads under way, and what the filler learnt from the ones that ended."""
 
-    def __init__(self, archiver: WalArchiver, directory: str, sync: bool) -> None:
-        self.archiver, self.directory, self.sync = archiver, directory, sync
+    def __init__(self, archiver: WalArchiver, directory: str, sync: bool, absences: Absences) -> None:
+        self.archiver, self.directory, self.sync, self.absences = archiver, directory, sync, absences
         self.running: dict[str, Future[None]] = {}
         self.downloaded: list[str] = []
         self.index: dict[str, list[WalObject]] = {}
@@ -336,11 +345,12 @@ class _Flight:
         """Start downloading the first of ``todo`` (names in window order) the archive holds, as many as fit;
         each segment staged in ``stage_in`` (a pg_wal) as its download ends, if given."""
         if any(n not in self.index for n in todo):  # read the listing again only when it may have grown
-            self.index = self.archiver.index(_walnames.timeline_of(todo[0]))
+            self.index = self.absences.index(_walnames.timeline_of(todo[0]))
         room = self.archiver.parallel - len(self.running)
         for name in todo[:room]:
             if name not in self.index:
                 self.ended = True  # not archived (yet): restore_command fetches it itself, and starts a filler
+                self.absences.reached_end(name)
                 break
             obj = self.index[name][0]
             dest = os.path.join(self.directory, name)
@@ -349,6 +359,15 @@ class _Flight:
             self.running[name] = pool.submit(
                 self.archiver._download, obj, dest, sync_dir=False, sync_file=self.sync, before_publish=then
             )
+
+    def refresh(self) -> None:
+        """List again what the published absences rest on (`Absences`); downloads resume if the archive has grown
+        past the end the filler reached."""
+        at_end = self.absences.end is not None
+        index = self.absences.refresh()
+        if index is not None:
+            self.index = index
+            self.ended = self.ended and not (at_end and self.absences.end is None)
 
     def harvest(self, queue: _Queue) -> bool:
         """Collect the downloads that ended; whether any succeeded."""

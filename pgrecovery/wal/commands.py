@@ -12,6 +12,7 @@ import shlex
 import sys
 
 from .. import _spool
+from . import _absent
 
 log = logging.getLogger(__package__)
 # PostgreSQL 15 and older expand archive_command into a buffer of MAXPGPATH (1,024) bytes and cut what does not fit
@@ -117,7 +118,8 @@ def restore_command(
     is staged in ``pg_wal`` already, verified: PostgreSQL then reads it there).
 
     With ``fast`` and ``prefetch`` (the defaults) a segment already in the prefetch queue is moved into place by
-    the shell itself (`_queue_hit`): no Python starts, so replay does not wait for an interpreter per segment.
+    the shell itself (`_queue_hit`): no Python starts, so replay does not wait for an interpreter per segment; so
+    is a file the prefetch filler's listing of the last second lacks answered "not archived" (`_known_absent`).
     Anything else runs ``_walcmd.py`` as for `archive_command`.
     """
     spool = f" --spool {_q(spool_dir)}" if spool_dir else ""
@@ -154,10 +156,23 @@ def _queue_hit(repo_url: str, spool_dir: str | None) -> str:
     return (
         _spool_path(spool_dir, "prefetch")
         + f'{{ read t b <"$s/.source" && {{ read k <{_q(_spool.BOOT_ID)} || k=; }} && [ "$t $b" = "{tag} $k" ] '
-        + '&& [ -f "$s/%f" ] && { [ "$s/%f" -ef "${p%%/*}/%f" ] '
+        + '&& { [ -f "$s/%f" ] && { [ "$s/%f" -ef "${p%%/*}/%f" ] '
         + '&& { echo %f >"$s/.wanted"; echo %f >>"$s/.taken"; exit 1; }; '
-        + 'mv -fT "$s/%f" "$p" && exit 0; }; } '
-        + "2>/dev/null; "
+        + 'mv -fT "$s/%f" "$p" && exit 0; } || '
+        + _known_absent(tag)
+        + "; }; } 2>/dev/null; "
+    )
+
+
+def _known_absent(tag: str) -> str:
+    """Shell code exiting 1 (not archived) when the prefetch filler's listing, begun less than a second ago in
+    this boot, lacks ``%f`` (`pgrecovery.wal._absent`): its ``.absent`` holds the repository's tag, the boot id
+    (``$k``), the expiry in ``/proc/uptime``'s centiseconds and the names; ``$s`` is the queue's directory. Only
+    builtins: an ask for a file the archive does not have (the end of the archive, a timeline probe) costs no
+    program start and no request to the store."""
+    return (
+        f'{{ read t b e a <"$s/{_absent.NAME}" && [ "$t $b" = "{tag} $k" ] && read u t </proc/uptime '
+        + '&& [ "${u%%.*}${u#*.}" -lt "$e" ] && case " $a " in *" %f "*) exit 1;; esac; }'
     )
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from pgtesting import pg_substitute
 
 from pgrecovery import Repository, _spool
 from pgrecovery._walnames import segment_name
-from pgrecovery.wal import _prefetch
+from pgrecovery.wal import _absent, _prefetch
 from pgrecovery.wal.archiver import WalArchiver, archive_command, restore_command
 
 URL = "file:///nowhere/repo"
@@ -147,6 +148,40 @@ def test_where_the_boot_is_unknown_queued_files_are_fsynced_and_still_taken(
     assert not ran.exists()
 
 
+@pytest.mark.parametrize("case", ["published", "expired", "not listed", "another repository", "another boot"])
+def test_what_the_filler_found_missing_is_answered_by_the_shell_alone_for_a_second(
+    tmp_path: Path, recorder: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """A name the filler's listing lacked, begun less than a second ago in this boot, is "not archived" (exit 1)
+    with no program started; anything else still goes to Python, which lists the archive afresh."""
+    exe, ran = recorder
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-aaaa\n")
+    monkeypatch.setattr(_spool, "BOOT_ID", str(boot))
+    data = tmp_path / "data"
+    (data / "pg_wal").mkdir(parents=True)
+    spool = str(data / "pgrecovery_spool")
+    queue(Path(spool))
+    end, history = segment_name(1, 9), "00000002.history"
+    listed_at = _absent.uptime_cs()
+    assert listed_at is not None
+    if case == "expired":
+        listed_at -= _absent.VALID + 1
+    tag = _spool.repo_tag("file:///another/repo" if case == "another repository" else URL)
+    _absent.publish(spool, tag, [end, history], listed_at)
+    command = restore_command(URL, str(exe), key_file="/keys/k")  # (composes with the other options)
+    if case == "another boot":
+        boot.write_text("22222222-bbbb\n")
+    asked = segment_name(1, 10) if case == "not listed" else end
+    if case == "published":
+        assert run(command, data, "pg_wal/RECOVERYXLOG", end) == 1
+        assert run(command, data, "pg_wal/RECOVERYHISTORY", history) == 1
+        assert not ran.exists(), "Python ran for a file known to be missing"
+    else:
+        assert run(command, data, "pg_wal/RECOVERYXLOG", asked) == 0  # the recorder's 0
+        assert json.loads(ran.read_text())[-2:] == [asked, "pg_wal/RECOVERYXLOG"]
+
+
 def test_without_prefetch_or_fast_there_is_no_shell_part() -> None:
     assert "mv -fT" not in restore_command(URL, prefetch=False)
     assert "mv -fT" not in restore_command(URL, fast=False)
@@ -202,6 +237,45 @@ def test_the_filler_stops_when_recovery_takes_nothing(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 10
     stopped = _prefetch.fill(archiver, segment_name(1, 1), str(spool), linger=30, stop=lambda: True)
     assert stopped == []  # the queue is full and the caller says stop: at once
+
+
+def absent(spool: Path) -> list[str]:
+    words = (spool / "prefetch" / _absent.NAME).read_text().split()
+    return words[3:]
+
+
+def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_grows(tmp_path: Path) -> None:
+    archiver, _ = archive(tmp_path, 2)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    absences = _absent.Absences(archiver, str(spool), 1)
+    flight = _prefetch._Flight(archiver, str(spool / "prefetch"), False, absences)
+    with ThreadPoolExecutor(2) as pool:
+        flight.start(pool, [segment_name(1, n) for n in (2, 3)], None)
+    assert flight.ended
+    assert absences.end == segment_name(1, 3)
+    # timeline 1 never has a history file; timeline 2 has no directory in the archive
+    assert absent(spool) == [segment_name(1, 3), "00000001.history", "00000002.history"]
+    wal = tmp_path / "src"
+    (wal / segment_name(1, 3)).write_bytes(b"archived since" * 1000)
+    archiver.push(wal / segment_name(1, 3))
+    flight.refresh()
+    assert not flight.ended
+    assert absences.end is None
+    assert absent(spool) == ["00000001.history", "00000002.history"]
+    assert segment_name(1, 3) in flight.index
+
+
+def test_a_filler_that_stops_at_the_end_leaves_the_asks_past_it_answered(tmp_path: Path) -> None:
+    archiver, _ = archive(tmp_path, 3)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    _prefetch.fill(archiver, segment_name(1, 1), str(spool), linger=0.2)
+    assert absent(spool) == [segment_name(1, 4), "00000001.history", "00000002.history"]
+    expiry = int((spool / "prefetch" / _absent.NAME).read_text().split()[2])
+    now = _absent.uptime_cs()
+    assert now is not None
+    assert now < expiry <= now + _absent.VALID
 
 
 def test_a_sweep_as_recovery_moves_leaves_downloads_under_way_alone(tmp_path: Path) -> None:
