@@ -353,9 +353,16 @@ def test_the_commands_compose_like_plain_commands(tmp_path: Path, recorder: tupl
     assert run(f"false && {command}", data, f"pg_wal/{SEG}", SEG) != 0
     queue(data / "pgrecovery_spool", **{SEG: b"queued"})
     second.unlink()
-    assert run(f"{restore_command(URL, str(exe))} && touch {second}", data, "pg_wal/RECOVERYXLOG", SEG) == 0
+    fetch = restore_command(URL, str(exe))
+    assert run(f"{fetch} && touch {second}", data, "pg_wal/RECOVERYXLOG", SEG) == 0
     assert second.exists()
     assert (data / "pg_wal" / "RECOVERYXLOG").read_bytes() == b"queued"
+    second.unlink()
+    gone = segment_name(1, 9)
+    _absent.publish(str(data / "pgrecovery_spool"), _spool.repo_tag(URL), [gone], _absent.uptime_cs())
+    assert run(f"{fetch} || touch {second}", data, "pg_wal/RECOVERYXLOG", gone) == 0
+    assert second.exists()  # "not archived" ended only its own command
+    assert run(f"false && {fetch}", data, "pg_wal/RECOVERYXLOG", SEG) != 0
 
 
 def test_an_archive_command_too_long_for_postgresql_15_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
