@@ -97,6 +97,11 @@ class Absences:
         self._publish(self._begin())
         return None
 
+    def withdraw(self) -> None:
+        """Publish nothing (a listing failed: what was published may no longer hold)."""
+        with contextlib.suppress(OSError):
+            publish(self.spool, self.tag, [], None)
+
     def _begin(self) -> int | None:
         self._at = time.monotonic()
         self._listed_at = uptime_cs()

@@ -364,7 +364,12 @@ class _Flight:
         """List again what the published absences rest on (`Absences`); downloads resume if the archive has grown
         past the end the filler reached."""
         at_end = self.absences.end is not None
-        index = self.absences.refresh()
+        try:
+            index = self.absences.refresh()
+        except Exception as e:  # noqa: BLE001 - an outage: vouch for nothing until a listing works again
+            log.debug("listing the archive again: %s", e)
+            self.absences.withdraw()
+            return
         if index is not None:
             self.index = index
             self.ended = self.ended and not (at_end and self.absences.end is None)

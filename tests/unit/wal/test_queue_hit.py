@@ -266,6 +266,29 @@ def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_gr
     assert segment_name(1, 3) in flight.index
 
 
+def test_a_listing_that_fails_withdraws_what_was_published_and_the_filler_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archiver, _ = archive(tmp_path, 2)
+    spool = tmp_path / "spool"
+    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
+    absences = _absent.Absences(archiver, str(spool), 1)
+    flight = _prefetch._Flight(archiver, str(spool / "prefetch"), False, absences)
+    with ThreadPoolExecutor(2) as pool:
+        flight.start(pool, [segment_name(1, n) for n in (2, 3)], None)
+    assert absent(spool) == [segment_name(1, 3), "00000001.history", "00000002.history"]
+
+    def outage() -> list[int]:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(archiver, "timelines", outage)
+    flight.refresh()  # no exception: the filler's loop goes on
+    assert not (spool / "prefetch" / _absent.NAME).exists()
+    monkeypatch.undo()
+    flight.refresh()
+    assert absent(spool) == [segment_name(1, 3), "00000001.history", "00000002.history"]
+
+
 def test_a_filler_that_stops_at_the_end_leaves_the_asks_past_it_answered(tmp_path: Path) -> None:
     archiver, _ = archive(tmp_path, 3)
     spool = tmp_path / "spool"
