@@ -12,8 +12,8 @@ the file with no program started, but only for :data:`VALID` after the listing b
 in the kernel's ``/proc/uptime`` clock, which the shell reads with a builtin), only in the boot it was written in,
 and only for the repository it names. While the filler runs it lists again every :data:`REFRESH` seconds, and
 once more as it stops at the archive's end; so an answer is at most one second older than the archive, the same
-as a miss looked up a second earlier. A file archived since
-(another server archiving, a standby following the archive) is found by the next listing, and downloads resume.
+as a miss looked up a second earlier. A file archived since (another server archiving, a standby following the
+archive) is found by the next listing, and downloads resume.
 Anything not in the file, or once it has expired, goes to Python and a fresh listing, as before.
 """
 

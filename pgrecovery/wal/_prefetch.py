@@ -372,7 +372,8 @@ class _Flight:
             return
         if index is not None:
             self.index = index
-            self.ended = self.ended and not (at_end and self.absences.end is None)
+            if at_end and self.absences.end is None:  # the segment after the end is archived now
+                self.ended = False
 
     def harvest(self, queue: _Queue) -> bool:
         """Collect the downloads that ended; whether any succeeded."""

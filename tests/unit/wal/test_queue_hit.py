@@ -244,7 +244,8 @@ def absent(spool: Path) -> list[str]:
     return words[3:]
 
 
-def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_grows(tmp_path: Path) -> None:
+def at_the_end(tmp_path: Path) -> tuple[WalArchiver, Path, _absent.Absences, _prefetch._Flight]:
+    """A filler's downloads after segment 1 of an archive of two: segment 2 started, segment 3 not archived."""
     archiver, _ = archive(tmp_path, 2)
     spool = tmp_path / "spool"
     _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
@@ -252,6 +253,11 @@ def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_gr
     flight = _prefetch._Flight(archiver, str(spool / "prefetch"), False, absences)
     with ThreadPoolExecutor(2) as pool:
         flight.start(pool, [segment_name(1, n) for n in (2, 3)], None)
+    return archiver, spool, absences, flight
+
+
+def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_grows(tmp_path: Path) -> None:
+    archiver, spool, absences, flight = at_the_end(tmp_path)
     assert flight.ended
     assert absences.end == segment_name(1, 3)
     # timeline 1 never has a history file; timeline 2 has no directory in the archive
@@ -269,13 +275,7 @@ def test_the_filler_publishes_the_end_it_reached_and_resumes_once_the_archive_gr
 def test_a_listing_that_fails_withdraws_what_was_published_and_the_filler_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    archiver, _ = archive(tmp_path, 2)
-    spool = tmp_path / "spool"
-    _spool.set_source(str(spool), _spool.repo_tag(archiver.repo.url))
-    absences = _absent.Absences(archiver, str(spool), 1)
-    flight = _prefetch._Flight(archiver, str(spool / "prefetch"), False, absences)
-    with ThreadPoolExecutor(2) as pool:
-        flight.start(pool, [segment_name(1, n) for n in (2, 3)], None)
+    archiver, spool, _absences, flight = at_the_end(tmp_path)
     assert absent(spool) == [segment_name(1, 3), "00000001.history", "00000002.history"]
 
     def outage() -> list[int]:
